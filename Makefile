@@ -1,0 +1,31 @@
+# Two commands on a fresh Debian 12 machine, as root:
+#   make demo   set everything up, then trace the bundled CUDA workload live
+#   make test   set everything up, then run the whole test suite (real eBPF)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup demo test bench lint catalogue catalogue-extra clean
+
+setup:
+	VENV=$(VENV) scripts/setup.sh
+
+demo: setup
+	$(PY) -m ingero.demo
+
+test: setup
+	$(PY) -m ruff check ingero tests bench scripts
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) bench/run_all.py
+
+# regenerate the signature catalogue's runtime + driver part from the runtime wheels' headers
+catalogue: setup
+	$(PY) scripts/gen_catalogue.py runtime
+
+# cuBLAS/cuBLASLt/NCCL/cuDNN part: downloads ~1.5 GB of wheels into a temp dir, parses, records hashes
+catalogue-extra: setup
+	$(PY) scripts/gen_catalogue.py extra
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache

@@ -1,0 +1,58 @@
+"""The ingero command line: a thin shell over the library.
+
+Subcommands live in their own modules under ``ingero.cli`` and are imported only when invoked, so
+``ingero symbols ...`` does not pay for the MCP SDK or bcc imports (start-up is measured in bench/).
+To add a command, add one line to ``COMMANDS``: ``"name": ("ingero.cli.module", "attribute")``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "libs": ("ingero.cli.symbols_cmd", "libs"),
+    "symbols": ("ingero.cli.symbols_cmd", "symbols"),
+    "describe": ("ingero.cli.symbols_cmd", "describe"),
+}
+
+
+class LazyGroup(click.Group):
+    """A click group whose subcommands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(COMMANDS))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in COMMANDS:
+            module, attr = COMMANDS[cmd_name]
+            return getattr(importlib.import_module(module), attr)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="ingero")
+def cli() -> None:
+    """Trace CUDA workloads with eBPF and widen the tracing mid-investigation."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    from ingero.errors import IngeroError
+
+    try:
+        cli.main(args=argv, prog_name="ingero", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except IngeroError as e:
+        click.echo(f"error: {e.message}", err=True)
+        if e.hint:
+            click.echo(f"hint: {e.hint}", err=True)
+        sys.exit(1)
+    except BrokenPipeError:
+        sys.exit(0)

@@ -1,0 +1,68 @@
+#!/bin/bash
+# Set up everything ingero needs on a Debian 12 machine, as root. Idempotent: every step runs every
+# time, so a fresh machine takes the same path as a ready one (a ready machine takes seconds).
+#
+#   scripts/setup.sh            system + python
+#   scripts/setup.sh system     Debian packages, kernel header link, tracefs
+#   scripts/setup.sh python     the venv (VENV, default .venv) with Debian's bcc linked in + ingero[test]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PHASE=${1:-all}
+VENV=${VENV:-.venv}
+PY=${PYTHON:-python3}
+export DEBIAN_FRONTEND=noninteractive
+
+say() { printf 'setup: %s\n' "$*" >&2; }
+
+if [ "$(id -u)" != 0 ]; then
+  say "must run as root (apt, /lib/modules, tracefs, BPF); try: sudo make ${MAKECMDGOALS:-test}"
+  exit 1
+fi
+
+PKGS="python3-bpfcc linux-headers-amd64 bpftrace bpftool gcc g++ make libc6-dev binutils util-linux
+      python3-venv ca-certificates"
+
+system_setup() {
+  # Debian packages: install every time (a no-op when present); refresh the lists only if that fails.
+  # shellcheck disable=SC2086
+  if ! apt-get install -y -qq --no-install-recommends $PKGS >/dev/null 2>&1; then
+    say "apt-get install failed; refreshing package lists and retrying"
+    apt-get update -qq
+    # shellcheck disable=SC2086
+    apt-get install -y -qq --no-install-recommends $PKGS >/dev/null
+  fi
+  # BCC compiles against a kernel header tree. Custom kernels (like this VM's) have no
+  # linux-headers-$(uname -r): point /lib/modules/$(uname -r)/{build,source} at Debian's newest tree,
+  # which is enough for uprobes (only struct pt_regs and the BPF uapi are used).
+  local kv h c
+  kv=$(uname -r)
+  if [ -e "/usr/src/linux-headers-$kv/include/generated/autoconf.h" ]; then
+    h=/usr/src/linux-headers-$kv; c=${h%-amd64}-common; [ -d "$c" ] || c=$h
+  else
+    h=$(ls -d /usr/src/linux-headers-*-amd64 | sort -V | tail -1); c=${h%-amd64}-common
+  fi
+  mkdir -p "/lib/modules/$kv"
+  ln -sfn "$h" "/lib/modules/$kv/build"
+  ln -sfn "$c" "/lib/modules/$kv/source"
+  # tracefs: BCC's detach path and the uprobe checks use it.
+  mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing
+  say "system ready (kernel $kv, headers $(basename "$h"), tracefs mounted)"
+}
+
+python_setup() {
+  [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+  local sp
+  sp=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  # Debian's bcc is pure Python over libbcc.so.0: link only that package into the venv.
+  ln -sfn /usr/lib/python3/dist-packages/bcc "$sp/bcc"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[test]'
+  "$VENV/bin/python" -c 'import bcc, ingero' 
+  say "venv ready ($VENV, $("$VENV/bin/python" -V), bcc linked)"
+}
+
+case "$PHASE" in
+  system) system_setup ;;
+  python) python_setup ;;
+  all) system_setup; python_setup ;;
+  *) say "unknown phase $PHASE (system|python|all)"; exit 2 ;;
+esac
