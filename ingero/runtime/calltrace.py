@@ -1,0 +1,135 @@
+"""Trace entry and return of functions in one library file: the smallest complete probe runtime.
+
+``CallTracer`` compiles ``bpf/calltrace.bpf.c`` once (one generic handler pair, whatever the number of
+symbols), attaches it as two uprobe_multi links (entry, return) whose attach cookies index the symbol
+list, and decodes the ring buffer into :class:`TracedCall` values. ``close()`` detaches both links and
+releases the programs; it is idempotent and also runs on ``with`` exit.
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ingero.paths import data_dir
+from ingero.runtime.links import BPF_TRACE_UPROBE_MULTI, UprobeMultiLink, attach_uprobe_multi
+
+log = logging.getLogger(__name__)
+
+MAX_ARGS = 6
+
+
+class CallRecord(ct.Structure):
+    """Mirror of ``struct ingero_call`` in ``bpf/ingero_call.h``."""
+
+    _fields_ = [
+        ("ts_ns", ct.c_uint64),
+        ("latency_ns", ct.c_uint64),
+        ("pid", ct.c_uint32),
+        ("tid", ct.c_uint32),
+        ("cookie", ct.c_uint32),
+        ("flags", ct.c_uint32),
+        ("retval", ct.c_int64),
+        ("args", ct.c_uint64 * MAX_ARGS),
+    ]
+
+
+@dataclass(frozen=True)
+class TracedCall:
+    symbol: str
+    pid: int
+    tid: int
+    ts_ns: int
+    latency_ns: int
+    retval: int  # raw rax; see retval32
+    args: tuple[int, ...]
+
+    @property
+    def retval32(self) -> int:
+        """The return value as a C ``int`` (cudaError_t, CUresult...): the low 32 bits, signed."""
+        v = self.retval & 0xFFFFFFFF
+        return v - (1 << 32) if v & 0x80000000 else v
+
+
+class CallTracer:
+    """Entry+return tracing of ``symbols`` (name, file offset) in ``path``; ``pid`` 0 means every process."""
+
+    def __init__(
+        self, path: str, symbols: Sequence[tuple[str, int]], *, pid: int = 0, ringbuf_pages: int = 256
+    ) -> None:
+        if ringbuf_pages <= 0 or ringbuf_pages & (ringbuf_pages - 1):
+            raise ValueError("ringbuf_pages must be a power of two")
+        self.path = path
+        self.symbols = tuple(symbols)
+        self.pid = pid
+        self.ringbuf_pages = ringbuf_pages
+        self.links: list[UprobeMultiLink] = []
+        self._bpf = None
+        self._pending: list[TracedCall] = []
+
+    def start(self) -> CallTracer:
+        from bcc import BPF
+
+        bpf_dir = data_dir("bpf")
+        self._bpf = BPF(
+            src_file=str(bpf_dir / "calltrace.bpf.c"),
+            cflags=[f"-I{bpf_dir}", f"-DRINGBUF_PAGES={self.ringbuf_pages}"],
+        )
+        try:
+            entry = self._bpf.load_func("on_entry", BPF.KPROBE, attach_type=BPF_TRACE_UPROBE_MULTI)
+            ret = self._bpf.load_func("on_return", BPF.KPROBE, attach_type=BPF_TRACE_UPROBE_MULTI)
+            offsets = [off for _, off in self.symbols]
+            cookies = list(range(len(self.symbols)))
+            self.links.append(attach_uprobe_multi(entry.fd, self.path, offsets, cookies, pid=self.pid))
+            self.links.append(
+                attach_uprobe_multi(ret.fd, self.path, offsets, cookies, retprobe=True, pid=self.pid)
+            )
+            self._bpf["calls"].open_ring_buffer(self._on_record)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _on_record(self, ctx, data, size) -> int:
+        r = ct.cast(data, ct.POINTER(CallRecord)).contents
+        self._pending.append(
+            TracedCall(
+                symbol=self.symbols[r.cookie][0],
+                pid=r.pid,
+                tid=r.tid,
+                ts_ns=r.ts_ns,
+                latency_ns=r.latency_ns,
+                retval=r.retval,
+                args=tuple(r.args),
+            )
+        )
+        return 0
+
+    def poll(self, timeout_ms: int = 100) -> list[TracedCall]:
+        """Calls completed since the last poll (waits up to ``timeout_ms`` for the first one)."""
+        if self._bpf is None:
+            raise RuntimeError("CallTracer.start() first")
+        self._bpf.ring_buffer_poll(timeout_ms)
+        out, self._pending = self._pending, []
+        return out
+
+    def lost(self) -> int:
+        """Calls dropped because the ring buffer was full."""
+        if self._bpf is None:
+            return 0
+        return sum(v.value for v in self._bpf["lost"].values())
+
+    def close(self) -> None:
+        for link in self.links:
+            link.close()
+        if self._bpf is not None:
+            self._bpf.cleanup()
+            self._bpf = None
+
+    def __enter__(self) -> CallTracer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()

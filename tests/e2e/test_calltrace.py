@@ -1,0 +1,65 @@
+"""CallTracer on the real CUDA runtime: every call of the workload's plan, with its arguments."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from ingero import workload
+from ingero.runtime.calltrace import CallRecord, CallTracer
+from ingero.symbols import read_symbols
+from tests.helpers import Workload
+
+pytestmark = pytest.mark.bpf
+
+PLAN_FUNCS = sorted({c.name for c in workload.PLAN})
+
+
+def test_record_layout_matches_header():
+    from ingero.paths import data_dir
+
+    header = (data_dir("bpf") / "ingero_call.h").read_text()
+    assert "#define INGERO_MAX_ARGS 6" in header
+    assert ct_size() == 8 * 2 + 4 * 4 + 8 + 8 * 6
+
+
+def ct_size() -> int:
+    import ctypes
+
+    return ctypes.sizeof(CallRecord)
+
+
+def test_every_call_of_the_plan(need_bpf, cudart12):
+    table = read_symbols(cudart12)
+    syms = [(name, table.get(name).file_offset) for name in PLAN_FUNCS]
+    repeat = 3
+    with Workload("--repeat", str(repeat)) as w, CallTracer(str(cudart12), syms, pid=w.pid) as tracer:
+        w.expect("waiting calls")
+        w.go()
+        w.finish()
+        calls = []
+        for _ in range(5):
+            calls += tracer.poll(50)
+        assert tracer.lost() == 0
+    assert all(link.closed for link in tracer.links)
+
+    assert Counter(c.symbol for c in calls) == workload.expected_counts(repeat)
+    assert {c.retval32 for c in calls} == {workload.cudaErrorInsufficientDriver}
+    assert all(c.pid == w.pid and c.latency_ns > 0 for c in calls)
+    by = {name: [c for c in calls if c.symbol == name] for name in PLAN_FUNCS}
+    assert [c.args[1] for c in by["cudaMalloc"]] == list(workload.MALLOC_SIZES) * repeat
+    memcpy = [(c.args[2], c.args[3]) for c in by["cudaMemcpy"]]
+    assert memcpy == [(a.args["count"], a.args["kind"]) for a in workload.PLAN if a.name == "cudaMemcpy"] * repeat
+    assert {c.args[4] for c in by["cudaMemcpyAsync"]} == {workload.STREAM}
+    assert {c.args[0] for c in by["cudaStreamSynchronize"]} == {workload.STREAM}
+    launch = by["cudaLaunchKernel"][0]
+    # dim3 is a 12-byte struct passed in two registers: grid in rsi:rdx, block in rcx:r8
+    gx, gy, gz = workload.GRID
+    bx, by_, bz = workload.BLOCK
+    assert launch.args[0] == workload.KERNEL_FUNC
+    assert launch.args[1] == gx | gy << 32 and launch.args[2] & 0xFFFFFFFF == gz
+    assert launch.args[3] == bx | by_ << 32 and launch.args[4] & 0xFFFFFFFF == bz
+    # calls of one thread come out in order
+    ts = [c.ts_ns for c in sorted(calls, key=lambda c: c.ts_ns)]
+    assert ts == sorted(ts)
