@@ -10,7 +10,7 @@ setup:
 	VENV=$(VENV) scripts/setup.sh
 
 demo: setup
-	$(PY) -m ingero.demo
+	$(VENV)/bin/ingero demo
 
 test: setup
 	$(PY) -m ruff check ingero tests bench scripts

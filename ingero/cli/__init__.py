@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "libs": ("ingero.cli.symbols_cmd", "libs"),
     "symbols": ("ingero.cli.symbols_cmd", "symbols"),
     "describe": ("ingero.cli.symbols_cmd", "describe"),
+    "demo": ("ingero.cli.demo_cmd", "demo"),
 }
 
 

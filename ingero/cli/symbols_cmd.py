@@ -1,0 +1,229 @@
+"""``ingero libs``, ``ingero symbols`` and ``ingero describe``: what CUDA code is there to probe.
+
+Thin shells over :mod:`ingero.symbols` and :mod:`ingero.catalogue`. Output is plain aligned text (it
+pipes into grep and awk like ``nm``) or JSON with ``--json``. Imports stay inside the commands so that
+``ingero symbols`` starts fast (measured in bench/bench_symbols.py).
+"""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+
+def _columns(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
+    """Left-aligned columns separated by two spaces; the last column is not padded."""
+    allrows = [header, *rows]
+    widths = [max(len(r[i]) for r in allrows) for i in range(len(header) - 1)]
+    lines = []
+    for r in allrows:
+        cells = [c.ljust(w) for c, w in zip(r, widths, strict=False)] + [r[-1]]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def _lib_dict(lib) -> dict:
+    return {
+        "soname": lib.soname,
+        "path": str(lib.path),
+        "attach_path": str(lib.attach_path),
+        "mapped_path": str(lib.mapped_path) if lib.mapped_path else None,
+        "version": lib.version,
+        "build_id": lib.build_id,
+        "symbols": lib.symbol_count,
+        "source": lib.source,
+        "chosen": lib.chosen,
+        "deleted": lib.deleted,
+        "pid": lib.pid,
+    }
+
+
+@click.command()
+@click.option("--pid", type=int, help="Only the libraries this process has mapped.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per library.")
+def libs(pid: int | None, as_json: bool) -> None:
+    """List the CUDA libraries ingero can probe.
+
+    Without --pid: every copy found on this machine, deduplicated by GNU build-id, in search order
+    (pip nvidia-* wheels, LD_LIBRARY_PATH, CUDA_HOME, conda, the ldconfig cache). '*' marks the copy a
+    bare name such as 'libcudart' picks.
+
+    \b
+    Example:
+        ingero libs
+        ingero libs --pid 4242
+    """
+    from ingero.symbols import find_libraries
+
+    found = find_libraries(pid=pid)
+    if as_json:
+        for lib in found:
+            click.echo(json.dumps(_lib_dict(lib)))
+        return
+    if not found:
+        where = f"process {pid}" if pid else "this machine's search paths"
+        click.echo(f"no CUDA libraries found in {where}")
+        return
+    rows = []
+    for lib in found:
+        mark = "*" if lib.chosen else " "
+        flags = " (deleted)" if lib.deleted else ""
+        rows.append(
+            (
+                f"{mark} {lib.soname or '-'}",
+                lib.version or "-",
+                str(lib.symbol_count),
+                (lib.build_id or "-")[:12],
+                lib.source,
+                f"{lib.path}{flags}",
+            )
+        )
+    click.echo(_columns(rows, ("  SONAME", "VERSION", "SYMBOLS", "BUILD-ID", "SOURCE", "PATH")))
+
+
+@click.command()
+@click.argument("library")
+@click.argument("pattern", required=False, default="*")
+@click.option("--pid", type=int, help="Pick the copy of LIBRARY this process has mapped.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per symbol.")
+@click.option("--demangle/--no-demangle", default=True, show_default=True, help="Show C++ names demangled.")
+def symbols(library: str, pattern: str, pid: int | None, as_json: bool, demangle: bool) -> None:
+    """List the function symbols of LIBRARY matching PATTERN (a case-sensitive glob).
+
+    LIBRARY is a name stem (libcudart, cudart), a soname (libcudart.so.12) or a path. Each line gives
+    the file offset a uprobe attaches to, the size, the binding and the symbol version; 'sig' marks
+    functions whose typed signature ingero knows (see `ingero describe`).
+
+    \b
+    Example:
+        ingero symbols libcudart 'cudaMemcpy*'
+        ingero symbols libcudart.so.12 --pid 4242 --json
+    """
+    from ingero.errors import SymbolNotFound
+    from ingero.symbols import read_symbols, resolve_library
+
+    lib = resolve_library(library, pid=pid)
+    table = read_symbols(lib)
+    matched = table.match(pattern)
+    if not matched:
+        hint = None
+        if not any(ch in pattern for ch in "*?["):
+            from ingero.errors import suggestion
+
+            hint = suggestion(pattern, [s.name for s in table.symbols])
+        raise SymbolNotFound(f"no symbol of {lib.soname or lib.path} matches '{pattern}'", hint=hint)
+    known = _known_names(lib)
+    if as_json:
+        for s in matched:
+            click.echo(
+                json.dumps(
+                    {
+                        "name": s.name,
+                        "demangled": s.demangled,
+                        "address": s.address,
+                        "file_offset": s.file_offset,
+                        "size": s.size,
+                        "binding": s.binding,
+                        "version": s.version,
+                        "section": s.section,
+                        "signature": s.name in known,
+                    }
+                )
+            )
+        return
+    rows = [
+        (
+            f"{s.file_offset:#010x}",
+            str(s.size),
+            s.binding,
+            s.version or "-",
+            "sig" if s.name in known else "",
+            s.demangled if demangle else s.name,
+        )
+        for s in matched
+    ]
+    click.echo(f"# {lib.soname or '-'}  {lib.path}  build-id {lib.build_id or '-'}")
+    click.echo(_columns(rows, ("OFFSET", "SIZE", "BIND", "VERSION", "SIG", "NAME")))
+    click.echo(f"# {len(matched)} of {len(table)} function symbols match '{pattern}'")
+
+
+def _known_names(lib) -> set[str]:
+    """Names of this library's functions the signature catalogue can type (empty if it has none)."""
+    from ingero.catalogue import load_catalogue
+
+    cat = load_catalogue()
+    table_names = set()
+    try:
+        from ingero.symbols import read_symbols
+
+        table_names = {s.name for s in read_symbols(lib).symbols}
+    except Exception:  # noqa: BLE001 - a listing without marks beats no listing
+        return set()
+    return {n for n in table_names if cat.lookup(n) is not None}
+
+
+@click.command()
+@click.argument("symbol")
+@click.option("--cuda", "cuda_major", type=int, help="CUDA major version (default: the newest known).")
+@click.option("--json", "as_json", is_flag=True)
+def describe(symbol: str, cuda_major: int | None, as_json: bool) -> None:
+    """Show the typed signature of a CUDA API function: its C declaration, the fields a probe spec can
+    use, and the values of its enum arguments.
+
+    \b
+    Example:
+        ingero describe cudaMemcpyAsync
+        ingero describe cuMemAlloc --cuda 12
+    """
+    from ingero.catalogue import load_catalogue
+    from ingero.errors import SymbolNotFound, suggestion
+
+    cat = load_catalogue()
+    sig = cat.lookup(symbol, cuda_major=cuda_major)
+    if sig is None:
+        raise SymbolNotFound(
+            f"the signature catalogue has no function '{symbol}'"
+            + (f" for CUDA {cuda_major}" if cuda_major else ""),
+            hint=suggestion(symbol, cat.names(cuda_major=cuda_major)),
+        )
+    enums = {p.name: cat.enum(p.ctype.enum) for p in sig.params if p.ctype.kind == "enum" and p.ctype.enum}
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "name": sig.name,
+                    "called_as": sig.called_as,
+                    "library": sig.library,
+                    "cuda_major": sig.cuda_major,
+                    "header": sig.header,
+                    "declaration": sig.declaration(),
+                    "return_type": sig.return_type,
+                    "params": [
+                        {"name": p.name, "type": p.type, "kind": p.ctype.kind, "size": p.ctype.size}
+                        for p in sig.params
+                    ],
+                    "enums": enums,
+                },
+                indent=2,
+            )
+        )
+        return
+    click.echo(sig.declaration())
+    click.echo(f"  library {sig.library}, CUDA {sig.cuda_major}, from {sig.header}")
+    if sig.called_as and sig.called_as != sig.name:
+        click.echo(f"  programs calling {sig.name} call the exported symbol {sig.called_as}")
+    if sig.base and sig.base != sig.name:
+        click.echo(f"  same signature as {sig.base}")
+    called = [n for n in cat.called_names(sig.base or sig.name) if n != sig.name]
+    if called:
+        click.echo(f"  a call may also land on: {', '.join(called)}")
+    click.echo("fields:")
+    rows = [(p.name, p.type, f"{p.ctype.kind}, {p.ctype.size} bytes") for p in sig.params]
+    rows.append(("retval", sig.return_type, "at return"))
+    rows.append(("latency", "u64", "ns, entry to return"))
+    click.echo("\n".join("  " + line for line in _columns(rows, ("NAME", "C TYPE", "KIND")).splitlines()))
+    for pname, values in enums.items():
+        shown = ", ".join(f"{k}={v}" for k, v in list(values.items())[:12])
+        more = f", … ({len(values)} values)" if len(values) > 12 else ""
+        click.echo(f"{pname}: {shown}{more}")
