@@ -1,0 +1,290 @@
+"""ingero.symbols: reading function symbols from real ELF files (the CUDA runtime wheels, system
+libraries, and C/C++ libraries built here from tests/native/), the cache, and the reader's errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+from conftest import skip_or_fail
+
+from ingero.errors import LibraryNotFound, NoSymbols, NotAnElf, SymbolNotFound
+from ingero.symbols import SymbolTable, find_libraries, read_symbols, resolve_library
+from ingero.symbols.elf import read_elf_info, read_function_symbols
+
+NATIVE = Path(__file__).parent / "native"
+SITE = Path(sysconfig.get_paths()["purelib"])
+CUDART12 = SITE / "nvidia/cuda_runtime/lib/libcudart.so.12"
+CUDART13 = SITE / "nvidia/cu13/lib/libcudart.so.13"
+
+
+def build(out: Path, src: str, *flags: str, cc: str = "gcc") -> Path:
+    if not shutil.which(cc):
+        skip_or_fail(f"{cc} is not installed")
+    subprocess.run([cc, "-O1", "-fPIC", *flags, "-o", str(out), str(NATIVE / src)], check=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def native(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("native")
+    libs = {
+        "cxx": build(d / "libcxxdemo.so", "cxxlib.cpp", "-shared", "-Wl,-soname,libcxxdemo.so.1", cc="g++"),
+        "versioned": build(
+            d / "libversioned.so",
+            "versioned.c",
+            "-shared",
+            "-Wl,-soname,libversioned.so.1",
+            f"-Wl,--version-script={NATIVE / 'versioned.map'}",
+        ),
+        "nofunc": build(d / "libnofunc.so", "nofunc.c", "-shared", "-nostartfiles"),
+        "exe": build(d / "offsets", "offsets.c", "-no-pie", "-fno-pie"),
+        "nobid": build(d / "libnobid.so", "variant.c", "-shared", "-Wl,--build-id=none"),
+    }
+    subprocess.run(["strip", "--strip-all", str(libs["nofunc"])], check=True)
+    libs["cxx_stripped"] = d / "libcxxdemo-stripped.so"
+    shutil.copy(libs["cxx"], libs["cxx_stripped"])
+    subprocess.run(["strip", "--strip-all", str(libs["cxx_stripped"])], check=True)
+    return libs
+
+
+@pytest.fixture(scope="session")
+def cudart12() -> Path:
+    if not CUDART12.exists():
+        skip_or_fail(f"the nvidia-cuda-runtime-cu12 wheel is not installed ({CUDART12})")
+    return CUDART12
+
+
+def _real_libraries() -> list[str]:
+    """Real libraries of this machine for the reader comparison (C, C++, versioned, CUDA)."""
+    paths = [str(p) for p in (CUDART12, CUDART13) if p.exists()]
+    for soname in ("libstdc++.so.6", "libc.so.6", "libcupti.so.13", "libcudart.so.13"):
+        paths += [lib.path for lib in find_libraries(name=soname)[:1] if lib.path not in paths]
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------------
+# the two readers
+
+
+def test_raw_reader_agrees_with_pyelftools_on_real_libraries(native):
+    paths = _real_libraries() + [str(native[k]) for k in ("cxx", "versioned", "exe", "nobid")]
+    assert len(paths) >= 6
+    for path in paths:
+        info_raw, raw = read_function_symbols(path, reader="raw")
+        info_ref, ref = read_function_symbols(path, reader="pyelftools")
+        assert info_raw == info_ref, path
+        assert sorted(raw) == sorted(ref), path
+        assert raw, path
+
+
+def test_libcudart_matches_nm(cudart12):
+    """Names, versions and addresses agree with binutils' own reading of the same file."""
+    table = read_symbols(cudart12)
+    assert table.soname == "libcudart.so.12"
+    assert table.build_id == read_elf_info(cudart12).build_id and len(table.build_id) == 40
+    out = subprocess.run(
+        ["nm", "-D", "--defined-only", "--with-symbol-versions", str(cudart12)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    nm = {}
+    for line in out.splitlines():
+        addr, kind, name = line.split()
+        if kind in "TtWwi":
+            nm[name] = int(addr, 16)
+    ours = {s.versioned_name: s.address for s in table if s.section == "dynsym"}
+    assert ours == nm
+    m = table.get("cudaMalloc")
+    assert (m.version, m.default_version, m.binding, m.section, m.kind) == (
+        "libcudart.so.12",
+        True,
+        "GLOBAL",
+        "dynsym",
+        "func",
+    )
+    assert m.demangled == m.name and m.size > 0
+    # libcudart's text segment starts at file offset 0 = vaddr 0
+    assert m.file_offset == m.address
+    assert [s.name for s in table.symbols] == sorted(s.name for s in table.symbols)
+
+
+def test_file_offset_is_what_the_process_runs(native):
+    """In a non-PIE executable the link address (0x401xxx) and the file offset differ; the bytes the
+    running program shows at its function's address are the file's bytes at our file_offset."""
+    sym = read_symbols(native["exe"]).get("ingero_probe_me")
+    assert sym.address != sym.file_offset
+    addr, code = subprocess.run([native["exe"]], capture_output=True, text=True, check=True).stdout.split()
+    assert int(addr, 16) == sym.address
+    data = native["exe"].read_bytes()
+    assert data[sym.file_offset : sym.file_offset + 16].hex() == code
+
+
+def test_cxx_names_are_demangled_and_globs_match_them(native):
+    table = read_symbols(native["cxx"])
+    dem = {s.demangled: s for s in table}
+    area = dem["ingero_test::Widget::area() const"]
+    assert area.name == "_ZNK11ingero_test6Widget4areaEv" and area.section == "dynsym"
+    assert "ingero_test::Widget::resize(int, int)" in dem
+    assert "int ingero_test::twice<int>(int)" in dem and "double ingero_test::twice<double>(double)" in dem
+    assert dem["plain_c_entry"].name == "plain_c_entry"
+    # a static function: only in .symtab, LOCAL
+    helper = next(s for s in table if "hidden_helper" in s.demangled)
+    assert (helper.section, helper.binding) == ("symtab", "LOCAL")
+
+    assert {s.demangled for s in table.match("ingero_test::Widget::*")} == {
+        "ingero_test::Widget::area() const",
+        "ingero_test::Widget::resize(int)",
+        "ingero_test::Widget::resize(int, int)",
+    }
+    assert len(table.match("*twice*")) == 2
+    assert table.match("_ZNK*") == [area]
+    assert table.match("INGERO_TEST::*") == []  # case-sensitive
+    assert table.get("ingero_test::Widget::area() const") is area
+    assert table.get("_ZNK11ingero_test6Widget4areaEv") is area
+
+    stripped = read_symbols(native["cxx_stripped"])
+    assert not any("hidden_helper" in s.demangled for s in stripped)
+    assert all(s.section == "dynsym" for s in stripped)
+
+
+def test_symbol_versions_and_ifuncs(native):
+    table = read_symbols(native["versioned"])
+    assert table.soname == "libversioned.so.1"
+    new = table.get("vfunc")
+    assert (new.version, new.default_version, new.versioned_name) == ("VERS_2", True, "vfunc@@VERS_2")
+    old = table.get("vfunc@VERS_1")
+    assert (old.version, old.default_version, old.versioned_name) == ("VERS_1", False, "vfunc@VERS_1")
+    assert old.file_offset != new.file_offset
+    assert table.get("vfunc@@VERS_2") is new
+    with pytest.raises(SymbolNotFound):
+        table.get("vfunc@@VERS_1")  # that version exists only hidden
+    assert table.get("picked").kind == "ifunc"
+    assert table.get("local_only").section == "symtab"
+    assert [s.versioned_name for s in table.match("vfunc")] == ["vfunc@VERS_1", "vfunc@@VERS_2"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# the cache
+
+
+def test_cache_per_build_id_and_warm_path_imports(native, tmp_path):
+    cache = tmp_path / "cache"
+    env = dict(os.environ, INGERO_CACHE_DIR=str(cache))
+    lib = native["cxx"]
+    code = (
+        "import sys, json\n"
+        "from ingero.symbols import read_symbols\n"
+        f"t = read_symbols({str(lib)!r})\n"
+        "print(json.dumps([len(t), t.get('_ZNK11ingero_test6Widget4areaEv').demangled,"
+        " 'elftools' in sys.modules, 'cxxfilt' in sys.modules]))\n"
+    )
+
+    def run() -> list:
+        out = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        )
+        return json.loads(out.stdout)
+
+    cold = run()
+    assert cold[:2] != [0, None] and cold[1] == "ingero_test::Widget::area() const"
+    assert cold[3] is True  # demangling needed cxxfilt
+    info = read_elf_info(lib)
+    entries = [p.name for p in (cache / "symbols").iterdir()]
+    assert entries == [f"{info.build_id}-{info.table_sizes[0]:x}-{info.table_sizes[1]:x}.json"]
+    warm = run()
+    assert warm == [cold[0], cold[1], False, False]  # no pyelftools, no cxxfilt on the warm path
+
+
+def test_cached_table_equals_fresh_read(cudart12):
+    first = read_symbols(cudart12)
+    fresh = read_symbols(cudart12, use_cache=False)
+    assert fresh == first
+    again = read_symbols(cudart12)
+    assert again.symbols == fresh.symbols
+
+
+def test_file_without_build_id_is_keyed_by_inode_and_mtime(native, tmp_path):
+    lib = tmp_path / "libnobid.so"
+    shutil.copy(native["nobid"], lib)
+    assert read_elf_info(lib).build_id is None
+    table = read_symbols(lib)
+    assert table.build_id is None and table.get("ingero_variant")
+    st = lib.stat()
+    from ingero.paths import cache_dir
+
+    assert (
+        cache_dir() / "symbols" / f"nobid-{st.st_dev}-{st.st_ino}-{st.st_size}-{st.st_mtime_ns}.json"
+    ).exists()
+    # a different file at the same path is not served from the old entry
+    build(
+        lib,
+        "versioned.c",
+        "-shared",
+        "-Wl,--build-id=none",
+        f"-Wl,--version-script={NATIVE / 'versioned.map'}",
+    )
+    assert "vonly" in read_symbols(lib)
+
+
+def test_symbol_table_api(cudart12):
+    table = read_symbols(cudart12)
+    assert isinstance(table, SymbolTable) and len(table) == len(table.symbols) > 300
+    assert "cudaMemcpyAsync" in table
+    names = [s.name for s in table.match("cudaMemcpy*")]
+    assert "cudaMemcpy" in names and "cudaMemcpyAsync" in names
+    assert all(n.startswith("cudaMemcpy") for n in names)
+    assert table.match("CUDAMEMCPY*") == []
+    # a name (not a path) is resolved like the CLI does
+    assert read_symbols("libcudart.so.12").build_id == table.build_id
+
+
+# ---------------------------------------------------------------------------------------------------
+# errors
+
+
+def test_no_such_symbol_suggests(cudart12):
+    with pytest.raises(SymbolNotFound) as e:
+        read_symbols(cudart12).get("cudaMaloc")
+    assert "cudaMaloc" in e.value.message and "libcudart.so.12" in e.value.message
+    assert "'cudaMalloc'" in e.value.hint
+
+
+def test_not_an_elf(tmp_path):
+    fake = tmp_path / "libfake.so.1"
+    fake.write_text("/* GNU ld script */\nGROUP ( libc.so.6 )\n")
+    with pytest.raises(NotAnElf, match="not an ELF"):
+        read_symbols(fake)
+    with pytest.raises(NotAnElf):
+        resolve_library(str(fake))
+    short = tmp_path / "libshort.so"
+    short.write_bytes(b"\x7fELF\x02\x01\x01")
+    with pytest.raises(NotAnElf):
+        read_symbols(short)
+    with pytest.raises(NotAnElf):
+        read_symbols(tmp_path)
+
+
+def test_no_symbols(native):
+    with pytest.raises(NoSymbols) as e:
+        read_symbols(native["nofunc"])
+    assert str(native["nofunc"]) in e.value.message and e.value.hint
+    assert read_elf_info(native["nofunc"]).machine  # a valid ELF all the same
+
+
+def test_missing_file_and_library(tmp_path):
+    with pytest.raises(LibraryNotFound, match="no such file"):
+        read_symbols(tmp_path / "libnothere.so")
+    with pytest.raises(LibraryNotFound) as e:
+        resolve_library("libcudarr")
+    assert "'libcudart'" in (e.value.hint or "")
+    with pytest.raises(LibraryNotFound) as e:
+        read_symbols("cublasss")
+    assert "libcublas" in (e.value.hint or "")
