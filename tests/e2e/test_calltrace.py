@@ -63,3 +63,24 @@ def test_every_call_of_the_plan(need_bpf, cudart12):
     # calls of one thread come out in order
     ts = [c.ts_ns for c in sorted(calls, key=lambda c: c.ts_ns)]
     assert ts == sorted(ts)
+
+
+def test_attach_to_a_deleted_mapped_library_by_pid(need_bpf, cudart12, tmp_path):
+    """The library file was deleted after the process loaded it: attach through /proc/PID/map_files."""
+    import shutil
+
+    from ingero.symbols import resolve_library
+
+    copy = tmp_path / "libcudart.so.12"
+    shutil.copy(cudart12, copy)
+    with Workload("--lib", str(copy)) as w:
+        w.expect("waiting calls")
+        copy.unlink()
+        lib = resolve_library("libcudart", pid=w.pid)
+        assert lib.deleted and "/map_files/" in str(lib.attach_path)
+        off = read_symbols(lib).get("cudaMalloc").file_offset
+        with CallTracer(str(lib.attach_path), [("cudaMalloc", off)], pid=w.pid) as tracer:
+            w.go()
+            w.finish()
+            calls = tracer.poll(100)
+    assert [c.args[1] for c in calls] == list(workload.MALLOC_SIZES)
