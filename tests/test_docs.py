@@ -85,7 +85,7 @@ def test_docs_have_examples_and_mark_every_unrun_command():
             lang, body = m.group(1).strip(), m.group(2)
             if lang == "console":
                 continue
-            shows_cmd = re.search(r"^\s*(\$ )?(sudo )?(ingero|make)\b", body, re.M)
+            shows_cmd = re.search(r"^\s*(\$ )?(sudo )?(ingero|make)( |$)", body, re.M)
             if shows_cmd:
                 assert body.lstrip().startswith(NOT_RUN), (
                     f"{doc.relative_to(ROOT)}: a ```{lang} block shows `{shows_cmd.group(0).strip()}` "
