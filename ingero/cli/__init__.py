@@ -16,6 +16,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "libs": ("ingero.cli.symbols_cmd", "libs"),
     "symbols": ("ingero.cli.symbols_cmd", "symbols"),
     "describe": ("ingero.cli.symbols_cmd", "describe"),
+    "mcp": ("ingero.cli.mcp_cmd", "mcp"),
+    "stats": ("ingero.cli.replay_cmd", "stats"),
+    "chains": ("ingero.cli.replay_cmd", "chains"),
+    "stacks": ("ingero.cli.replay_cmd", "stacks"),
+    "check": ("ingero.cli.replay_cmd", "check"),
+    "explain": ("ingero.cli.replay_cmd", "explain"),
+    "query": ("ingero.cli.replay_cmd", "query"),
+    "audit": ("ingero.cli.replay_cmd", "audit"),
     "demo": ("ingero.cli.demo_cmd", "demo"),
 }
 

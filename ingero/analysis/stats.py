@@ -1,0 +1,150 @@
+"""Per-operation trace statistics with exact nearest-rank percentiles.
+
+Upstream keeps only the last 1000 samples per op for its percentiles; here they are computed over every
+stored event of the op in the window (``idx = ceil(p*n) - 1`` on the sorted durations). Where
+``event_aggregates`` counted more events than were stored (upstream's selective storage), ``total``
+carries the aggregate count beside the stored ``count``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+
+from ingero.analysis.window import ALL, TimeWindow
+from ingero.store.reader import TraceReader
+from ingero.store.schema import op_name
+
+
+@dataclass(frozen=True)
+class OpStats:
+    source: int
+    op: int
+    name: str
+    count: int          # stored events in the window
+    total: int          # events counted by event_aggregates (0 when unknown); may exceed count
+    p50_ns: int
+    p95_ns: int
+    p99_ns: int
+    min_ns: int
+    max_ns: int
+    sum_ns: int
+    anomalies: int = 0  # events slower than 3x p50 (upstream's anomaly threshold)
+    description: str = ""
+
+    @property
+    def avg_ns(self) -> int:
+        return self.sum_ns // self.count if self.count else 0
+
+
+@dataclass(frozen=True)
+class TraceStats:
+    ops: tuple[OpStats, ...]          # sorted by total duration, descending (as upstream)
+    stored_events: int
+    aggregate_events: int             # SUM(count) of event_aggregates in the window, 0 if none
+    span_ns: int                      # first to last event in the window
+    window: TimeWindow
+
+    def op(self, name: str) -> OpStats | None:
+        return next((o for o in self.ops if o.name == name), None)
+
+
+def nearest_rank(sorted_values: list[int], p: float) -> int:
+    """Nearest-rank percentile of an ascending list (0 for an empty one)."""
+    n = len(sorted_values)
+    if n == 0:
+        return 0
+    idx = max(0, min(n - 1, math.ceil(p * n) - 1))
+    return sorted_values[idx]
+
+
+def event_filter(reader: TraceReader, window: TimeWindow, pids: tuple[int, ...] = (),
+                 alias: str = "") -> tuple[str, list[int]]:
+    """``WHERE`` clause (with the keyword, or ``""``) for a window and pid filter on ``events``."""
+    col = f"{alias}." if alias else ""
+    where, params = window.sql(f"{col}timestamp")
+    parts = [where] if where else []
+    if pids:
+        parts.append(f"{col}pid IN ({','.join('?' * len(pids))})")
+        params = params + list(pids)
+    return ("WHERE " + " AND ".join(parts)) if parts else "", params
+
+
+def trace_stats(reader: TraceReader, window: TimeWindow = ALL, pids: tuple[int, ...] = ()
+                ) -> TraceStats:
+    if not reader.has_table("events"):
+        return TraceStats((), 0, 0, 0, window)
+    where, params = event_filter(reader, window, pids)
+    durations: dict[tuple[int, int], list[int]] = defaultdict(list)
+    first = last = None
+    cur = reader.conn.execute(f"SELECT source, op, duration FROM events {where}", params)
+    while True:
+        batch = cur.fetchmany(50_000)
+        if not batch:
+            break
+        for s, o, d in batch:
+            durations[(s, o)].append(d)
+    b = reader.conn.execute(f"SELECT MIN(timestamp), MAX(timestamp) FROM events {where}", params).fetchone()
+    if b and b[0] is not None:
+        first, last = b
+    # minute buckets cannot be cut to an arbitrary window: totals are given for the whole trace only
+    agg = _aggregate_counts(reader, window, pids) if window.is_open else {}
+    descs = reader.op_descriptions
+    ops = []
+    for (s, o), ds in durations.items():
+        ds.sort()
+        name = op_name(s, o)
+        p50 = nearest_rank(ds, 0.50)
+        anomalies = len(ds) - bisect.bisect_right(ds, 3 * p50) if p50 > 0 else 0
+        ops.append(OpStats(s, o, name, len(ds), agg.get((s, o), 0), p50, nearest_rank(ds, 0.95),
+                           nearest_rank(ds, 0.99), ds[0], ds[-1], sum(ds), anomalies, descs.get(name, "")))
+    ops.sort(key=lambda x: (-x.sum_ns, x.source, x.op))
+    stored = sum(x.count for x in ops)
+    span = (last - first) if first is not None else 0
+    return TraceStats(tuple(ops), stored, sum(agg.values()), span, window)
+
+
+def _aggregate_counts(reader: TraceReader, window: TimeWindow, pids: tuple[int, ...]
+                      ) -> dict[tuple[int, int], int]:
+    if not reader.has_table("event_aggregates"):
+        return {}
+    # buckets are minute-truncated: a bucket overlaps the window if it ends after its start
+    parts, params = [], []
+    if window.start_ns is not None:
+        parts.append("bucket >= ?")
+        params.append(window.start_ns - 60 * 10**9 + 1)
+    if window.end_ns is not None:
+        parts.append("bucket <= ?")
+        params.append(window.end_ns)
+    if pids:
+        parts.append(f"pid IN ({','.join('?' * len(pids))})")
+        params += list(pids)
+    where = ("WHERE " + " AND ".join(parts)) if parts else ""
+    rows = reader.query(f"SELECT source, op, SUM(count) FROM event_aggregates {where} GROUP BY source, op",
+                        params)
+    return {(s, o): int(n or 0) for s, o, n in rows}
+
+
+@dataclass(frozen=True)
+class AggregateOp:
+    source: int
+    op: int
+    name: str
+    count: int
+    sum_ns: int
+    min_ns: int
+    max_ns: int
+
+
+def aggregate_stats(reader: TraceReader, window: TimeWindow = ALL) -> tuple[AggregateOp, ...]:
+    """Upstream's aggregate path: count/avg/min/max per op from ``event_aggregates`` (no percentiles)."""
+    if not reader.has_table("event_aggregates"):
+        return ()
+    where, params = window.sql("bucket")
+    rows = reader.query(
+        "SELECT source, op, SUM(count), SUM(sum_dur), MIN(min_dur), MAX(max_dur) FROM event_aggregates "
+        f"{'WHERE ' + where if where else ''} GROUP BY source, op ORDER BY SUM(count) DESC", params)
+    return tuple(AggregateOp(s, o, op_name(s, o), int(n), int(sd), int(mn), int(mx))
+                 for s, o, n, sd, mn, mx in rows)

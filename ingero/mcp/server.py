@@ -1,0 +1,341 @@
+"""The MCP server: upstream's standard seven tools over a stored trace, every request audited.
+
+Tools are typed functions; the SDK derives their schemas. Structured output is off for every tool
+(``structured_output=False``): upstream found that ``structuredContent`` broke Claude Code, so results
+are a single compact text block as upstream's. User errors reach the agent as ``ToolError`` messages.
+"""
+
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import anyio
+from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from pydantic import Field
+
+from ingero.analysis import causal_chains, make_window, top_stacks, trace_stats
+from ingero.analysis.check import format_checks, run_all_checks
+from ingero.analysis.demo import SCENARIOS, find_scenario, run_scenario
+from ingero.audit import AuditLog, AuditRecord, dumps_args, now_ns, token_fingerprint
+from ingero.errors import IngeroError
+from ingero.mcp import format as fmt
+from ingero.mcp.prompt import INVESTIGATE_DESCRIPTION, INVESTIGATE_TEXT, INVESTIGATE_TITLE
+from ingero.paths import state_dir
+from ingero.store import TraceReader, guard_connection, run_guarded
+from ingero.store.sqlguard import DEFAULT_TIMEOUT_S, SqlFailed, SqlRefused
+
+log = logging.getLogger(__name__)
+
+NO_DB = "No database available. Run 'ingero trace' first to create and populate the event store."
+SERVER_TITLE = "Ingero GPU Causal Observability — AI-first analysis"
+TSC_DESC = "telegraphic compression (default: true). Set false for verbose output."
+SINCE_DESC = ("time range: a duration counted back from the END of the trace for saved DBs (e.g. 1m, 5m, "
+              "1h), or an absolute time (2026-03-20T13:56:02, @unix-seconds). Omit to use ALL events.")
+PID_DESC = "filter by single process ID. 0 = all. Deprecated: use pids."
+TOP_N_DESC = ("max chains to return (default 10). Deduplicates by operation, keeps highest severity. Use 0 "
+              "(or a negative value) for all.")
+UNTIL_DESC = "end of the time range, same forms as since (a duration counts back from the end). Omit for all."
+
+
+def selftest_dir() -> Path:
+    """Where ``ingero selftest`` writes its JSON reports (get_test_report returns the newest)."""
+    return state_dir() / "selftest"
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    transport: str = "stdio"           # stdio | http
+    sql_timeout_s: float = DEFAULT_TIMEOUT_S
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("ingero")
+    except Exception:  # noqa: BLE001 - a source checkout without metadata
+        return "dev"
+
+
+def _tsc(v: bool | None) -> bool:
+    return v is None or bool(v)
+
+
+class _Backend:
+    """The reader plus its guarded run_sql connection; serialises access from worker threads."""
+
+    def __init__(self, reader: TraceReader | None, sql_timeout_s: float) -> None:
+        self.reader = reader
+        self.sql_timeout_s = sql_timeout_s
+        self.lock = threading.Lock()
+        self._sql_conn = None
+        if reader is not None:
+            self._sql_conn = reader.connect()
+            guard_connection(self._sql_conn)
+
+    def anchor(self) -> int | None:
+        b = self.reader.time_bounds if self.reader else None
+        return b[1] if b else None
+
+    def sql(self, query: str, limit: int):
+        return run_guarded(self._sql_conn, query, limit=limit, timeout_s=self.sql_timeout_s)
+
+
+async def _call(backend: _Backend, fn: Callable[[], str]) -> str:
+    def locked() -> str:
+        with backend.lock:
+            return fn()
+    try:
+        return await anyio.to_thread.run_sync(locked)
+    except IngeroError as e:
+        raise ToolError(str(e)) from None
+
+
+def run_sql_description(reader: TraceReader | None) -> str:
+    text = (
+        "Execute read-only SQL on the Ingero database. For ad-hoc analysis the fixed tools can't do: "
+        "temporal bucketing, threshold queries, per-PID breakdowns, throughput calculations. One "
+        "SELECT/WITH/EXPLAIN statement; writes, ATTACH, state-changing pragmas and extension loading are "
+        "refused by the SQLite engine. Limits: 30 s, 1000 rows by default "
+        "(limit up to 10000), 1 MiB of output.\n"
+        "JOINs: events.source=sources.id, events.(source,op)=ops.(source_id,op_id), "
+        "events.stack_hash=stack_traces.hash, events.cgroup_id=cgroup_metadata.cgroup_id, "
+        "events.pid=process_names.pid (qualify pid as e.pid when joining).\n"
+        "Sources: 1=CUDA, 3=HOST, 4=DRIVER, 5=IO, 6=TCP, 7=NET, 8=CUDA_GRAPH. CUDA ops: 1=cudaMalloc, "
+        "2=cudaFree, 3=cudaLaunchKernel, 4=cudaMemcpy, 5=cudaStreamSync, 6=cudaDeviceSync, "
+        "7=cudaMemcpyAsync, 8=cudaMallocManaged, 9=cudaMemcpy2D, 10=cudaMemcpy2DAsync, 11=cudaMemcpyPeer, "
+        "12=cudaMemcpyPeerAsync. "
+        "HOST ops: 1=sched_switch, 2=sched_wakeup, 3=mm_page_alloc, 4=oom_kill, 5=process_exec, "
+        "6=process_exit, 7=process_fork, 10=pod_restart, 11=pod_eviction, 12=pod_oom_kill. DRIVER ops: "
+        "1=cuLaunchKernel, 2=cuMemcpy, 3=cuMemcpyAsync, 4=cuCtxSynchronize, 5=cuMemAlloc, "
+        "6=cuMemAllocManaged. IO ops: 1=block_read, 2=block_write, 3=block_discard. TCP ops: "
+        "1=tcp_retransmit. NET ops: 1=net_send, 2=net_recv.\n"
+        "Args: cudaMalloc arg0=size; cudaMemcpy* arg0=bytes, arg1=kind (0 H2H, 1 H2D, 2 D2H, 3 D2D, "
+        "4 default); "
+        "cudaLaunchKernel arg0=function pointer; mm_page_alloc arg0=bytes; sched_switch pid=resumed thread, "
+        "duration=off-CPU ns, arg1=preempting pid; net_send/net_recv arg0=fd, arg1=bytes; block I/O "
+        "arg0=sectors. Timestamps: Unix nanos. Durations: nanos (/1e3 = µs).\n"
+        "Performance: for large DBs query event_aggregates (per-minute, small) or stack_traces instead of "
+        "scanning events; use get_stacks for call stacks.")
+    if reader is not None:
+        tables = "; ".join(f"{t}({', '.join(cols)})" for t, cols in reader.tables.items())
+        text += f"\nTables in this database (schema {reader.schema_version}): {tables}"
+    return text
+
+
+def build_server(reader: TraceReader | None, audit: AuditLog | None,
+                 options: ServerOptions = ServerOptions()) -> MCPServer:
+    """An MCP server over ``reader`` (None: the DB tools answer that there is no database)."""
+    backend = _Backend(reader, options.sql_timeout_s)
+    db_label = str(reader.path) if reader else ""
+    middleware = [_AuditMiddleware(audit, options.transport, db_label)] if audit else []
+    server = MCPServer(name="ingero", title=SERVER_TITLE, version=_version(), middleware=middleware,
+                       instructions="Investigate a GPU trace: start with get_trace_stats, then "
+                                    "get_causal_chains. Saved databases: omit 'since'.")
+
+    @server.tool(structured_output=False, description="Run system diagnostics: kernel version, BTF support, "
+                 "NVIDIA driver, CUDA libraries, running GPU processes")
+    async def get_check() -> str:
+        return await anyio.to_thread.run_sync(lambda: format_checks(run_all_checks()))
+
+    @server.tool(structured_output=False, description=(
+        "Get CUDA and host operation statistics: count, p50/p95/p99/max (exact, over all stored events), "
+        "share of the trace's wall time and anomalies (> 3x p50) per operation. Works with both live and "
+        "saved/offline databases. Omit 'since' for saved DBs."))
+    async def get_trace_stats(
+        since: Annotated[str, Field(description=SINCE_DESC)] = "",
+        tsc: Annotated[bool | None, Field(description=TSC_DESC)] = None,
+        until: Annotated[str, Field(description=UNTIL_DESC)] = "",
+    ) -> str:
+        def work() -> str:
+            if reader is None:
+                return NO_DB
+            w = make_window(since, until, backend.anchor())
+            return fmt.format_stats(trace_stats(reader, w), _tsc(tsc), since)
+        return await _call(backend, work)
+
+    @server.tool(structured_output=False, description=(
+        "Analyze CUDA + host events and return causal chains with severity, root cause, and "
+        "recommendations. Deduplicates by operation, returns top 10 by default (use top_n to adjust). "
+        "AI-first: TSC-compressed by default. Works with both live and saved/offline databases. "
+        "Omit 'since' for saved DBs."))
+    async def get_causal_chains(
+        since: Annotated[str, Field(description=SINCE_DESC)] = "",
+        pid: Annotated[int, Field(description=PID_DESC)] = 0,
+        pids: Annotated[list[int] | None, Field(description="filter by process ID(s). Takes precedence over "
+                                                            "pid.")] = None,
+        tsc: Annotated[bool | None, Field(description=TSC_DESC)] = None,
+        top_n: Annotated[int, Field(description=TOP_N_DESC)] = 10,
+        until: Annotated[str, Field(description=UNTIL_DESC)] = "",
+    ) -> str:
+        def work() -> str:
+            if reader is None:
+                return "No database available. Run 'ingero trace' first."
+            w = make_window(since, until, backend.anchor())
+            chosen = tuple(p for p in (pids or []) if p > 0) or ((pid,) if pid > 0 else ())
+            res = causal_chains(reader, w, chosen, top_n)
+            if res.path == "replay" and res.events == 0 and not res.chains:
+                return "No events found in the database."
+            return fmt.format_chains(res.chains, _tsc(tsc))
+        return await _call(backend, work)
+
+    names = ", ".join(sorted(s.name for s in SCENARIOS))
+
+    @server.tool(structured_output=False, description="Run a synthetic demo scenario and return the stats "
+                 "snapshot and causal chains of its generated events. No GPU or root needed.")
+    async def run_demo(scenario: Annotated[str, Field(description=f"scenario name: {names}")] = "") -> str:
+        def work() -> str:
+            try:
+                find_scenario(scenario)
+            except IngeroError as e:
+                return str(e)
+            r = run_scenario(scenario)
+            stats = fmt.format_stats(r.stats, True).removeprefix(fmt.PREAMBLE)
+            chains = fmt.format_chains(r.chains.chains, True).removeprefix(fmt.PREAMBLE)
+            return (f"Scenario: {r.scenario.name} — {r.scenario.description}\n\n{stats}\n\n"
+                    f"Causal chains: {chains}\n\nInsight: {r.scenario.insight}")
+        return await _call(backend, work)
+
+    @server.tool(structured_output=False, description=(
+        "Get the newest GPU integration test report (JSON) written by `ingero selftest`. Includes per-test "
+        "status, timing, and system info."))
+    async def get_test_report(tsc: Annotated[bool | None, Field(description=TSC_DESC)] = None) -> str:
+        return await anyio.to_thread.run_sync(lambda: test_report_text(_tsc(tsc)))
+
+    @server.tool(structured_output=False, description=run_sql_description(reader))
+    async def run_sql(
+        query: Annotated[str, Field(description="Read-only SQL (SELECT/WITH/EXPLAIN). See tool description "
+                                                "for schema.")],
+        limit: Annotated[int, Field(description="max rows returned (default 1000, max 10000)")] = 0,
+        tsc: Annotated[bool | None, Field(description=TSC_DESC)] = None,
+    ) -> str:
+        def work() -> str:
+            if reader is None:
+                return "No database available. Run 'ingero trace' first."
+            if not query.strip():
+                raise ToolError("query parameter is required")
+            try:
+                res = backend.sql(query, limit)
+            except (SqlRefused, SqlFailed) as e:
+                raise ToolError(str(e)) from None
+            text = fmt.sql_result_json(res, _tsc(tsc))
+            if len(text.encode()) > 1 << 20:
+                raise ToolError(f"SQL response too large ({len(text.encode())} bytes, max 1048576). "
+                                "Add LIMIT or narrow the query.")
+            return fmt.PREAMBLE + text
+        return await _call(backend, work)
+
+    @server.tool(structured_output=False, description=(
+        "Get resolved call stacks for CUDA/driver operations. Returns top stacks by frequency with symbol "
+        "names, source files, and timing stats. One call answers 'what code path caused this operation?' "
+        "For older DBs without resolved symbols, falls back to raw IPs (hex addresses)."))
+    async def get_stacks(
+        source: Annotated[int, Field(description="Source filter: 1=CUDA, 3=HOST, 4=DRIVER")] = 0,
+        op: Annotated[str, Field(description="Operation name (e.g. cudaMalloc, cuLaunchKernel)")] = "",
+        pid: Annotated[int, Field(description="Process ID filter")] = 0,
+        since: Annotated[str, Field(description=SINCE_DESC)] = "",
+        limit: Annotated[int, Field(description="Max stacks returned (default 10, max 100)")] = 10,
+        tsc: Annotated[bool | None, Field(description=TSC_DESC)] = None,
+        until: Annotated[str, Field(description=UNTIL_DESC)] = "",
+    ) -> str:
+        def work() -> str:
+            if reader is None:
+                return "No database available. Run 'ingero trace' first."
+            w = make_window(since, until, backend.anchor())
+            lim = 10 if limit <= 0 else min(limit, 100)
+            stacks = top_stacks(reader, source=source, op=op, pid=pid, window=w, limit=lim)
+            return fmt.format_stacks(stacks, lim, _tsc(tsc))
+        return await _call(backend, work)
+
+    @server.prompt(name="investigate", title=INVESTIGATE_TITLE, description=INVESTIGATE_DESCRIPTION)
+    def investigate() -> str:
+        return INVESTIGATE_TEXT
+
+    return server
+
+
+def test_report_text(tsc: bool = True) -> str:
+    folder = selftest_dir()
+    reports = sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
+    if not reports:
+        return (f"No test report found in {folder}. Run 'sudo ingero selftest' first to generate the report "
+                "(it traces a real CUDA workload and writes a JSON report there).")
+    raw = reports[-1].read_text(errors="replace")
+    if tsc:
+        return raw
+    try:
+        return json.dumps(json.loads(raw), indent=2, sort_keys=True)
+    except ValueError:
+        return raw
+
+
+class _AuditMiddleware:
+    """Records every request (tools, prompts, lists, initialize) in the audit log."""
+
+    def __init__(self, audit: AuditLog, transport: str, db: str) -> None:
+        self.audit = audit
+        self.transport = transport
+        self.db = db
+
+    async def __call__(self, ctx: Any, call_next: Any) -> Any:
+        if ctx.request_id is None:  # a notification, not an invocation
+            return await call_next(ctx)
+        ts, t0 = now_ns(), time.perf_counter()
+        params = dict(ctx.params or {})
+        outcome, error, nbytes, result = "ok", "", 0, None
+        try:
+            result = await call_next(ctx)
+            outcome, error, nbytes = _result_facts(result)
+            return result
+        except BaseException as e:
+            outcome, error = "rejected", f"{type(e).__name__}: {e}"
+            raise
+        finally:
+            name, version = _client_info(ctx, params)
+            tool = str(params.get("name", "")) if ctx.method in ("tools/call", "prompts/get") else ""
+            args = params.get("arguments") if tool else {k: v for k, v in params.items() if k != "_meta"}
+            try:
+                self.audit.record(AuditRecord(
+                    ts, name, version, self.transport, _token_fp(ctx), ctx.method, tool,
+                    dumps_args(args or {}), (time.perf_counter() - t0) * 1000, outcome, error, nbytes,
+                    self.db))
+            except Exception:  # noqa: BLE001 - never fail a request because the log could not be written
+                log.exception("could not write the audit record")
+
+
+def _result_facts(result: Any) -> tuple[str, str, int]:
+    data = result.model_dump(by_alias=True) if hasattr(result, "model_dump") else (result or {})
+    text = "".join(c.get("text", "") for c in data.get("content", []) if isinstance(c, dict))
+    nbytes = len(text.encode()) if text else len(json.dumps(data, default=str).encode())
+    if data.get("isError") or data.get("is_error"):
+        return "error", text[:2000], nbytes
+    return "ok", "", nbytes
+
+
+def _client_info(ctx: Any, params: dict) -> tuple[str, str]:
+    info = None
+    try:
+        cp = ctx.session.client_params
+        info = cp.client_info if cp is not None else None
+    except Exception:  # noqa: BLE001 - stateless requests carry no session
+        info = None
+    if info is not None:
+        return str(info.name or ""), str(info.version or "")
+    ci = params.get("clientInfo") or {}
+    return str(ci.get("name", "")), str(ci.get("version", ""))
+
+
+def _token_fp(ctx: Any) -> str:
+    req = getattr(ctx, "request", None)
+    headers = getattr(req, "headers", None)
+    if not headers:
+        return ""
+    auth = headers.get("authorization", "")
+    return token_fingerprint(auth[7:].strip()) if auth[:7].lower() == "bearer " else ""

@@ -1,0 +1,126 @@
+"""Upstream Ingero's SQLite schema: table definitions, source and op codes.
+
+These are the tables and meanings of upstream Ingero (v0.8 to v0.17, see docs/compat.md). The reader
+adapts to the columns a given file really has; the writer (a later stage) creates them with ``DDL``.
+"""
+
+from __future__ import annotations
+
+from ingero.errors import IngeroError, suggestion
+
+#: Upstream HEAD schema (v0.10+ columns included). A writer creates these; the reader never does.
+DDL = """
+CREATE TABLE IF NOT EXISTS events (id TEXT PRIMARY KEY,
+  timestamp INTEGER NOT NULL, pid INTEGER NOT NULL, tid INTEGER NOT NULL, source INTEGER NOT NULL,
+  op INTEGER NOT NULL, duration INTEGER NOT NULL, gpu_id INTEGER NOT NULL DEFAULT 0,
+  arg0 INTEGER NOT NULL DEFAULT 0, arg1 INTEGER NOT NULL DEFAULT 0, ret_code INTEGER NOT NULL DEFAULT 0,
+  stack_hash INTEGER NOT NULL DEFAULT 0, node TEXT NOT NULL DEFAULT '', rank INTEGER, local_rank INTEGER,
+  world_size INTEGER, comm TEXT NOT NULL DEFAULT '', stack_ips TEXT NOT NULL DEFAULT '',
+  cgroup_id INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS idx_events_timestamp ON events(timestamp);
+CREATE INDEX IF NOT EXISTS idx_events_pid ON events(pid);
+CREATE INDEX IF NOT EXISTS idx_events_source_op_stack ON events(source, op, stack_hash);
+CREATE INDEX IF NOT EXISTS idx_events_cgroup ON events(cgroup_id) WHERE cgroup_id != 0;
+CREATE TABLE IF NOT EXISTS stack_traces (hash INTEGER PRIMARY KEY, ips TEXT NOT NULL,
+  frames TEXT NOT NULL DEFAULT '');
+CREATE TABLE IF NOT EXISTS causal_chains (id TEXT PRIMARY KEY, detected_at INTEGER NOT NULL,
+  severity TEXT NOT NULL, summary TEXT NOT NULL, root_cause TEXT NOT NULL, explanation TEXT NOT NULL,
+  recommendations TEXT NOT NULL DEFAULT '', cuda_op TEXT NOT NULL DEFAULT '',
+  cuda_p99_us INTEGER NOT NULL DEFAULT 0, cuda_p50_us INTEGER NOT NULL DEFAULT 0,
+  tail_ratio REAL NOT NULL DEFAULT 0, timeline TEXT NOT NULL DEFAULT '', node TEXT NOT NULL DEFAULT '');
+CREATE INDEX IF NOT EXISTS idx_chains_detected_at ON causal_chains(detected_at);
+CREATE INDEX IF NOT EXISTS idx_chains_severity ON causal_chains(severity);
+CREATE TABLE IF NOT EXISTS system_snapshots (id INTEGER PRIMARY KEY AUTOINCREMENT,
+  timestamp INTEGER NOT NULL UNIQUE, cpu_pct REAL NOT NULL, mem_pct REAL NOT NULL,
+  mem_avail INTEGER NOT NULL, swap_mb INTEGER NOT NULL, load_avg REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS sessions (id INTEGER PRIMARY KEY AUTOINCREMENT, started_at INTEGER NOT NULL,
+  stopped_at INTEGER NOT NULL DEFAULT 0, gpu_model TEXT NOT NULL DEFAULT '',
+  gpu_driver TEXT NOT NULL DEFAULT '', cpu_model TEXT NOT NULL DEFAULT '',
+  cpu_cores INTEGER NOT NULL DEFAULT 0, mem_total INTEGER NOT NULL DEFAULT 0,
+  kernel TEXT NOT NULL DEFAULT '', os_release TEXT NOT NULL DEFAULT '', cuda_ver TEXT NOT NULL DEFAULT '',
+  python_ver TEXT NOT NULL DEFAULT '', ingero_ver TEXT NOT NULL DEFAULT '',
+  pid_filter TEXT NOT NULL DEFAULT '', flags TEXT NOT NULL DEFAULT '', node TEXT NOT NULL DEFAULT '',
+  rank INTEGER, local_rank INTEGER, world_size INTEGER);
+CREATE TABLE IF NOT EXISTS process_names (pid INTEGER NOT NULL, name TEXT NOT NULL,
+  seen_at INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (pid));
+CREATE TABLE IF NOT EXISTS event_aggregates (bucket INTEGER NOT NULL, source INTEGER NOT NULL,
+  op INTEGER NOT NULL, pid INTEGER NOT NULL DEFAULT 0, count INTEGER NOT NULL DEFAULT 0,
+  stored INTEGER NOT NULL DEFAULT 0, sum_dur INTEGER NOT NULL DEFAULT 0, min_dur INTEGER NOT NULL DEFAULT 0,
+  max_dur INTEGER NOT NULL DEFAULT 0, sum_arg0 INTEGER NOT NULL DEFAULT 0,
+  PRIMARY KEY (bucket, source, op, pid));
+CREATE INDEX IF NOT EXISTS idx_aggregates_bucket ON event_aggregates(bucket);
+CREATE TABLE IF NOT EXISTS cgroup_metadata (cgroup_id INTEGER PRIMARY KEY,
+  container_id TEXT NOT NULL DEFAULT '', cgroup_path TEXT NOT NULL DEFAULT '',
+  pod_name TEXT NOT NULL DEFAULT '', namespace TEXT NOT NULL DEFAULT '');
+CREATE TABLE IF NOT EXISTS cgroup_schedstat (cgroup_id INTEGER NOT NULL, p99_off_cpu INTEGER NOT NULL,
+  total_off_cpu INTEGER NOT NULL, event_count INTEGER NOT NULL, window_start INTEGER NOT NULL DEFAULT 0,
+  window_end INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (cgroup_id, window_end));
+CREATE TABLE IF NOT EXISTS sources (id INTEGER PRIMARY KEY, name TEXT NOT NULL, description TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS ops (source_id INTEGER NOT NULL, op_id INTEGER NOT NULL, name TEXT NOT NULL,
+  description TEXT NOT NULL, PRIMARY KEY (source_id, op_id));
+CREATE TABLE IF NOT EXISTS schema_info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+SOURCE_CUDA, SOURCE_HOST, SOURCE_DRIVER, SOURCE_IO, SOURCE_TCP, SOURCE_NET, SOURCE_GRAPH = 1, 3, 4, 5, 6, 7, 8
+
+#: source code -> upstream's lower-case name (``events.Source.String()``)
+SOURCE_NAMES: dict[int, str] = {
+    1: "cuda", 3: "host", 4: "driver", 5: "io", 6: "tcp", 7: "net", 8: "cuda_graph",
+}
+
+#: (source, op) -> op name, as upstream's ``pkg/events/types.go``
+OP_NAMES: dict[tuple[int, int], str] = {
+    (1, 1): "cudaMalloc", (1, 2): "cudaFree", (1, 3): "cudaLaunchKernel", (1, 4): "cudaMemcpy",
+    (1, 5): "cudaStreamSync", (1, 6): "cudaDeviceSync", (1, 7): "cudaMemcpyAsync",
+    (1, 8): "cudaMallocManaged", (1, 9): "cudaMemcpy2D", (1, 10): "cudaMemcpy2DAsync",
+    (1, 11): "cudaMemcpyPeer", (1, 12): "cudaMemcpyPeerAsync",
+    (3, 1): "sched_switch", (3, 2): "sched_wakeup", (3, 3): "mm_page_alloc", (3, 4): "oom_kill",
+    (3, 5): "process_exec", (3, 6): "process_exit", (3, 7): "process_fork", (3, 10): "pod_restart",
+    (3, 11): "pod_eviction", (3, 12): "pod_oom_kill", (3, 20): "mm_page_alloc_summary",
+    (3, 21): "sched_switch_summary",
+    (4, 1): "cuLaunchKernel", (4, 2): "cuMemcpy", (4, 3): "cuMemcpyAsync", (4, 4): "cuCtxSynchronize",
+    (4, 5): "cuMemAlloc", (4, 6): "cuMemAllocManaged",
+    (5, 1): "block_read", (5, 2): "block_write", (5, 3): "block_discard",
+    (6, 1): "tcp_retransmit",
+    (7, 1): "net_send", (7, 2): "net_recv",
+    (8, 1): "graphBeginCapture", (8, 2): "graphEndCapture", (8, 3): "graphInstantiate", (8, 4): "graphLaunch",
+}
+
+_UNKNOWN_FMT = {1: "unknown({})", 3: "host_op({})", 4: "driver_op({})", 5: "io_op({})", 6: "tcp_op({})",
+                7: "net_op({})", 8: "graph_op({})"}
+
+#: aliases accepted by :func:`resolve_op` (upstream ``events.ResolveOp``)
+OP_ALIASES = {"cumemalloc_v2": (4, 5), "cumemallocmanaged_v2": (4, 6),
+              "cudastreamsynchronize": (1, 5), "cudadevicesynchronize": (1, 6)}
+
+
+def op_name(source: int, op: int) -> str:
+    """Upstream's ``Event.OpName()``: the name, or ``unknown(n)``/``host_op(n)``... for unknown codes."""
+    name = OP_NAMES.get((source, op))
+    if name:
+        return name
+    return _UNKNOWN_FMT.get(source, "op({})").format(op)
+
+
+def source_label(source: int) -> str:
+    """The label of verbose stats lines: Host, Driver, else CUDA (upstream's own choice)."""
+    return {SOURCE_HOST: "Host", SOURCE_DRIVER: "Driver"}.get(source, "CUDA")
+
+
+def resolve_op(name: str) -> tuple[int, int]:
+    """An op name (case-insensitive, with upstream's aliases) -> (source, op)."""
+    key = name.strip().lower()
+    for code, n in OP_NAMES.items():
+        if n.lower() == key:
+            return code
+    if key in OP_ALIASES:
+        return OP_ALIASES[key]
+    raise IngeroError(
+        f'Unknown operation "{name}". Use CUDA ops (cudaMalloc, cudaLaunchKernel, ...) or driver ops '
+        "(cuLaunchKernel, cuMemAlloc, ...).",
+        suggestion(name, OP_NAMES.values()),
+    )
+
+
+#: ops whose arg0 is a pointer (upstream skips sum_arg0 for them)
+POINTER_ARG0_OPS = {(1, 2), (1, 3), (4, 1)}

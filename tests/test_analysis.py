@@ -1,0 +1,201 @@
+"""Analysis over real upstream databases and synthetic ones: stats, chains, stacks, windows, demos."""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+
+import pytest
+
+from ingero.analysis import TimeWindow, causal_chains, make_window, top_stacks, trace_stats
+from ingero.analysis.chains import CausalChain, dedup_stored, replay_chains
+from ingero.analysis.check import format_checks, run_all_checks
+from ingero.analysis.demo import SCENARIOS, build_scenario_db, find_scenario, run_scenario
+from ingero.analysis.stacks import parse_frames, render_frame
+from ingero.analysis.stats import nearest_rank
+from ingero.analysis.window import go_duration, parse_duration_ns, parse_time
+from ingero.errors import IngeroError
+from ingero.store import TraceReader
+from tests.replay_helpers import DATALOADER, DB_DIR, DBS
+
+
+def _sql(db, q, p=()):
+    c = sqlite3.connect(f"file:{db}?mode=ro&immutable=1", uri=True)
+    try:
+        return c.execute(q, p).fetchall()
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("db", DBS, ids=[d.stem for d in DBS])
+def test_stats_match_direct_sql_on_every_db(db):
+    with TraceReader.open(db) as r:
+        st = trace_stats(r)
+    groups = _sql(db, "SELECT source, op, COUNT(*), MIN(duration), MAX(duration), SUM(duration) FROM events "
+                      "GROUP BY 1, 2")
+    assert len(st.ops) == len(groups)
+    for s, o, n, mn, mx, total in groups:
+        x = next(x for x in st.ops if (x.source, x.op) == (s, o))
+        assert (x.count, x.min_ns, x.max_ns, x.sum_ns) == (n, mn, mx, total)
+        durs = sorted(d for (d,) in _sql(db, "SELECT duration FROM events WHERE source=? AND op=?", (s, o)))
+        for p, got in ((0.5, x.p50_ns), (0.95, x.p95_ns), (0.99, x.p99_ns)):
+            assert got == durs[math.ceil(p * n) - 1]
+    assert [o.sum_ns for o in st.ops] == sorted((o.sum_ns for o in st.ops), reverse=True)
+
+
+def test_nearest_rank():
+    assert nearest_rank([], 0.5) == 0
+    assert nearest_rank([7], 0.99) == 7
+    vals = list(range(1, 101))
+    assert (nearest_rank(vals, 0.5), nearest_rank(vals, 0.95), nearest_rank(vals, 0.99)) == (50, 95, 99)
+    assert nearest_rank([1, 2, 3, 4], 0.5) == 2
+
+
+def test_windows_are_relative_to_the_end_of_the_trace():
+    with TraceReader.open(DATALOADER) as r:
+        first, last = r.time_bounds
+        w = make_window("30s", "", last)
+        assert w == TimeWindow(last - 30 * 10**9, None)
+        st = trace_stats(r, w)
+        n = _sql(DATALOADER, "SELECT COUNT(*) FROM events WHERE timestamp >= ?", (last - 30 * 10**9,))[0][0]
+        assert st.stored_events == n
+        w2 = make_window("", "1m", last)
+        assert trace_stats(r, w2).stored_events + n <= 3807
+        assert make_window("0", "", last).is_open
+
+
+def test_time_parsing():
+    assert parse_duration_ns("1h30m") == 5400 * 10**9
+    assert parse_duration_ns("250ms") == 250 * 10**6 and parse_duration_ns("2d") == 172800 * 10**9
+    assert parse_duration_ns("1.5s") == 1_500_000_000 and parse_duration_ns("90us") == 90_000
+    for bad in ("5 minutes", "m5", "1x", "--1s"):
+        with pytest.raises(IngeroError, match="invalid duration"):
+            parse_duration_ns(bad)
+    assert parse_time("2026-03-20T13:56:02", None) == 1774014962 * 10**9
+    assert parse_time("2026-03-20T13:56:02Z", None) == 1774014962 * 10**9
+    assert parse_time("@1774014962.5", None) == 1774014962_500_000_000
+    assert parse_time("1774014962000000000", None) == 1774014962000000000
+    assert parse_time("5m", None) is None and parse_time("", 10) is None
+    with pytest.raises(IngeroError, match="empty"):
+        make_window("@20", "@10", None)
+
+
+def test_go_duration():
+    assert go_duration(0) == "0s" and go_duration(999) == "999ns"
+    assert go_duration(93587) == "93.587µs" and go_duration(27_657_000) == "27.657ms"
+    assert go_duration(12_405_034_000) == "12.405034s" and go_duration(62_500_000_000) == "1m2.5s"
+    assert go_duration(3_723_000_000_000) == "1h2m3s" and go_duration(1_000_000) == "1ms"
+
+
+def _chain(op, sev, ratio):
+    return CausalChain(f"{op}-{sev}-{ratio}", sev, f"{op} {ratio}", "rc", "", (), (), op, ratio)
+
+
+def test_dedup_stored_rules():
+    chains = [_chain("a", "MEDIUM", 2.0), _chain("a", "MEDIUM", 5.0), _chain("a", "HIGH", 1.0),
+              _chain("b", "LOW", 9.0), _chain("b", "HIGH", 3.0), _chain("a", "MEDIUM", 5.0)]
+    out = dedup_stored(chains, 0)
+    assert [(c.cuda_op, c.severity, c.tail_ratio) for c in out] == [
+        ("b", "HIGH", 3.0), ("a", "HIGH", 1.0), ("a", "MEDIUM", 5.0), ("b", "LOW", 9.0)]
+    assert out[2].id == "a-MEDIUM-5.0"  # the first of equal ratios wins
+    assert len(dedup_stored(chains, 2)) == 2
+    assert len(dedup_stored([_chain("x", "HIGH", 1.0)] * 60, 10)) == 1
+
+
+def test_dataloader_stored_chains_dedup_to_8():
+    with TraceReader.open(DATALOADER) as r:
+        res = causal_chains(r, top_n=0)
+    assert res.path == "stored" and res.considered == 316 and len(res.chains) == 8
+    assert [c.severity for c in res.chains] == ["HIGH"] * 4 + ["MEDIUM"] * 4
+    assert res.chains[0].cuda_op == "cudaLaunchKernel" and res.chains[0].tail_ratio == 356.6
+    assert res.chains[0].timeline[-1].layer == "CUDA"
+
+
+def test_cluster_chains_keep_node():
+    with TraceReader.open(DB_DIR / "sample-cluster.db") as r:
+        res = causal_chains(r)
+    assert res.path == "stored" and {c.node for c in res.chains} >= {"gpu-node-01"}
+
+
+def test_replay_recomputes_chains_from_events():
+    with TraceReader.open(DATALOADER) as r:
+        chains, n = replay_chains(r)
+        by_pid = causal_chains(r, pids=(30581,))
+    assert n == 3807
+    ops = {c.cuda_op for c in chains}
+    assert {"cudaLaunchKernel", "cuLaunchKernel", "cudaStreamSync"} <= ops
+    launch = next(c for c in chains if c.cuda_op == "cudaLaunchKernel")
+    assert launch.severity == "HIGH" and "3676 sched_switch events" in launch.root_cause
+    assert launch.timeline[0].detail == "CPU 100%" and launch.timeline[-1].op == "cudaLaunchKernel"
+    assert "Pin training process to dedicated cores with taskset" in launch.recommendations
+    assert by_pid.path == "replay"
+
+
+def test_replay_on_synthetic_incident():
+    reader, writer = build_scenario_db(find_scenario("incident"))
+    try:
+        chains, n = replay_chains(reader)
+        assert n == 1468
+        sync = next(c for c in chains if c.cuda_op == "cudaStreamSync")
+        assert sync.severity == "HIGH" and sync.tail_ratio > 8
+        assert sync.summary.startswith("cudaStreamSync p99=") and "850 sched_switch events" in sync.summary
+        quiet = replay_chains(reader, TimeWindow(0, 1))[0]
+        assert quiet == []
+    finally:
+        reader.close()
+        writer.close()
+
+
+def test_stacks_on_dataloader():
+    with TraceReader.open(DATALOADER) as r:
+        top = top_stacks(r, limit=3)
+        sync = top_stacks(r, op="cudaStreamSync")
+        driver = top_stacks(r, source=4, limit=100)
+        none = top_stacks(r, pid=1)
+    assert len(top) == 3 and top[0].count >= top[1].count >= top[2].count
+    assert top[0].processes == ("python3",)
+    assert len(sync) == 1 and sync[0].count == 21
+    assert sum(s.count for s in driver) == _sql(DATALOADER, "SELECT COUNT(*) FROM events e JOIN stack_traces "
+                                                            "st ON e.stack_hash = st.hash WHERE source = 4")[0][0]
+    assert none == ()
+
+
+def test_frame_rendering():
+    assert render_frame({"s": "cudaMalloc+0x1cb", "f": "libcudart.so.12"}) == "cudaMalloc+0x1cb at libcudart.so.12"
+    assert render_frame({"i": "0x7f", "f": "a.so", "l": 12}) == "0x7f at a.so:12"
+    assert render_frame({"pf": "/x/sdpa.py", "pfn": "repeat_kv", "pl": 6}) == "-> repeat_kv (/x/sdpa.py:6)"
+    assert parse_frames("", '["0x1","0x2"]') == ("0x1", "0x2")
+    assert parse_frames("not json", "") == ()
+    assert parse_frames('["legacy"]', "") == ("legacy",)
+
+
+@pytest.mark.parametrize("scenario", [s.name for s in SCENARIOS])
+def test_every_scenario_runs_fast_and_shows_its_effect(scenario):
+    r = run_scenario(scenario)
+    assert r.events > 100 and r.stats.stored_events == r.events
+    ops = {o.name: o for o in r.stats.ops}
+    effect = {
+        "incident": lambda: ops["cudaStreamSync"].p99_ns > 8 * ops["cudaStreamSync"].p50_ns,
+        "cold-start": lambda: ops["cudaMalloc"].max_ns > 50 * ops["cudaMalloc"].p50_ns,
+        "cpu-contention": lambda: any(c.cuda_op == "cudaStreamSync" for c in r.chains.chains),
+        "gpu-steal": lambda: ops["cudaStreamSync"].p99_ns > 3 * ops["cudaStreamSync"].p50_ns,
+        "memcpy-bottleneck": lambda: r.stats.ops[0].name == "cudaMemcpy",
+        "periodic-spike": lambda: ops["cudaMalloc"].p95_ns > 40 * ops["cudaMalloc"].p50_ns,
+    }[scenario]
+    assert effect()
+
+
+def test_scenario_lookup():
+    assert find_scenario("contention").name == "gpu-steal"
+    with pytest.raises(IngeroError) as e:
+        find_scenario("incidnet")
+    assert "did you mean 'incident'" in str(e.value)
+
+
+def test_system_check_shape():
+    checks = run_all_checks()
+    assert [c.name for c in checks] == ["Kernel version", "BTF support", "NVIDIA driver", "GPU model",
+                                        "CUDA runtime", "CUDA driver (libcuda.so)", "CUDA processes",
+                                        "Privileges", "ptrace_scope"]
+    text = format_checks(checks)
+    assert all(line.split("]")[0] in ("[PASS", "[FAIL", "[INFO") for line in text.splitlines())
