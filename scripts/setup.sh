@@ -20,7 +20,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 PKGS="python3-bpfcc linux-headers-amd64 bpftrace bpftool gcc g++ make libc6-dev binutils util-linux
-      python3-venv ca-certificates"
+      python3-venv python3.11 ca-certificates openssl"
 
 system_setup() {
   # Debian packages: install every time (a no-op when present); refresh the lists only if that fails.
@@ -46,6 +46,12 @@ system_setup() {
   ln -sfn "$c" "/lib/modules/$kv/source"
   # tracefs: BCC's detach path and the uprobe checks use it.
   mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing
+  # Node.js runs the MCP Inspector CLI, the independent MCP client of the tests (npx fetches it).
+  # Machines of this kind bring Node 20; elsewhere take Debian's.
+  if ! command -v npx >/dev/null; then
+    # shellcheck disable=SC2086
+    apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+  fi
   say "system ready (kernel $kv, headers $(basename "$h"), tracefs mounted)"
 }
 

@@ -113,7 +113,7 @@ def symbols(library: str, pattern: str, pid: int | None, as_json: bool, demangle
 
             hint = suggestion(pattern, [s.name for s in table.symbols])
         raise SymbolNotFound(f"no symbol of {lib.soname or lib.path} matches '{pattern}'", hint=hint)
-    known = _known_names(lib)
+    known = _known_names(table)
     if as_json:
         for s in matched:
             click.echo(
@@ -148,19 +148,12 @@ def symbols(library: str, pattern: str, pid: int | None, as_json: bool, demangle
     click.echo(f"# {len(matched)} of {len(table)} function symbols match '{pattern}'")
 
 
-def _known_names(lib) -> set[str]:
-    """Names of this library's functions the signature catalogue can type (empty if it has none)."""
+def _known_names(table) -> set[str]:
+    """Names of the table's functions whose exact exported symbol the signature catalogue types."""
     from ingero.catalogue import load_catalogue
 
     cat = load_catalogue()
-    table_names = set()
-    try:
-        from ingero.symbols import read_symbols
-
-        table_names = {s.name for s in read_symbols(lib).symbols}
-    except Exception:  # noqa: BLE001 - a listing without marks beats no listing
-        return set()
-    return {n for n in table_names if cat.lookup(n) is not None}
+    return {s.name for s in table.symbols if cat.lookup_symbol(s.name) is not None}
 
 
 @click.command()
@@ -212,12 +205,12 @@ def describe(symbol: str, cuda_major: int | None, as_json: bool) -> None:
     click.echo(sig.declaration())
     click.echo(f"  library {sig.library}, CUDA {sig.cuda_major}, from {sig.header}")
     if sig.called_as and sig.called_as != sig.name:
-        click.echo(f"  programs calling {sig.name} call the exported symbol {sig.called_as}")
-    if sig.base and sig.base != sig.name:
-        click.echo(f"  same signature as {sig.base}")
-    called = [n for n in cat.called_names(sig.base or sig.name) if n != sig.name]
-    if called:
-        click.echo(f"  a call may also land on: {', '.join(called)}")
+        click.echo(f"  programs calling {sig.name} call the exported symbol {sig.called_as} (a #define in {sig.header})")
+    elif sig.base and sig.base != sig.name:
+        click.echo(f"  per-thread default-stream variant of {sig.base}, same arguments")
+    landing = [n for n in cat.called_names(sig.name) if n not in (sig.name, sig.called_as)]
+    if landing:
+        click.echo(f"  a call may also land on: {', '.join(landing)}")
     click.echo("fields:")
     rows = [(p.name, p.type, f"{p.ctype.kind}, {p.ctype.size} bytes") for p in sig.params]
     rows.append(("retval", sig.return_type, "at return"))

@@ -1,0 +1,120 @@
+"""`ingero libs`, `ingero symbols` and `ingero describe` as a user runs them: the real console script,
+on the wheel's libcudart and on a running workload's pid, checked against pyelftools as an oracle."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from elftools.elf.elffile import ELFFile
+
+from tests.helpers import Workload
+
+INGERO = str(Path(sys.executable).parent / "ingero")
+
+
+def ingero(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([INGERO, *args], capture_output=True, text=True, timeout=60)
+
+
+def oracle(path: Path, glob: str) -> dict[str, int]:
+    """name -> file offset of the defined functions matching glob, by pyelftools (not ingero's reader)."""
+    out = {}
+    with open(path, "rb") as f:
+        elf = ELFFile(f)
+        loads = [s for s in elf.iter_segments() if s["p_type"] == "PT_LOAD"]
+        for sym in elf.get_section_by_name(".dynsym").iter_symbols():
+            if sym["st_info"]["type"] != "STT_FUNC" or sym["st_shndx"] == "SHN_UNDEF":
+                continue
+            if not fnmatch.fnmatchcase(sym.name, glob):
+                continue
+            v = sym["st_value"]
+            seg = next(s for s in loads if s["p_vaddr"] <= v < s["p_vaddr"] + s["p_memsz"])
+            out[sym.name] = v - seg["p_vaddr"] + seg["p_offset"]
+    return out
+
+
+def listed(stdout: str) -> dict[str, int]:
+    rows = [line.split() for line in stdout.splitlines() if line.startswith("0x")]
+    return {r[-1]: int(r[0], 16) for r in rows}
+
+
+def test_symbols_of_the_wheel_library(cudart12):
+    r = ingero("symbols", "libcudart.so.12", "cudaMemcpy*")
+    assert r.returncode == 0, r.stderr
+    expected = oracle(cudart12, "cudaMemcpy*")
+    assert len(expected) > 20
+    assert listed(r.stdout) == expected
+    assert r.stdout.splitlines()[0].startswith(f"# libcudart.so.12  {cudart12}")
+    assert f"# {len(expected)} of 435 function symbols match 'cudaMemcpy*'" in r.stdout
+
+
+def test_symbols_and_libs_of_a_running_workload(cudart12):
+    with Workload() as w:
+        w.expect("waiting calls")
+        # a bare name with --pid picks what the process mapped (the .so.12), not the first copy on disk
+        r = ingero("symbols", "libcudart", "cudaMemcpy*", "--pid", str(w.pid), "--json")
+        libs = ingero("libs", "--pid", str(w.pid), "--json")
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert {x["name"]: x["file_offset"] for x in rows} == oracle(cudart12, "cudaMemcpy*")
+    assert all(x["version"] == "libcudart.so.12" for x in rows)
+    assert next(x for x in rows if x["name"] == "cudaMemcpyAsync")["signature"] is True
+    [lib] = [json.loads(line) for line in libs.stdout.splitlines()]
+    assert lib["soname"] == "libcudart.so.12" and lib["source"] == "pid" and lib["pid"] == w.pid
+    assert Path(lib["path"]) == cudart12 and lib["symbols"] == 435 and len(lib["build_id"]) == 40
+
+
+def test_libs_lists_every_copy_and_marks_the_chosen_one():
+    r = ingero("libs")
+    assert r.returncode == 0, r.stderr
+    cudart = [line for line in r.stdout.splitlines() if "libcudart.so." in line]
+    assert cudart[0].startswith("* ") and all(not line.startswith("*") for line in cudart[1:])
+    assert any("libcudart.so.12" in line and "12.9.79" in line for line in cudart)
+
+
+def test_describe_cudamemcpyasync():
+    r = ingero("describe", "cudaMemcpyAsync", "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert [p["name"] for p in d["params"]] == ["dst", "src", "count", "kind", "stream"]
+    assert [p["kind"] for p in d["params"]] == ["pointer", "pointer", "uint", "enum", "pointer"]
+    assert d["enums"]["kind"]["cudaMemcpyDeviceToHost"] == 2
+    assert d["return_type"] == "cudaError_t" and d["library"] == "cudart"
+    text = ingero("describe", "cudaMemcpyAsync", "--cuda", "12").stdout
+    assert text.startswith("cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t count, "
+                           "enum cudaMemcpyKind kind, cudaStream_t stream)")
+    assert "library cudart, CUDA 12" in text and "cudaMemcpyAsync_ptsz" in text
+
+
+@pytest.mark.parametrize(
+    "args,message,hint",
+    [
+        (["symbols", "libcudar"], "no library 'libcudar' found", "did you mean 'libcudart'"),
+        (["symbols", "/etc/hostname"], "not an ELF", None),
+        (["symbols", "/nonexistent/libfoo.so"], "/nonexistent/libfoo.so", None),
+        (["libs", "--pid", "999999999"], "no process with pid 999999999", "ps -e"),
+        (["symbols", "libcudart", "--pid", "999999999"], "no process with pid 999999999", None),
+        (["symbols", "libcudart.so.12", "cudaMallocc"], "no symbol of libcudart.so.12 matches", "'cudaMalloc'"),
+        (["describe", "cudaMemcpyAsyn"], "has no function 'cudaMemcpyAsyn'", "'cudaMemcpyAsync'"),
+    ],
+)
+def test_errors_are_clear_and_distinct(args, message, hint):
+    r = ingero(*args)
+    assert r.returncode == 1
+    assert "Traceback" not in r.stderr
+    assert r.stderr.startswith("error: ") and message in r.stderr, r.stderr
+    if hint:
+        assert "hint: " in r.stderr and hint in r.stderr, r.stderr
+
+
+def test_symbols_of_a_process_that_has_not_loaded_cuda_yet():
+    with Workload(wait_load=True) as w:
+        w.expect("waiting load")
+        r = ingero("symbols", "libcudart", "--pid", str(w.pid))
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert f"{w.pid}" in r.stderr, r.stderr
