@@ -205,7 +205,9 @@ def describe(symbol: str, cuda_major: int | None, as_json: bool) -> None:
     click.echo(sig.declaration())
     click.echo(f"  library {sig.library}, CUDA {sig.cuda_major}, from {sig.header}")
     if sig.called_as and sig.called_as != sig.name:
-        click.echo(f"  programs calling {sig.name} call the exported symbol {sig.called_as} (a #define in {sig.header})")
+        click.echo(
+            f"  programs calling {sig.name} call the exported symbol {sig.called_as} (a #define in {sig.header})"
+        )
     elif sig.base and sig.base != sig.name:
         click.echo(f"  per-thread default-stream variant of {sig.base}, same arguments")
     landing = [n for n in cat.called_names(sig.name) if n not in (sig.name, sig.called_as)]
