@@ -56,7 +56,10 @@ def main() -> int:
             failed.append(b.stem)
             sections.append(f"## {b.stem}\n\nFAILED (exit {r.returncode}):\n\n```\n{r.stderr[-2000:]}\n```\n")
         else:
-            sections.append(r.stdout.strip() + f"\n\n_{b.name} took {time.perf_counter() - t0:.1f} s._\n")
+            text = r.stdout.strip()
+            if not text.startswith("## "):  # plain-text output: keep its layout
+                text = f"## {b.stem}\n\n```\n{text}\n```"
+            sections.append(text + f"\n\n_{b.name} took {time.perf_counter() - t0:.1f} s._\n")
     out = ROOT / "docs" / "benchmarks.md"
     out.write_text(
         "# Benchmarks\n\n"
