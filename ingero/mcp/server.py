@@ -12,7 +12,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, Any
 
 import anyio
@@ -27,7 +26,7 @@ from ingero.audit import AuditLog, AuditRecord, dumps_args, now_ns, token_finger
 from ingero.errors import IngeroError
 from ingero.mcp import format as fmt
 from ingero.mcp.prompt import INVESTIGATE_DESCRIPTION, INVESTIGATE_TEXT, INVESTIGATE_TITLE
-from ingero.paths import state_dir
+from ingero.selftest import selftest_dir
 from ingero.store import TraceReader, guard_connection, run_guarded
 from ingero.store.sqlguard import DEFAULT_TIMEOUT_S, SqlFailed, SqlRefused
 
@@ -42,11 +41,6 @@ PID_DESC = "filter by single process ID. 0 = all. Deprecated: use pids."
 TOP_N_DESC = ("max chains to return (default 10). Deduplicates by operation, keeps highest severity. Use 0 "
               "(or a negative value) for all.")
 UNTIL_DESC = "end of the time range, same forms as since (a duration counts back from the end). Omit for all."
-
-
-def selftest_dir() -> Path:
-    """Where ``ingero selftest`` writes its JSON reports (get_test_report returns the newest)."""
-    return state_dir() / "selftest"
 
 
 @dataclass(frozen=True)
