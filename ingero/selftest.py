@@ -13,9 +13,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -41,57 +38,8 @@ def selftest_dir() -> Path:
     return state_dir() / "selftest"
 
 
-def _own_uprobe_multi_links() -> int:
-    n = 0
-    for fd in os.listdir("/proc/self/fdinfo"):
-        try:
-            with open(f"/proc/self/fdinfo/{fd}") as f:
-                if "link_type:\tuprobe_multi" in f.read():
-                    n += 1
-        except OSError:
-            pass
-    return n
-
-
-def _run_workload_traced(lib_path: str, symbols: list[tuple[str, int]], repeat: int) -> dict:
-    """Trace ``symbols`` (entry+return) while the workload runs its plan ``repeat`` times."""
-    from ingero.runtime.calltrace import CallTracer
-
-    child = subprocess.Popen(
-        [sys.executable, "-m", "ingero.workload", "--repeat", str(repeat), "--wait-calls", "--lib", lib_path],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        while not (child.stdout.readline() or "waiting calls").startswith("waiting calls"):
-            pass
-        t0 = time.perf_counter()
-        tracer = CallTracer(lib_path, symbols, pid=child.pid).start()
-        t_start = time.perf_counter() - t0
-        calls = []
-        try:
-            child.send_signal(signal.SIGUSR1)
-            while child.poll() is None:
-                calls += tracer.poll(20)
-            calls += tracer.poll(20)
-            lost = tracer.lost()
-        finally:
-            t0 = time.perf_counter()
-            tracer.close()
-            t_detach = time.perf_counter() - t0
-    finally:
-        if child.poll() is None:
-            child.kill()
-        child.wait()
-    return {
-        "counts": Counter(c.symbol for c in calls),
-        "return_codes": sorted({c.retval32 for c in calls}),
-        "lost": lost,
-        "compile_attach_s": t_start,
-        "detach_s": t_detach,
-        "links_left": _own_uprobe_multi_links(),
-        "calls": len(calls),
-    }
+def _timings(r: workload.TracedRun) -> dict:
+    return {"compile_attach_ms": round(r.compile_attach_s * 1000, 2), "detach_ms": round(r.detach_s * 1000, 2)}
 
 
 def run_selftest(repeat: int = 100, progress: Callable[[str], None] | None = None) -> dict:
@@ -145,33 +93,33 @@ def run_selftest(repeat: int = 100, progress: Callable[[str], None] | None = Non
         return f"{n} CUDA 12 functions typed", {"functions_cuda12": n}
 
     def c_exact():
-        r = _run_workload_traced(str(state["lib"].attach_path), state["plan_syms"], repeat)
+        r = workload.trace_workload(str(state["lib"].attach_path), state["plan_syms"], repeat)
         expected = workload.expected_counts(repeat)
-        if r["counts"] != expected:
-            raise RuntimeError(f"counts {dict(r['counts'])} != expected {dict(expected)}")
-        if r["return_codes"] != [workload.cudaErrorInsufficientDriver] or r["lost"]:
-            raise RuntimeError(f"return codes {r['return_codes']}, lost {r['lost']}")
-        if r["links_left"]:
-            raise RuntimeError(f"{r['links_left']} uprobe_multi link(s) left open after detach")
+        if r.counts() != expected:
+            raise RuntimeError(f"counts {dict(r.counts())} != expected {dict(expected)}")
+        rcs = sorted({c.retval32 for c in r.calls})
+        if rcs != [workload.cudaErrorInsufficientDriver] or r.lost:
+            raise RuntimeError(f"return codes {rcs}, lost {r.lost}")
+        if r.links_left:
+            raise RuntimeError(f"{r.links_left} uprobe_multi link(s) left open after detach")
         return (
-            f"{r['calls']} calls of {len(expected)} functions, exact counts, all returned 35, 0 lost",
-            {k: round(v * 1000, 2) for k, v in r.items() if k.endswith("_s")} | {"calls": r["calls"]},
+            f"{len(r.calls)} calls of {len(expected)} functions, exact counts, all returned 35, 0 lost",
+            _timings(r) | {"calls": len(r.calls)},
         )
 
     def c_scale():
         syms = state["all_syms"]
-        r = _run_workload_traced(str(state["lib"].attach_path), syms, 1)
+        r = workload.trace_workload(str(state["lib"].attach_path), syms, 1)
         expected = workload.expected_counts(1)
-        seen = {k: v for k, v in r["counts"].items() if k in expected}
+        seen = {k: v for k, v in r.counts().items() if k in expected}
         if seen != dict(expected):
             raise RuntimeError(f"plan counts {seen} != {dict(expected)} with every function probed")
-        if r["links_left"]:
-            raise RuntimeError(f"{r['links_left']} uprobe_multi link(s) left open after detach")
+        if r.links_left:
+            raise RuntimeError(f"{r.links_left} uprobe_multi link(s) left open after detach")
         return (
             f"{len(syms)} functions x entry+return in 2 links: compile+attach "
-            f"{r['compile_attach_s'] * 1000:.0f} ms, detach {r['detach_s'] * 1000:.1f} ms",
-            {"probes": 2 * len(syms)} | {k.replace("_s", "_ms"): round(v * 1000, 2) for k, v in r.items()
-                                         if k.endswith("_s")},
+            f"{r.compile_attach_s * 1000:.0f} ms, detach {r.detach_s * 1000:.1f} ms",
+            {"probes": 2 * len(syms)} | _timings(r),
         )
 
     check("bpf_available", c_bpf)

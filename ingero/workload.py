@@ -220,3 +220,75 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+@dataclass(frozen=True)
+class TracedRun:
+    """What :func:`trace_workload` saw: every completed call, losses and the tracer's own timings."""
+
+    pid: int
+    calls: tuple  # tuple[ingero.runtime.calltrace.TracedCall, ...]
+    lost: int
+    compile_attach_s: float
+    detach_s: float
+    links_left: int
+
+    def counts(self) -> Counter:
+        return Counter(c.symbol for c in self.calls)
+
+
+def open_uprobe_multi_links() -> int:
+    """How many uprobe_multi link fds this process holds (0 after a clean detach)."""
+    n = 0
+    for fd in os.listdir("/proc/self/fdinfo"):
+        try:
+            with open(f"/proc/self/fdinfo/{fd}") as f:
+                if "link_type:\tuprobe_multi" in f.read():
+                    n += 1
+        except OSError:
+            pass
+    return n
+
+
+def trace_workload(lib_path: str, symbols, repeat: int = 1, on_phase=None) -> TracedRun:
+    """Run the workload as a child on ``lib_path`` and trace ``symbols`` ((name, file offset) pairs) with
+    entry+return probes limited to it: attach while it waits, release it, collect until it exits, detach.
+    ``on_phase(text)`` is told what is happening (for a progress display). Needs root and BPF."""
+    import subprocess
+
+    from ingero.runtime.calltrace import CallTracer
+
+    say = on_phase or (lambda text: None)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "ingero.workload", "--repeat", str(repeat), "--wait-calls", "--lib", lib_path],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        while True:
+            line = child.stdout.readline()
+            if not line:
+                raise RuntimeError(f"the workload exited early (status {child.wait()})")
+            if line.startswith("waiting calls"):
+                break
+        say(f"compiling and attaching {len(symbols)} functions (entry + return, 2 uprobe_multi links)")
+        t0 = time.perf_counter()
+        tracer = CallTracer(lib_path, symbols, pid=child.pid).start()
+        t_start = time.perf_counter() - t0
+        calls: list = []
+        try:
+            say(f"workload pid {child.pid} running its call plan {repeat}x")
+            child.send_signal(signal.SIGUSR1)
+            while child.poll() is None:
+                calls += tracer.poll(20)
+            calls += tracer.poll(20)
+            lost = tracer.lost()
+        finally:
+            t0 = time.perf_counter()
+            tracer.close()
+            t_detach = time.perf_counter() - t0
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.wait()
+    return TracedRun(child.pid, tuple(calls), lost, t_start, t_detach, open_uprobe_multi_links())

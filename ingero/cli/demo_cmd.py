@@ -8,9 +8,7 @@ counts, arguments, return codes and latencies next to what the workload is known
 from __future__ import annotations
 
 import statistics
-import subprocess
 import sys
-import time
 from collections import defaultdict
 
 import click
@@ -26,7 +24,6 @@ def demo(repeat: int) -> None:
     from rich.table import Table
 
     from ingero.errors import BpfUnavailable
-    from ingero.runtime.calltrace import CallTracer
     from ingero.runtime.kernel import bpf_problem
     from ingero.symbols import read_symbols, resolve_library
 
@@ -42,42 +39,15 @@ def demo(repeat: int) -> None:
     console.print(f"[bold]ingero demo[/]: {lib.soname} ({lib.path}), build-id {lib.build_id[:12]}…")
     console.print(f"  {len(table)} function symbols; probing {len(names)}: {', '.join(names)}")
 
-    child = subprocess.Popen(
-        [sys.executable, "-m", "ingero.workload", "--repeat", str(repeat), "--wait-calls"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        while not child.stdout.readline().startswith("waiting calls"):
-            pass
-        with console.status("compiling and attaching (entry + return, 2 uprobe_multi links)…"):
-            t0 = time.perf_counter()
-            tracer = CallTracer(lib.attach_path, syms, pid=child.pid).start()
-            t_attach = time.perf_counter() - t0
-        calls = []
-        try:
-            import signal
-
-            child.send_signal(signal.SIGUSR1)
-            with console.status(f"workload pid {child.pid} running {repeat}× its call plan…"):
-                while child.poll() is None:
-                    calls += tracer.poll(50)
-                calls += tracer.poll(50)
-            lost = tracer.lost()
-        finally:
-            t0 = time.perf_counter()
-            tracer.close()
-            t_detach = time.perf_counter() - t0
-    finally:
-        if child.poll() is None:
-            child.kill()
-        child.wait()
+    with console.status("starting the workload") as status:
+        run = workload.trace_workload(str(lib.attach_path), syms, repeat, on_phase=status.update)
+    calls, lost, t_attach, t_detach = run.calls, run.lost, run.compile_attach_s, run.detach_s
 
     expected = workload.expected_counts(repeat)
     by = defaultdict(list)
     for c in calls:
         by[c.symbol].append(c)
-    t = Table(title=f"CUDA runtime calls of pid {child.pid}, seen by uprobes")
+    t = Table(title=f"CUDA runtime calls of pid {run.pid}, seen by uprobes")
     for col in ("function", "calls", "expected", "args seen (first call)", "return", "p50 µs", "max µs"):
         t.add_column(col, justify="right" if col in ("calls", "expected", "p50 µs", "max µs") else "left")
     for name in names:
