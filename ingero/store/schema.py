@@ -63,9 +63,14 @@ CREATE TABLE IF NOT EXISTS schema_info (key TEXT PRIMARY KEY, value TEXT NOT NUL
 
 SOURCE_CUDA, SOURCE_HOST, SOURCE_DRIVER, SOURCE_IO, SOURCE_TCP, SOURCE_NET, SOURCE_GRAPH = 1, 3, 4, 5, 6, 7, 8
 
+#: ingero's own source code for events of dynamic (DSL) probes. Upstream uses 1-9 (2 reserved, 9 NCCL in
+#: BPF only) and its fields are uint8: 100 leaves room for upstream's growth. The op of a probe event is
+#: the probe's id in the ``probes`` table, registered in ``ops`` under the probe's name (see writer.py).
+SOURCE_PROBE = 100
+
 #: source code -> upstream's lower-case name (``events.Source.String()``)
 SOURCE_NAMES: dict[int, str] = {
-    1: "cuda", 3: "host", 4: "driver", 5: "io", 6: "tcp", 7: "net", 8: "cuda_graph",
+    1: "cuda", 3: "host", 4: "driver", 5: "io", 6: "tcp", 7: "net", 8: "cuda_graph", SOURCE_PROBE: "probe",
 }
 
 #: (source, op) -> op name, as upstream's ``pkg/events/types.go``
@@ -87,7 +92,7 @@ OP_NAMES: dict[tuple[int, int], str] = {
 }
 
 _UNKNOWN_FMT = {1: "unknown({})", 3: "host_op({})", 4: "driver_op({})", 5: "io_op({})", 6: "tcp_op({})",
-                7: "net_op({})", 8: "graph_op({})"}
+                7: "net_op({})", 8: "graph_op({})", SOURCE_PROBE: "probe_op({})"}
 
 #: aliases accepted by :func:`resolve_op` (upstream ``events.ResolveOp``)
 OP_ALIASES = {"cumemalloc_v2": (4, 5), "cumemallocmanaged_v2": (4, 6),

@@ -1,0 +1,887 @@
+"""Write a trace database in upstream Ingero's schema (v0.10), plus ingero's dynamic-probe tables.
+
+One :class:`EventWriter` owns one SQLite connection: WAL, ``synchronous=NORMAL``, one transaction per
+batch, ``executemany`` of plain tuples (no ORM on the hot path). A committed batch survives a SIGKILL of
+the writing process: it sits in the ``-wal`` file, which :class:`~ingero.store.reader.TraceReader` reads.
+
+Threads: the ring-buffer thread calls :meth:`EventWriter.add_events`; any other thread may register
+probes, add snapshots, stacks, lost counts, chains, or flush and close. Every public method takes the
+writer's lock, so calls never interleave inside a transaction.
+
+Timestamps: event timestamps arrive as the kernel's ``CLOCK_MONOTONIC`` nanoseconds
+(``bpf_ktime_get_ns``) and are stored as Unix epoch nanoseconds, converted inside the INSERT by the offset
+of an :class:`~ingero.store.clock.EpochClock` measured when the writer opens (``epoch=True`` on a batch
+whose timestamps already are epoch ns). Everything else (snapshots, sessions, chains) is epoch ns.
+
+Dynamic probes (see :mod:`ingero.store.lookup`): :meth:`EventWriter.register_probe` adds a ``probes`` row,
+an ``ops`` row (source 100, op = probe id, the probe's name) and a view ``probe_<name>``. A probe event is
+an ordinary :class:`Event` with ``source=SOURCE_PROBE``, ``op=handle.op``, latency as ``duration``, retval
+as ``ret_code`` and every recorded field, in the probe's field order, in ``values``; the writer stores the
+values in ``probe_values`` keyed by the event's id, in the same transaction.
+
+Size cap: with ``max_db_size`` (bytes, database plus ``-wal``), every ``check_every`` batches the writer
+stats the two files; above the cap it deletes the oldest events (and their ``probe_values``), aggregates,
+snapshots and chains older than a cutoff that keeps ~90 % of the cap (upstream's rule), drops orphan
+stacks, vacuums incrementally and truncates the WAL.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import re
+import socket
+import sqlite3
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol
+
+from ingero.errors import IngeroError
+from ingero.store.clock import EpochClock
+from ingero.store.lookup import (
+    DEFERRABLE_INDEXES,
+    OPS,
+    SCHEMA_INFO,
+    SOURCES,
+    USER_VERSION,
+    VALUE_SLOTS,
+    WRITER_COLUMNS,
+    WRITER_DDL,
+)
+from ingero.store.schema import DDL, SOURCE_PROBE
+
+log = logging.getLogger(__name__)
+
+_U64 = 1 << 64
+_I64_MAX = (1 << 63) - 1
+
+
+class StoreError(IngeroError):
+    """The trace database cannot be created or written (path, permissions, disk full, foreign file)."""
+
+
+# --- values crossing into the writer ------------------------------------------------------------------
+class Event(NamedTuple):
+    """One ``events`` row. ``timestamp`` is CLOCK_MONOTONIC ns unless the batch is given ``epoch=True``.
+
+    A plain tuple with the first 13 fields in this order is accepted too (the fastest form); a probe
+    event carries its recorded fields in ``values`` (a 14th element).
+    """
+
+    timestamp: int
+    pid: int
+    tid: int
+    source: int
+    op: int
+    duration: int = 0
+    gpu_id: int = 0
+    arg0: int = 0
+    arg1: int = 0
+    ret_code: int = 0
+    stack_hash: int = 0
+    comm: str = ""
+    cgroup_id: int = 0
+    values: tuple | None = None
+
+
+EVENT_COLUMNS = ("id", "timestamp", "pid", "tid", "source", "op", "duration", "gpu_id", "arg0", "arg1",
+                 "ret_code", "stack_hash", "comm", "cgroup_id")
+
+
+@dataclass(frozen=True)
+class ProbeField:
+    name: str
+    type: str = "u64"
+
+
+@dataclass(frozen=True)
+class ProbeInfo:
+    """A dynamic probe as the runtime attached it: ``fields`` are what its events carry in ``values``."""
+
+    name: str
+    spec: str = ""
+    fields: tuple[ProbeField, ...] = ()
+    library: str = ""
+    symbols: tuple[str, ...] = ()
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class ProbeHandle:
+    probe_id: int
+    name: str
+    source: int
+    op: int
+    fields: tuple[str, ...]
+    view: str
+
+
+@dataclass(frozen=True)
+class SystemSnapshot:
+    timestamp: int            # Unix epoch ns
+    cpu_pct: float
+    mem_pct: float
+    mem_avail_mb: int
+    swap_mb: int
+    load_avg: float
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """An ``event_aggregates`` bucket (minute-truncated epoch ns); added to what the bucket already holds."""
+
+    bucket: int
+    source: int
+    op: int
+    pid: int = 0
+    count: int = 0
+    stored: int = 0
+    sum_dur: int = 0
+    min_dur: int = 0
+    max_dur: int = 0
+    sum_arg0: int = 0
+
+
+@dataclass(frozen=True)
+class Frame:
+    """A stack frame: ``file`` is the full path (hashed as upstream); the stored JSON keeps its basename."""
+
+    ip: int = 0
+    symbol: str = ""
+    file: str = ""
+    line: int = 0
+    py_file: str = ""
+    py_func: str = ""
+    py_line: int = 0
+
+    @property
+    def resolved(self) -> bool:
+        return bool(self.symbol or self.file or self.py_file or self.py_func)
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """The ``sessions`` row of one trace run (host facts come from :meth:`collect`)."""
+
+    command: str = ""
+    pid_filter: str = ""
+    flags: str = ""
+    gpu_model: str = ""
+    gpu_driver: str = ""
+    cpu_model: str = ""
+    cpu_cores: int = 0
+    mem_total_mb: int = 0
+    kernel: str = ""
+    os_release: str = ""
+    cuda_ver: str = ""
+    python_ver: str = ""
+    ingero_ver: str = ""
+    rank: int | None = None
+    local_rank: int | None = None
+    world_size: int | None = None
+
+    @classmethod
+    def collect(cls, **given: Any) -> SessionInfo:
+        """This host's CPU, memory, kernel, OS, Python and ingero version, plus the fields given."""
+        facts: dict[str, Any] = {"cpu_cores": os.cpu_count() or 0, "kernel": platform.release(),
+                                 "python_ver": platform.python_version(), "ingero_ver": _ingero_version()}
+        facts["cpu_model"] = _proc_value("/proc/cpuinfo", "model name")
+        mem = _proc_value("/proc/meminfo", "MemTotal").split()
+        facts["mem_total_mb"] = int(mem[0]) // 1024 if mem and mem[0].isdigit() else 0
+        facts["os_release"] = _os_release()
+        facts.update(given)
+        return cls(**facts)
+
+
+class ChainLike(Protocol):
+    """What :meth:`EventWriter.record_chains` reads (``ingero.analysis.chains.CausalChain`` fits)."""
+
+    id: str
+    severity: str
+    summary: str
+    root_cause: str
+    explanation: str
+    recommendations: tuple[str, ...]
+    timeline: tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class WriterStats:
+    events: int              # events committed by this writer
+    probe_events: int        # of which probe events (with probe_values rows)
+    batches: int
+    lost: int                # lost events reported to this writer
+    pruned_events: int       # events deleted by the size cap
+    prunes: int
+    db_bytes: int            # database + -wal on disk now
+
+
+# --- stacks --------------------------------------------------------------------------------------------
+_FNV_OFFSET = 0xCBF29CE484222325
+_FNV_PRIME = 0x100000001B3
+_M64 = _U64 - 1
+
+
+def _fnv1a64(data: bytes) -> int:
+    h = _FNV_OFFSET
+    for b in data:
+        h = ((h ^ b) * _FNV_PRIME) & _M64
+    return h
+
+
+def _signed(h: int) -> int:
+    return h - _U64 if h > _I64_MAX else h
+
+
+def stack_hash_ips(ips: Sequence[int]) -> int:
+    """Upstream's ``HashStackIPs`` as stored: FNV-1a-64 over little-endian u64 IPs, as a signed int64."""
+    return _signed(_fnv1a64(b"".join((ip & _M64).to_bytes(8, "little") for ip in ips)))
+
+
+def stack_hash_frames(frames: Sequence[Frame]) -> int:
+    """Upstream's ``HashStackSymbols`` (ASLR-independent): symbol, file, Python file/function/line."""
+    parts = []
+    for f in frames:
+        parts.append(b"\0".join(s.encode() for s in (f.symbol, f.file, f.py_file, f.py_func)) + b"\0")
+        parts.append((f.py_line & 0xFFFFFFFF).to_bytes(4, "little"))
+    return _signed(_fnv1a64(b"".join(parts)))
+
+
+def _go_json(v: Any) -> str:
+    """Compact JSON as Go's json.Marshal writes it (``<``, ``>``, ``&`` escaped)."""
+    s = json.dumps(v, separators=(",", ":"), ensure_ascii=False)
+    return (s.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+            .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
+
+
+def frames_json(frames: Sequence[Frame]) -> str:
+    """``stack_traces.frames`` as upstream writes it: garbage frames dropped, ``i`` only without a symbol."""
+    out = []
+    for f in frames:
+        if not f.resolved:
+            continue
+        d: dict[str, Any] = {}
+        if not f.symbol:
+            d["i"] = f"0x{f.ip:x}"
+        else:
+            d["s"] = f.symbol
+        if f.file:
+            d["f"] = os.path.basename(f.file)
+        if f.line:
+            d["l"] = f.line
+        if f.py_file:
+            d["pf"] = f.py_file
+        if f.py_func:
+            d["pfn"] = f.py_func
+        if f.py_line:
+            d["pl"] = f.py_line
+        out.append(d)
+    return _go_json(out) if out else ""
+
+
+# --- the writer ----------------------------------------------------------------------------------------
+# the event id is built by SQLite from the sequence number (the node prefix is a literal of the statement)
+_INSERT_EVENTS = (f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}, node) VALUES "
+                  "({prefix} || ?, ? + {offset}, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, {node})")
+
+
+class EventWriter:
+    """Append-only writer of one trace database. Use as a context manager, or call :meth:`close`.
+
+    ``node`` (default: the host name) prefixes event ids (``{node}:{seq}``) and fills ``events.node`` and
+    ``sessions.node``; ``clock`` converts kernel monotonic timestamps (default: measured now);
+    ``max_db_size`` caps database + ``-wal`` bytes (0: no cap), checked every ``check_every`` batches;
+    ``defer_indexes`` builds upstream's secondary ``events`` indexes at :meth:`close` instead of per row
+    (about 1.5x the insert rate; a file left by a killed tracer then has no such indexes, and close takes
+    ~0.6 s per million events). Opening an existing v0.10 file appends a new session to it; older or
+    foreign files are refused, never migrated.
+    """
+
+    def __init__(self, path: str | Path, *, session: SessionInfo | None = None, node: str | None = None,
+                 clock: EpochClock | None = None, max_db_size: int = 0, check_every: int = 16,
+                 defer_indexes: bool = False) -> None:
+        self.path = Path(path)
+        self.node = node if node is not None else socket.gethostname()
+        self.clock = clock if clock is not None else EpochClock.measure()
+        self.max_db_size = max(0, int(max_db_size))
+        self.check_every = max(1, int(check_every))
+        self._lock = threading.RLock()
+        self._pending: list[tuple[str, list[tuple]]] = []
+        self._known_stacks: set[int] = set()
+        self._stack_memo: dict[tuple, int] = {}
+        self._probes: dict[int, ProbeHandle] = {}
+        self._probe_counts: dict[int, int] = {}
+        self._events = self._probe_events = self._batches = self._lost = 0
+        self._pruned = self._prunes = 0
+        self._closed = False
+        self._deferred: list[str] = []
+        self._side_sql: dict[int, str] = {}
+        self.conn = self._open()
+        self._prefix = f"{self.node}:"
+        literal = _sql_literal(self._prefix)
+        node = _sql_literal(self.node)
+        self._ins_mono = _INSERT_EVENTS.format(prefix=literal, offset=int(self.clock.offset_ns), node=node)
+        self._ins_epoch = _INSERT_EVENTS.format(prefix=literal, offset=0, node=node)
+        self._seq = self._max_seq()
+        self._known_stacks = {h for (h,) in self.conn.execute("SELECT hash FROM stack_traces")}
+        if defer_indexes and not self.conn.execute("SELECT 1 FROM events LIMIT 1").fetchone():
+            for name, _ in DEFERRABLE_INDEXES:
+                self.conn.execute(f"DROP INDEX IF EXISTS {name}")
+            self._deferred = [sql for _, sql in DEFERRABLE_INDEXES]
+        self.session_id = self._start_session(session or SessionInfo.collect())
+
+    # -- opening --------------------------------------------------------------------------------------
+    def _open(self) -> sqlite3.Connection:
+        p = self.path
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            existed = p.exists() and p.stat().st_size > 0
+            conn = sqlite3.connect(p, isolation_level=None, check_same_thread=False)
+        except (OSError, sqlite3.Error) as e:
+            raise StoreError(f"cannot create the trace database {p}: {e}") from e
+        try:
+            return self._prepare(conn, existed)
+        except sqlite3.DatabaseError as e:
+            conn.close()
+            raise StoreError(f"cannot write {p} as a trace database: {e}") from e
+        except BaseException:
+            conn.close()
+            raise
+
+    def _prepare(self, conn: sqlite3.Connection, existed: bool) -> sqlite3.Connection:
+        p = self.path
+        if existed:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > USER_VERSION:
+                raise StoreError(f"{p} was written by a newer Ingero (user_version {version} > {USER_VERSION})",
+                                 "write to a new file with --db")
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if tables and "events" not in tables:
+                raise StoreError(f"{p} is an SQLite database but not a trace database (no events table)",
+                                 "give a new file or an Ingero database")
+            if "events" in tables:
+                cols = {r[1]: r[2] for r in conn.execute("PRAGMA table_info(events)")}
+                missing = [c for c in EVENT_COLUMNS if c not in cols]
+                if missing or cols["id"].upper() != "TEXT":
+                    raise StoreError(f"{p} has an older Ingero schema (events lacks {', '.join(missing) or 'TEXT ids'})"
+                                     "; ingero appends only to v0.10 databases and never migrates one",
+                                     "write to a new file with --db")
+        conn.execute("PRAGMA busy_timeout = 5000")
+        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")      # new files only, as upstream
+        conn.execute("PRAGMA page_size = 16384")              # new files only: ~10 % faster inserts than 4096
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise StoreError(f"cannot switch {p} to WAL mode (journal_mode is {mode})")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA cache_size = -32768")            # 32 MiB: index pages stay hot
+        if self.max_db_size:
+            conn.execute(f"PRAGMA journal_size_limit = {max(1 << 20, min(64 << 20, self.max_db_size // 4))}")
+        conn.execute("BEGIN IMMEDIATE")
+        for stmt in _statements(DDL + WRITER_DDL):
+            conn.execute(stmt)
+        for table, col, decl in WRITER_COLUMNS:
+            cols = {r[1] for r in conn.execute(f'PRAGMA table_info("{table}")')}
+            if col not in cols:
+                conn.execute(f'ALTER TABLE "{table}" ADD COLUMN {col} {decl}')
+        if not conn.execute("SELECT 1 FROM sources LIMIT 1").fetchone():
+            conn.executemany("INSERT INTO sources VALUES (?, ?, ?)", SOURCES)
+            conn.executemany("INSERT INTO ops VALUES (?, ?, ?, ?)", OPS)
+        conn.executemany("INSERT OR IGNORE INTO sources VALUES (?, ?, ?)", SOURCES)
+        conn.executemany("INSERT OR IGNORE INTO ops VALUES (?, ?, ?, ?)", OPS)
+        conn.executemany("INSERT OR REPLACE INTO schema_info VALUES (?, ?)", SCHEMA_INFO)
+        if conn.execute("PRAGMA user_version").fetchone()[0] < USER_VERSION:
+            conn.execute(f"PRAGMA user_version = {USER_VERSION}")
+        conn.execute("COMMIT")
+        return conn
+
+    def _max_seq(self) -> int:
+        n = len(self._prefix)
+        row = self.conn.execute(
+            "SELECT MAX(CAST(substr(id, ?) AS INTEGER)) FROM events WHERE substr(id, 1, ?) = ?",
+            (n + 1, n, self._prefix)).fetchone()
+        side = self.conn.execute("SELECT MAX(seq) FROM probe_values").fetchone()
+        return max(int(row[0] or 0), int(side[0] or 0))
+
+    def _start_session(self, s: SessionInfo) -> int:
+        cur = self.conn.execute(
+            "INSERT INTO sessions (started_at, gpu_model, gpu_driver, cpu_model, cpu_cores, mem_total, kernel, "
+            "os_release, cuda_ver, python_ver, ingero_ver, pid_filter, flags, node, rank, local_rank, world_size, "
+            "command) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (time.time_ns(), s.gpu_model, s.gpu_driver, s.cpu_model, s.cpu_cores, s.mem_total_mb, s.kernel,
+             s.os_release, s.cuda_ver, s.python_ver, s.ingero_ver, s.pid_filter, s.flags, self.node, s.rank,
+             s.local_rank, s.world_size, s.command))
+        return int(cur.lastrowid or 0)
+
+    # -- context manager ------------------------------------------------------------------------------
+    def __enter__(self) -> EventWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the hot path ---------------------------------------------------------------------------------
+    def add_events(self, batch: Sequence[Sequence[Any]], *, epoch: bool = False) -> int:
+        """Write one batch in one transaction (with anything queued by the other ``add_*`` calls).
+
+        Returns the number of events this writer has committed so far; once it returns, the batch
+        survives a crash of this process.
+        """
+        with self._lock:
+            self._check_open()
+            seq = self._seq
+            rows: list[tuple] = []
+            append = rows.append
+            side: dict[int, list[tuple]] = {}
+            counts = self._probe_counts
+            probes = self._probes
+            plain: list[tuple] = []         # probe events with 1..VALUE_SLOTS values, by arity
+            for r in batch:
+                seq += 1
+                if len(r) == 13:
+                    append((seq, *r))
+                    continue
+                append((seq, *r[:13]))
+                vals = r[13]
+                if vals is None:
+                    continue
+                if r[3] != SOURCE_PROBE:
+                    raise StoreError(f"event with values for source {r[3]}: only probe events (source "
+                                     f"{SOURCE_PROBE}) carry values")
+                plain.append((seq, r[4], *vals))
+            if plain:
+                ops = Counter(t[1] for t in plain)
+                unknown = set(ops) - probes.keys()
+                if unknown:
+                    raise StoreError(f"probe events for op {min(unknown)}: not a registered probe",
+                                     "register the probe with register_probe() and use its handle's op")
+                for op, n in ops.items():
+                    counts[op] = counts.get(op, 0) + n
+                widths = {len(t) for t in plain}
+                if len(widths) == 1 and next(iter(widths)) <= VALUE_SLOTS + 2:
+                    side[next(iter(widths)) - 2] = plain
+                else:
+                    for t in plain:
+                        k = len(t) - 2
+                        if k > VALUE_SLOTS:
+                            t = (*t[:VALUE_SLOTS + 2], _go_json(list(t[VALUE_SLOTS + 2:])))
+                            k = -1
+                        side.setdefault(k, []).append(t)
+            self._write(rows, side, epoch)
+            self._seq = seq
+            self._events += len(rows)
+            self._probe_events += sum(len(v) for v in side.values())
+            self._batches += 1
+            if self.max_db_size and self._batches % self.check_every == 0:
+                self._maybe_prune()
+            return self._events
+
+    def _write(self, rows: list[tuple], side: dict[int, list[tuple]], epoch: bool) -> None:
+        ins = self._ins_epoch if epoch else self._ins_mono
+        try:
+            self._transaction(rows, side, ins)
+        except _Unbindable:
+            # an unsigned 64-bit value (a pointer, a stream handle) is stored as upstream does, reinterpreted
+            # as a signed int64; a tuple/list/dict value (a recorded stack, an array) as compact JSON. Only
+            # a batch that needs it pays for the second pass.
+            self._transaction([_fix_row(r) for r in rows],
+                              {k: [_fix_row(r) for r in v] for k, v in side.items()}, ins)
+
+    def _transaction(self, rows: list[tuple], side: dict[int, list[tuple]], ins: str) -> None:
+        c = self.conn
+        try:
+            c.execute("BEGIN")
+            try:
+                self._run_pending()
+                if rows:
+                    c.executemany(ins, rows)
+                for k, srows in side.items():
+                    c.executemany(self._side_insert(k), srows)
+                if self._probe_counts:
+                    c.executemany("UPDATE probes SET events = events + ? WHERE id = ?",
+                                  [(n, pid) for pid, n in self._probe_counts.items()])
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+        except OverflowError as e:
+            raise _Unbindable() from e
+        except sqlite3.ProgrammingError as e:
+            if "binding parameter" in str(e):
+                raise _Unbindable() from e
+            self._probe_counts.clear()
+            raise StoreError(f"cannot write to {self.path}: {e}") from e
+        except sqlite3.Error as e:
+            self._probe_counts.clear()
+            raise StoreError(f"cannot write to {self.path}: {e}") from e
+        self._pending.clear()
+        self._probe_counts.clear()
+
+    def _side_insert(self, k: int) -> str:
+        """The probe_values INSERT for rows (seq, probe_id, k values); k = -1: 8 values and the JSON rest."""
+        sql = self._side_sql.get(k)
+        if sql is None:
+            cols = [f"v{i}" for i in range(VALUE_SLOTS)] + ["more"] if k < 0 else [f"v{i}" for i in range(k)]
+            params = "".join(f", ?{i + 2}" for i in range(len(cols) + 1))     # probe_id, then the values
+            sql = (f"INSERT INTO probe_values (seq, event_id, probe_id{''.join(', ' + c for c in cols)}) "
+                   f"VALUES (?1, {_sql_literal(self._prefix)} || ?1{params})")
+            self._side_sql[k] = sql
+        return sql
+
+    def _run_pending(self) -> None:
+        for sql, prow in self._pending:
+            self.conn.executemany(sql, prow)
+
+    def flush(self) -> None:
+        """Commit everything queued (stacks, snapshots, names, lost counts, aggregates) now."""
+        with self._lock:
+            self._check_open()
+            if self._pending or self._probe_counts:
+                self._write([], {}, False)
+
+    # -- other rows (queued, committed with the next batch or flush) -------------------------------------
+    def _queue(self, sql: str, rows: list[tuple]) -> None:
+        if rows:
+            self._pending.append((sql, rows))
+
+    def add_stack(self, frames: Sequence[Frame] = (), ips: Sequence[int] = ()) -> int:
+        """Intern a stack; returns its ``stack_hash`` (0 for an empty stack).
+
+        With any resolved frame the hash is upstream's symbol hash and ``frames`` is stored; otherwise
+        the IP hash with ``ips``. Each stack is stored once (deduplicated by hash, memoised by content).
+        """
+        key = (tuple(frames), tuple(ips))
+        with self._lock:
+            self._check_open()
+            h = self._stack_memo.get(key)
+            if h is not None:
+                return h
+            fr = frames_json(frames) if frames else ""
+            if fr:
+                h = stack_hash_frames(frames)
+                row = (h, "", fr)
+            else:
+                addrs = list(ips) or [f.ip for f in frames if f.ip]
+                if not addrs:
+                    return 0
+                h = stack_hash_ips(addrs)
+                row = (h, _go_json([f"0x{a:x}" for a in addrs]), "")
+            if len(self._stack_memo) > 100_000:
+                self._stack_memo.clear()
+            self._stack_memo[key] = h
+            if h not in self._known_stacks:
+                self._known_stacks.add(h)
+                # a resolved stack replaces an IP-only row of the same hash (upstream's upgrade path)
+                self._queue("INSERT OR REPLACE INTO stack_traces (hash, ips, frames) VALUES (?, ?, ?)", [row])
+            return h
+
+    def add_snapshot(self, snap: SystemSnapshot) -> None:
+        with self._lock:
+            self._check_open()
+            self._queue("INSERT OR IGNORE INTO system_snapshots (timestamp, cpu_pct, mem_pct, mem_avail, swap_mb, "
+                        "load_avg) VALUES (?, ?, ?, ?, ?, ?)",
+                        [(snap.timestamp, snap.cpu_pct, snap.mem_pct, snap.mem_avail_mb, snap.swap_mb,
+                          snap.load_avg)])
+
+    def add_process_names(self, names: Mapping[int, str], seen_at: int | None = None) -> None:
+        with self._lock:
+            self._check_open()
+            t = seen_at if seen_at is not None else time.time_ns()
+            self._queue("INSERT OR REPLACE INTO process_names (pid, name, seen_at) VALUES (?, ?, ?)",
+                        [(int(p), str(n), t) for p, n in names.items()])
+
+    def add_aggregates(self, aggs: Iterable[Aggregate], *, five_second: bool = False) -> None:
+        table = "event_aggregates_5s" if five_second else "event_aggregates"
+        with self._lock:
+            self._check_open()
+            self._queue(
+                f"INSERT INTO {table} (bucket, source, op, pid, count, stored, sum_dur, min_dur, max_dur, "
+                "sum_arg0) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (bucket, source, op, pid) DO UPDATE "
+                "SET count = count + excluded.count, stored = stored + excluded.stored, "
+                "sum_dur = sum_dur + excluded.sum_dur, min_dur = MIN(min_dur, excluded.min_dur), "
+                "max_dur = MAX(max_dur, excluded.max_dur), sum_arg0 = sum_arg0 + excluded.sum_arg0",
+                [(a.bucket, a.source, a.op, a.pid, a.count, a.stored, a.sum_dur, a.min_dur, a.max_dur,
+                  a.sum_arg0) for a in aggs])
+
+    def add_lost(self, count: int, reason: str, *, probe_id: int = 0, source: int = 0,
+                 timestamp: int | None = None) -> None:
+        """Record ``count`` events lost (ring buffer full, rate limit, budget...): never silent."""
+        if count <= 0:
+            return
+        with self._lock:
+            self._check_open()
+            self._lost += count
+            t = timestamp if timestamp is not None else time.time_ns()
+            self._queue("INSERT INTO lost_events (timestamp, session_id, probe_id, source, reason, count) "
+                        "VALUES (?, ?, ?, ?, ?, ?)", [(t, self.session_id, probe_id, source, reason, count)])
+            self._queue("UPDATE sessions SET lost_events = lost_events + ? WHERE id = ?",
+                        [(count, self.session_id)])
+            if probe_id:
+                self._queue("UPDATE probes SET lost = lost + ? WHERE id = ?", [(count, probe_id)])
+
+    # -- probes ---------------------------------------------------------------------------------------
+    def register_probe(self, info: ProbeInfo) -> ProbeHandle:
+        """Add a dynamic probe (committed at once): its ``probes`` row, ``ops`` row and view."""
+        names = tuple(f.name for f in info.fields)
+        if len(set(names)) != len(names):
+            raise StoreError(f"probe {info.name}: a field is recorded twice ({', '.join(names)})")
+        with self._lock:
+            self._check_open()
+            c = self.conn
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                pid_ = int(c.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM probes").fetchone()[0])
+                view = self._view_name(info.name, pid_)
+                fields = [{"name": f.name, "type": f.type,
+                           "column": f"v{i}" if i < VALUE_SLOTS else f"more[{i - VALUE_SLOTS}]"}
+                          for i, f in enumerate(info.fields)]
+                c.execute("INSERT INTO probes (id, name, session_id, source, op, spec, fields, library, symbols, "
+                          "status, started_at, view) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'active', ?, ?)",
+                          (pid_, info.name, self.session_id, SOURCE_PROBE, pid_, info.spec, _go_json(fields),
+                           info.library, _go_json(list(info.symbols)), time.time_ns(), view))
+                desc = info.description or _probe_description(info)
+                c.execute("INSERT OR REPLACE INTO ops (source_id, op_id, name, description) VALUES (?, ?, ?, ?)",
+                          (SOURCE_PROBE, pid_, info.name, desc))
+                c.execute(_view_sql(view, pid_, names))
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+            h = ProbeHandle(pid_, info.name, SOURCE_PROBE, pid_, names, view)
+            self._probes[pid_] = h
+            return h
+
+    def _view_name(self, name: str, probe_id: int) -> str:
+        base = "probe_" + re.sub(r"\W", "_", name, flags=re.ASCII)
+        taken = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master")}
+        return base if base not in taken else f"{base}_{probe_id}"
+
+    def end_probe(self, probe: ProbeHandle | int, reason: str, status: str = "detached") -> None:
+        """Mark a probe ended (``status`` detached/expired/failed...) and why (TTL, event budget, user)."""
+        pid_ = probe.probe_id if isinstance(probe, ProbeHandle) else int(probe)
+        with self._lock:
+            self._check_open()
+            self._queue("UPDATE probes SET status = ?, ended_at = ?, end_reason = ? WHERE id = ? AND ended_at = 0",
+                        [(status, time.time_ns(), reason, pid_)])
+            self._write([], {}, False)
+            # still known: events already in the ring buffer when it was detached are stored as they drain
+
+    # -- causal chains ---------------------------------------------------------------------------------
+    def record_chains(self, chains: Iterable[ChainLike], detected_at: int | None = None) -> None:
+        """Store chains as upstream does (``INSERT OR REPLACE`` by id, derived columns filled)."""
+        t = detected_at if detected_at is not None else time.time_ns()
+        rows = []
+        for ch in chains:
+            cid = ch.id if ":" in ch.id else f"{self.node}:{ch.id}"
+            last = ch.timeline[-1] if ch.timeline else None
+            op = str(getattr(last, "op", "")) if last is not None else ""
+            p99 = int(getattr(last, "dur_us", 0) or 0) if last is not None else 0
+            ratio = float(getattr(ch, "tail_ratio", 0.0) or 0.0) or _ratio_from_summary(ch.summary)
+            p50 = int(p99 / ratio) if ratio > 0 else 0
+            tl = [{k: v for k, v in (("layer", e.layer), ("op", e.op), ("detail", e.detail),
+                                     ("dur_us", getattr(e, "dur_us", 0))) if k != "dur_us" or v}
+                  for e in ch.timeline]
+            rows.append((cid, t, ch.severity, ch.summary, ch.root_cause, ch.explanation,
+                         _go_json(list(ch.recommendations)), op, p99, p50, ratio, _go_json(tl),
+                         cid.split(":", 1)[0]))
+        with self._lock:
+            self._check_open()
+            self._queue("INSERT OR REPLACE INTO causal_chains (id, detected_at, severity, summary, root_cause, "
+                        "explanation, recommendations, cuda_op, cuda_p99_us, cuda_p50_us, tail_ratio, timeline, "
+                        "node) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            self._write([], {}, False)
+
+    def expire_chains(self, max_age_ns: int, now: int | None = None) -> None:
+        """Delete chains detected more than ``max_age_ns`` ago (upstream: 2 minutes, on a tick without chains)."""
+        t = (now if now is not None else time.time_ns()) - max_age_ns
+        with self._lock:
+            self._check_open()
+            self._queue("DELETE FROM causal_chains WHERE detected_at < ?", [(t,)])
+            self._write([], {}, False)
+
+    # -- size cap -------------------------------------------------------------------------------------
+    def db_bytes(self) -> int:
+        total = 0
+        for suffix in ("", "-wal"):
+            try:
+                total += os.stat(f"{self.path}{suffix}").st_size
+            except FileNotFoundError:
+                pass
+        return total
+
+    def _maybe_prune(self) -> None:
+        size = self.db_bytes()
+        if size <= self.max_db_size:
+            return
+        c = self.conn
+        # a checkpoint first: the -wal may hold most of the size, and pruning rows would not shrink it
+        c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        size = self.db_bytes()
+        target = self.max_db_size * 9 // 10
+        for _ in range(3):
+            if size <= self.max_db_size:
+                break
+            mn, mx = c.execute("SELECT MIN(timestamp), MAX(timestamp) FROM events").fetchone()
+            if mn is None:
+                break
+            cutoff = max(mx - (mx - mn) * target // size, mn + 1)
+            self._prune_before(cutoff)
+            size = self.db_bytes()
+        if size > self.max_db_size:
+            log.warning("%s: %d bytes after pruning, above the cap of %d", self.path, size, self.max_db_size)
+
+    def _prune_before(self, cutoff: int) -> None:
+        c = self.conn
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            c.execute("DELETE FROM probe_values WHERE event_id IN (SELECT id FROM events WHERE timestamp < ?)",
+                      (cutoff,))
+            n = c.execute("DELETE FROM events WHERE timestamp < ?", (cutoff,)).rowcount
+            for table, col in (("event_aggregates", "bucket"), ("event_aggregates_5s", "bucket"),
+                               ("system_snapshots", "timestamp"), ("causal_chains", "detected_at")):
+                c.execute(f"DELETE FROM {table} WHERE {col} < ?", (cutoff,))
+            c.execute("DELETE FROM stack_traces WHERE hash NOT IN (SELECT DISTINCT stack_hash FROM events)")
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+        self._known_stacks = {h for (h,) in c.execute("SELECT hash FROM stack_traces")}
+        self._stack_memo.clear()
+        c.execute("PRAGMA incremental_vacuum")
+        c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._pruned += max(0, n)
+        self._prunes += 1
+        log.info("%s: pruned %d events older than %d to stay under %d bytes", self.path, n, cutoff,
+                 self.max_db_size)
+
+    # -- status and closing -----------------------------------------------------------------------------
+    @property
+    def stats(self) -> WriterStats:
+        return WriterStats(self._events, self._probe_events, self._batches, self._lost, self._pruned,
+                           self._prunes, self.db_bytes())
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError(f"the writer of {self.path} is closed")
+
+    def close(self) -> None:
+        """Flush, end the session and still-active probes, build deferred indexes, empty the -wal."""
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                now = time.time_ns()
+                self._queue("UPDATE probes SET status = 'ended', ended_at = ?, end_reason = 'session ended' "
+                            "WHERE session_id = ? AND ended_at = 0", [(now, self.session_id)])
+                self._queue("UPDATE sessions SET stopped_at = ? WHERE id = ?", [(now, self.session_id)])
+                self._write([], {}, False)
+                for sql in self._deferred:
+                    self.conn.execute(sql)
+                self._deferred = []
+                self.conn.execute("PRAGMA optimize")
+                self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                self._closed = True
+                self.conn.close()
+
+
+# --- helpers -------------------------------------------------------------------------------------------
+def _statements(script: str) -> list[str]:
+    """Split a DDL script into statements (the DDL has no ';' inside literals)."""
+    return [s.strip() for s in script.split(";") if s.strip()]
+
+
+def _sql_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _view_sql(view: str, probe_id: int, fields: tuple[str, ...]) -> str:
+    cols = ["e.id AS event_id", "e.timestamp", "e.pid", "e.tid", "e.comm", "e.duration AS latency",
+            "e.ret_code AS retval", "e.stack_hash"]
+    used = {"event_id", "timestamp", "pid", "tid", "comm", "latency", "retval", "stack_hash"}
+    for i, name in enumerate(fields):
+        col = name if name not in used else f"field_{name}"
+        used.add(col)
+        expr = f"pv.v{i}" if i < VALUE_SLOTS else f"json_extract(pv.more, '$[{i - VALUE_SLOTS}]')"
+        cols.append(f'{expr} AS "{col.replace(chr(34), chr(34) * 2)}"')
+    return (f'CREATE VIEW IF NOT EXISTS "{view}" AS SELECT {", ".join(cols)} FROM probe_values pv '
+            f"JOIN events e ON e.id = pv.event_id WHERE pv.probe_id = {int(probe_id)}")
+
+
+def _probe_description(info: ProbeInfo) -> str:
+    syms = ", ".join(info.symbols[:3]) + (f" (+{len(info.symbols) - 3})" if len(info.symbols) > 3 else "")
+    where = f"{info.library}:{syms}" if info.library else syms
+    return f"Dynamic probe {info.name}" + (f" on {where}" if where else "") + " (ingero DSL)"
+
+
+class _Unbindable(Exception):
+    """A batch holds a value sqlite3 cannot bind as is (u64 above int64, a tuple...)."""
+
+
+def _fix_value(v: Any) -> Any:
+    if type(v) is int:
+        return v - _U64 if v > _I64_MAX else v
+    if isinstance(v, (tuple, list, dict)):
+        return _go_json(v if not isinstance(v, tuple) else list(v))
+    if isinstance(v, (str, bytes, float, int)) or v is None:
+        return v
+    return str(v)
+
+
+def _fix_row(row: tuple) -> tuple:
+    return tuple(_fix_value(v) for v in row)
+
+
+_RATIO_RE = re.compile(r"^\S+ p99=\S+ \(([0-9.]+)x")
+
+
+def _ratio_from_summary(summary: str) -> float:
+    m = _RATIO_RE.match(summary or "")
+    return float(m.group(1)) if m else 0.0
+
+
+def _proc_value(path: str, key: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                k, _, v = line.partition(":")
+                if k.strip() == key:
+                    return v.strip()
+    except OSError:
+        pass
+    return ""
+
+
+def _os_release() -> str:
+    for path in ("/etc/os-release", "/usr/lib/os-release"):
+        try:
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    if line.startswith("PRETTY_NAME="):
+                        return line.split("=", 1)[1].strip().strip('"')
+        except OSError:
+            continue
+    return ""
+
+
+def _ingero_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("ingero")
+    except Exception:  # noqa: BLE001 - a source checkout without metadata
+        return "dev"
+
+
+__all__ = ["Aggregate", "ChainLike", "EVENT_COLUMNS", "Event", "EventWriter", "Frame", "ProbeField", "ProbeHandle",
+           "ProbeInfo", "SessionInfo", "StoreError", "SystemSnapshot", "WriterStats", "frames_json",
+           "stack_hash_frames", "stack_hash_ips"]
