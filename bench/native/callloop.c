@@ -1,0 +1,26 @@
+/* Calls one no-argument function of a shared library N times and prints the mean ns per call.
+ * usage: callloop LIB SYMBOL N      (e.g. libcudart.so.12 cudaGetLastError 1000000)
+ * The library is dlopen()ed, so no CUDA headers are needed. Prints: "<ns per call> <pid>". */
+#include <dlfcn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+
+int main(int argc, char **argv) {
+    if (argc < 4) { fprintf(stderr, "usage: %s LIB SYMBOL N\n", argv[0]); return 2; }
+    void *h = dlopen(argv[1], RTLD_NOW);
+    if (!h) { fprintf(stderr, "%s\n", dlerror()); return 1; }
+    int (*fn)(void) = (int (*)(void))dlsym(h, argv[2]);
+    if (!fn) { fprintf(stderr, "%s\n", dlerror()); return 1; }
+    long n = atol(argv[3]);
+    volatile int sink = 0;
+    for (int i = 0; i < 1000; i++) sink += fn();  /* warm up (and let a tracer see us) */
+    struct timespec a, b;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    for (long i = 0; i < n; i++) sink += fn();
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    double ns = ((b.tv_sec - a.tv_sec) * 1e9 + (b.tv_nsec - a.tv_nsec)) / n;
+    printf("%.1f %d\n", ns, getpid());
+    return 0;
+}
