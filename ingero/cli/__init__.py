@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("ingero.cli.demo_cmd", "demo"),
     "export": ("ingero.cli.export_cmd", "export"),
     "selftest": ("ingero.cli.selftest_cmd", "selftest"),
+    "trace": ("ingero.cli.trace_cmd", "trace"),
 }
 
 

@@ -1,0 +1,150 @@
+/* ingero's standard probe set, CUDA part: appended to host.bpf.c (whose `targets` map, `traced()` and
+ * includes it uses) by ingero/tracer/standard.py -- bcc rewrites TRACEPOINT_PROBE only in the main text,
+ * so the two files are joined rather than #included. Entry/return uprobes on the CUDA
+ * runtime and driver calls upstream Ingero traces, all filtered in the kernel to the traced process tree
+ * (the `targets` map of host.bpf.c). One program pair serves every CUDA symbol: it is attached as
+ * uprobe_multi links whose attach cookie is (source << 8 | op) in upstream's codes, so the handler knows
+ * which call fired and what its arguments mean:
+ *   CUDA 1 cudaMalloc(devPtr, size)         arg0 = size, arg1 = the returned device pointer (when ret == 0)
+ *   CUDA 2 cudaFree(ptr)                    arg0 = ptr, arg1 = its size if ingero saw the cudaMalloc
+ *   CUDA 3 cudaLaunchKernel(func, dim3 grid, dim3 block, args, sharedMem, stream)
+ *                                           arg0 = func, arg1 = stream (on the stack at entry: [rsp+16])
+ *   CUDA 4 cudaMemcpy / 7 cudaMemcpyAsync   arg0 = count, arg1 = kind
+ *   CUDA 5 cudaStreamSynchronize(stream)    arg0 = stream
+ *   CUDA 6 cudaDeviceSynchronize()
+ *   CUDA 8 cudaMallocManaged(devPtr, size, flags)  as cudaMalloc
+ *   CUDA 9/10 cudaMemcpy2D[Async]           arg0 = width, arg1 = 5 (kind unknown)
+ *   CUDA 11/12 cudaMemcpyPeer[Async]        arg0 = count, arg1 = 3
+ *   DRIVER 1 cuLaunchKernel(f, ...)         arg0 = f
+ *   DRIVER 2 cuMemcpy / 3 cuMemcpyAsync     arg0 = bytes
+ *   DRIVER 4 cuCtxSynchronize()
+ *   DRIVER 5 cuMemAlloc / 6 cuMemAllocManaged  arg0 = bytes, arg1 = the returned pointer (when ret == 0)
+ * The return value is the call's cudaError_t / CUresult. STACKS=1 captures the user stack at entry. */
+#define SRC_CUDA 1
+#define SRC_DRIVER 4
+
+struct cuda_event {
+    u64 ts_ns;          /* entry time, CLOCK_MONOTONIC */
+    u64 duration_ns;
+    u32 pid;
+    u32 tid;
+    u8 source;
+    u8 op;
+    u16 flags;
+    s32 ret;
+    u64 arg0;
+    u64 arg1;
+    s64 stack_id;       /* into `stacks`, or < 0 */
+    char comm[16];
+};
+
+struct cuda_entry {
+    u64 ts_ns;
+    u64 arg0;
+    u64 arg1;
+    u64 out_ptr;        /* where the callee writes an allocated pointer */
+    s64 stack_id;
+};
+
+struct cuda_key {
+    u64 pid_tgid;
+    u64 cookie;
+};
+
+BPF_HASH(cuda_inflight, struct cuda_key, struct cuda_entry, 16384);
+BPF_HASH(alloc_sizes, u64, u64, 65536);
+BPF_RINGBUF_OUTPUT(cuda_events, CUDA_RINGBUF_PAGES);
+BPF_ARRAY(cuda_lost, u64, 1);
+#if STACKS
+BPF_STACK_TRACE(stacks, 16384);
+#endif
+
+int on_cuda_entry(struct pt_regs *ctx) {
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tgid = id >> 32;
+    if (!traced(tgid))
+        return 0;
+    u64 cookie = bpf_get_attach_cookie(ctx);
+    u8 source = cookie >> 8, op = cookie & 0xff;
+    struct cuda_entry e = {.ts_ns = bpf_ktime_get_ns(), .stack_id = -1};
+    if (source == SRC_CUDA) {
+        switch (op) {
+        case 1: case 8:  /* cudaMalloc, cudaMallocManaged */
+            e.arg0 = PT_REGS_PARM2(ctx); e.out_ptr = PT_REGS_PARM1(ctx); break;
+        case 2: {        /* cudaFree */
+            u64 p = PT_REGS_PARM1(ctx);
+            e.arg0 = p;
+            u64 *sz = alloc_sizes.lookup(&p);
+            if (sz) { e.arg1 = *sz; alloc_sizes.delete(&p); }
+            break;
+        }
+        case 3: {        /* cudaLaunchKernel: two dim3 take rsi:rdx and rcx:r8, args r9, then the stack */
+            u64 stream = 0;
+            bpf_probe_read_user(&stream, sizeof(stream), (void *)(PT_REGS_SP(ctx) + 16));
+            e.arg0 = PT_REGS_PARM1(ctx); e.arg1 = stream; break;
+        }
+        case 4: case 7:  /* cudaMemcpy, cudaMemcpyAsync */
+            e.arg0 = PT_REGS_PARM3(ctx); e.arg1 = PT_REGS_PARM4(ctx); break;
+        case 5:          /* cudaStreamSynchronize */
+            e.arg0 = PT_REGS_PARM1(ctx); break;
+        case 9: case 10: /* cudaMemcpy2D[Async]: width */
+            e.arg0 = PT_REGS_PARM5(ctx); e.arg1 = 5; break;
+        case 11: case 12: /* cudaMemcpyPeer[Async]: count */
+            e.arg0 = PT_REGS_PARM5(ctx); e.arg1 = 3; break;
+        }
+    } else {
+        switch (op) {
+        case 1: e.arg0 = PT_REGS_PARM1(ctx); break;
+        case 2: case 3: e.arg0 = PT_REGS_PARM3(ctx); break;
+        case 5: case 6: e.arg0 = PT_REGS_PARM2(ctx); e.out_ptr = PT_REGS_PARM1(ctx); break;
+        }
+    }
+#if STACKS
+    e.stack_id = stacks.get_stackid(ctx, BPF_F_USER_STACK);
+#endif
+    struct cuda_key k = {.pid_tgid = id, .cookie = cookie};
+    cuda_inflight.update(&k, &e);
+    return 0;
+}
+
+int on_cuda_return(struct pt_regs *ctx) {
+    u64 id = bpf_get_current_pid_tgid();
+    struct cuda_key k = {.pid_tgid = id, .cookie = bpf_get_attach_cookie(ctx)};
+    struct cuda_entry *s = cuda_inflight.lookup(&k);
+    if (!s)
+        return 0;
+    s32 ret = PT_REGS_RC(ctx);
+    u64 arg1 = s->arg1;
+    if (s->out_ptr && ret == 0) {
+        u64 p = 0;
+        bpf_probe_read_user(&p, sizeof(p), (void *)s->out_ptr);
+        arg1 = p;
+        if (p) {
+            u64 size = s->arg0;
+            alloc_sizes.update(&p, &size);
+        }
+    }
+    struct cuda_event *e = cuda_events.ringbuf_reserve(sizeof(struct cuda_event));
+    if (!e) {
+        int zero = 0;
+        u64 *n = cuda_lost.lookup(&zero);
+        if (n)
+            __sync_fetch_and_add(n, 1);
+    } else {
+        e->ts_ns = s->ts_ns;
+        e->duration_ns = bpf_ktime_get_ns() - s->ts_ns;
+        e->pid = id >> 32;
+        e->tid = (u32)id;
+        e->source = k.cookie >> 8;
+        e->op = k.cookie & 0xff;
+        e->flags = 0;
+        e->ret = ret;
+        e->arg0 = s->arg0;
+        e->arg1 = arg1;
+        e->stack_id = s->stack_id;
+        bpf_get_current_comm(&e->comm, sizeof(e->comm));
+        cuda_events.ringbuf_submit(e, 0);
+    }
+    cuda_inflight.delete(&k);
+    return 0;
+}

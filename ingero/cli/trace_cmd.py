@@ -1,0 +1,105 @@
+"""``ingero trace``: record a CUDA process tree with the standard probe set into a trace database."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+
+def _parse_size(text: str | None) -> int:
+    if not text:
+        return 0
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    t = text.strip().lower().removesuffix("b").removesuffix("i")
+    if t and t[-1] in units:
+        return int(float(t[:-1]) * units[t[-1]])
+    return int(t)
+
+
+@click.command(context_settings={"ignore_unknown_options": False})
+@click.option("--pid", "pids", type=int, multiple=True, help="Trace this running process (repeatable).")
+@click.option("--db", "db", type=click.Path(dir_okay=False, path_type=Path), default=Path("ingero-trace.db"),
+              show_default=True, help="The trace database to write (created or appended to).")
+@click.option("--duration", help="Stop after this long (e.g. 30s, 5m); default: until the processes exit.")
+@click.option("--stacks/--no-stacks", default=True, show_default=True, help="Capture the user stack of CUDA calls.")
+@click.option("--max-db-size", help="Prune the oldest events beyond this size (e.g. 500MiB).")
+@click.option("--quiet", is_flag=True, help="No live view; print the summary only.")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def trace(pids, db, duration, stacks, max_db_size, quiet, command) -> None:
+    """Trace CUDA runtime/driver calls and host events of a process tree into DB.
+
+    Give running processes with --pid, or a command after `--` (started, traced from its first
+    instruction). Forked children are followed; libraries loaded later (dlopen) are probed when they
+    appear. Ctrl-C stops cleanly: everything recorded is flushed and every probe detached. Needs root.
+
+    \b
+    Example:
+        sudo ingero trace --db run.db -- python train.py
+        sudo ingero trace --pid 4242 --duration 30s
+        ingero mcp --db run.db
+    """
+    from ingero.analysis.window import parse_duration_ns
+    from ingero.tracer.session import TraceOptions, TraceSession
+
+    opts = TraceOptions(
+        db=db,
+        duration_s=parse_duration_ns(duration) / 1e9 if duration else None,
+        stacks=stacks,
+        max_db_size=_parse_size(max_db_size),
+    )
+    session = TraceSession(opts, pids=pids, command=command).start()
+    previous = {s: signal.signal(s, lambda *_: session.stop("interrupted")) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        if quiet:
+            seen: set[str] = set()
+
+            def report(snap) -> None:
+                for lib in snap.libraries:
+                    if lib not in seen:
+                        seen.add(lib)
+                        click.echo(f"probing {lib}", err=True)
+
+            report(session.snapshot())
+            final = session.run(on_tick=report)
+        else:
+            final = _run_live(session)
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+    top = ", ".join(f"{op} {n}" for op, n in final.by_op.most_common(8))
+    lost = sum(final.lost.values())
+    click.echo(f"stopped: {final.stopped_because or 'done'}")
+    click.echo(f"{final.events} events in {final.elapsed_s:.1f} s ({top}); {lost} lost; "
+               f"{final.chains} causal chain(s)")
+    click.echo(f"wrote {db}; investigate it with: ingero mcp --db {db}")
+    if session.child is not None and session.child.poll() is not None and session.child.returncode:
+        sys.exit(session.child.returncode if session.child.returncode > 0 else 1)
+
+
+def _run_live(session):
+    from rich.console import Console, Group
+    from rich.live import Live
+    from rich.table import Table
+    from rich.text import Text
+
+    console = Console(stderr=True)
+
+    def render(s) -> Group:
+        t = Table(box=None, pad_edge=False)
+        t.add_column("op")
+        t.add_column("events", justify="right")
+        for op, n in s.by_op.most_common(10):
+            t.add_row(op, f"{n:,}")
+        head = Text.from_markup(
+            f"[bold]ingero trace[/] {s.elapsed_s:5.1f} s  {s.events:,} events  {s.rate:,.0f}/s  "
+            f"lost {sum(s.lost.values())}  processes {len(s.processes)}  chains {s.chains}"
+        )
+        libs = Text("probing: " + (", ".join(s.libraries) or "waiting for a CUDA library to be loaded"),
+                    style="dim")
+        return Group(head, libs, t)
+
+    with Live(render(session.snapshot()), console=console, refresh_per_second=4, transient=True) as live:
+        return session.run(on_tick=lambda s: live.update(render(s)))

@@ -1,0 +1,299 @@
+"""A live tracing session: the standard probe set on a process tree, streamed into a trace database.
+
+``TraceSession`` starts the target (``command``) or follows running ``pids``, attaches the standard probe
+set (:class:`~ingero.tracer.standard.StandardTracer`), and on every tick (``batch_ms``) moves what the
+kernel recorded into the database through :class:`~ingero.store.EventWriter` (one transaction per batch):
+CUDA/driver calls with resolved stacks, host events, process names, lost-event counts. It scans for
+libraries loaded late, recomputes causal chains every ``chains_every_s`` and stores them as upstream
+does, and stops when the duration has passed, every traced process has exited, or :meth:`stop` is called
+(from a signal handler: it only sets a flag). ``close()`` flushes everything, detaches every probe and
+ends the session row; it is idempotent. The library never prints; :meth:`snapshot` feeds a live view.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ingero.errors import IngeroError, NoSuchProcess
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TraceOptions:
+    db: Path
+    duration_s: float | None = None
+    stacks: bool = True
+    batch_ms: int = 100
+    scan_every_s: float = 0.1
+    chains_every_s: float = 5.0
+    max_db_size: int = 0
+    ringbuf_pages: int = 1024
+    cuda_ringbuf_pages: int = 4096
+
+
+@dataclass
+class Snapshot:
+    """What the live view shows: totals so far and the rate over the last tick."""
+
+    elapsed_s: float
+    events: int
+    rate: float
+    by_op: Counter
+    lost: dict
+    libraries: list[str]
+    processes: set[int]
+    chains: int
+    stopped_because: str = ""
+
+
+@dataclass
+class _Totals:
+    events: int = 0
+    by_op: Counter = field(default_factory=Counter)
+    chains: int = 0
+
+
+def spawn_gated(command: Sequence[str]) -> tuple[subprocess.Popen, Callable[[], None]]:
+    """Start ``command`` held just before its ``exec``: returns the process and a function that releases
+    it. The pid is known (and can be traced) before the program's first instruction runs."""
+    r, w = os.pipe()
+    gate = (
+        "import os, sys\n"
+        f"os.read({r}, 1)\n"
+        f"os.close({r})\n"
+        "os.execvp(sys.argv[1], sys.argv[1:])\n"
+    )
+    try:
+        proc = subprocess.Popen([sys.executable, "-c", gate, *command], pass_fds=(r,))
+    except OSError as e:
+        os.close(r)
+        os.close(w)
+        raise IngeroError(f"cannot start {command[0]}: {e.strerror}") from e
+    os.close(r)
+
+    def release() -> None:
+        try:
+            os.write(w, b"x")
+        finally:
+            os.close(w)
+
+    return proc, release
+
+
+class TraceSession:
+    def __init__(self, options: TraceOptions, *, pids: Sequence[int] = (), command: Sequence[str] = ()) -> None:
+        if bool(pids) == bool(command):
+            raise IngeroError("trace either running processes (--pid) or a command (-- CMD ARGS), not both")
+        for pid in pids:
+            if not Path(f"/proc/{pid}").exists():
+                raise NoSuchProcess(f"no process with pid {pid}", hint="list processes with `ps -e`")
+        self.options = options
+        self.pids = [int(p) for p in pids]
+        self.command = list(command)
+        self.child: subprocess.Popen | None = None
+        self.tracer = None
+        self.writer = None
+        self._symbolizer = None
+        self._stack_hashes: dict[tuple[int, int], int] = {}
+        self._names: dict[int, str] = {}
+        self._lost_written: dict[str, int] = {}
+        self._totals = _Totals()
+        self._stop = threading.Event()
+        self.stopped_because = ""
+        self._t0 = 0.0
+        self._closed = False
+
+    # -- start / stop ----------------------------------------------------------------------------------
+    def start(self) -> TraceSession:
+        from ingero.runtime.kernel import bpf_problem
+        from ingero.store import EventWriter, SessionInfo
+        from ingero.tracer.standard import StandardTracer
+        from ingero.tracer.symbolize import StackSymbolizer
+
+        problem = bpf_problem()
+        if problem:
+            from ingero.errors import BpfUnavailable
+
+            raise BpfUnavailable(f"cannot trace here: {problem}")
+        release = None
+        if self.command:
+            self.child, release = spawn_gated(self.command)
+            self.pids = [self.child.pid]
+        try:
+            info = SessionInfo.collect(
+                command=" ".join(self.command) if self.command else "",
+                pid_filter=",".join(map(str, self.pids)),
+                flags="stacks" if self.options.stacks else "",
+            )
+            self.writer = EventWriter(self.options.db, session=info, max_db_size=self.options.max_db_size)
+            self._symbolizer = StackSymbolizer()
+            self.tracer = StandardTracer(self.pids, stacks=self.options.stacks,
+                                         ringbuf_pages=self.options.ringbuf_pages,
+                                         cuda_ringbuf_pages=self.options.cuda_ringbuf_pages).start()
+        except BaseException:
+            if self.child is not None:
+                self.child.kill()
+                self.child.wait()
+            self.close()
+            raise
+        self._t0 = time.monotonic()
+        if release:
+            release()
+        return self
+
+    def stop(self, why: str = "stopped") -> None:
+        """Ask the loop to stop (safe from a signal handler)."""
+        if not self.stopped_because:
+            self.stopped_because = why
+        self._stop.set()
+
+    def run(self, on_tick: Callable[[Snapshot], None] | None = None) -> Snapshot:
+        """Trace until the duration passes, every traced process exits, or :meth:`stop`; then close."""
+        opts = self.options
+        last_scan = last_chains = time.monotonic()
+        last_events, last_t = 0, time.monotonic()
+        try:
+            while not self._stop.is_set():
+                self._tick(opts.batch_ms)
+                now = time.monotonic()
+                if now - last_scan >= opts.scan_every_s:
+                    self.tracer.scan()
+                    for pid in self.tracer.followed():
+                        self._symbolizer.refresh(pid)
+                    last_scan = now
+                    if not self._alive():
+                        self._tick(0)
+                        self.stop("the traced processes exited")
+                if now - last_chains >= opts.chains_every_s:
+                    self._chains()
+                    last_chains = now
+                if opts.duration_s is not None and now - self._t0 >= opts.duration_s:
+                    self.stop(f"duration {opts.duration_s:g} s reached")
+                if on_tick:
+                    rate = (self._totals.events - last_events) / max(now - last_t, 1e-6)
+                    last_events, last_t = self._totals.events, now
+                    on_tick(self.snapshot(rate))
+        finally:
+            self.close()
+        return self.snapshot(0.0)
+
+    def _alive(self) -> bool:
+        if self.child is not None and self.child.poll() is None:
+            return True
+        return bool(self.tracer.followed())
+
+    def snapshot(self, rate: float = 0.0) -> Snapshot:
+        t = self._totals
+        return Snapshot(
+            elapsed_s=time.monotonic() - self._t0 if self._t0 else 0.0,
+            events=t.events,
+            rate=rate,
+            by_op=Counter(t.by_op),
+            lost=dict(self._lost_written),
+            libraries=[lib.path for lib in self.tracer.libraries.values()] if self.tracer else [],
+            processes=self.tracer.followed() if self.tracer and self.tracer._bpf else set(),
+            chains=t.chains,
+            stopped_because=self.stopped_because,
+        )
+
+    # -- the tick --------------------------------------------------------------------------------------
+    def _tick(self, timeout_ms: int) -> None:
+        from ingero.store import Event
+
+        cuda, host = self.tracer.poll(timeout_ms)
+        if not cuda and not host:
+            self._record_lost()
+            return
+        rows = []
+        for h in host:
+            if h.op_name == "process_fork":
+                self._symbolizer.inherit(h.pid, h.arg1)
+        for c in cuda:
+            rows.append(Event(c.ts_ns, c.pid, c.tid, c.source, c.op, c.duration_ns, 0, c.arg0, c.arg1, c.ret,
+                              self._stack_hash(c.pid, c.stack_id), c.comm))
+            self._totals.by_op[c.op_name] += 1
+            self._note_name(c.pid, c.comm)
+        for h in host:
+            rows.append(Event(h.ts_ns, h.pid, h.tid, h.source, h.op, h.duration_ns, 0, h.arg0, h.arg1, 0, 0,
+                              h.comm))
+            self._totals.by_op[h.op_name] += 1
+            if h.op_name != "sched_wakeup":
+                self._note_name(h.pid, h.comm)
+        self.writer.add_events(rows)
+        self._totals.events += len(rows)
+        self._record_lost()
+
+    def _note_name(self, pid: int, comm: str) -> None:
+        if comm and self._names.get(pid) != comm:
+            self._names[pid] = comm
+            self.writer.add_process_names({pid: comm})
+
+    def _stack_hash(self, pid: int, stack_id: int) -> int:
+        if stack_id < 0:
+            return 0
+        key = (pid, stack_id)
+        h = self._stack_hashes.get(key)
+        if h is None:
+            from ingero.store import Frame
+
+            ips = self.tracer.stack_ips(stack_id)
+            frames = [Frame(ip=f.ip, symbol=f.symbol, file=f.file) for f in self._symbolizer.resolve(pid, ips)]
+            h = self.writer.add_stack(frames=frames, ips=ips) if ips else 0
+            self._stack_hashes[key] = h
+        return h
+
+    def _record_lost(self) -> None:
+        for ring, n in self.tracer.lost().items():
+            delta = n - self._lost_written.get(ring, 0)
+            if delta > 0:
+                self.writer.add_lost(delta, f"{ring} ring buffer full")
+                self._lost_written[ring] = n
+
+    def _chains(self) -> None:
+        from ingero.analysis.chains import replay_chains
+        from ingero.store import TraceReader
+
+        self.writer.flush()
+        try:
+            reader = TraceReader.open(self.options.db, live=True)
+            try:
+                chains, _ = replay_chains(reader)
+            finally:
+                reader.close()
+        except Exception:  # noqa: BLE001 - a failed analysis must not stop the recording
+            log.exception("causal chain analysis failed")
+            return
+        if chains:
+            self.writer.record_chains(chains)
+        else:
+            self.writer.expire_chains(120 * 1_000_000_000)
+        self._totals.chains = len(chains)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self.tracer is not None and self.tracer._bpf is not None and self.writer is not None:
+                try:
+                    self._tick(0)
+                    self._chains()
+                finally:
+                    self.tracer.close()
+        finally:
+            if self.tracer is not None:
+                self.tracer.close()
+            if self.writer is not None and not self.writer.closed:
+                self.writer.close()
+            if self.child is not None and self.child.poll() is None and self.stopped_because.startswith("dur"):
+                pass  # a command outlives a --duration trace unless the user stops it

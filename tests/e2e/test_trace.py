@@ -1,0 +1,154 @@
+"""`ingero trace` for real: the standard probe set on the CUDA test workload, into a database that the
+standard MCP tools then serve."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import anyio
+import pytest
+
+from ingero import workload
+from ingero.tracer.session import TraceOptions, TraceSession
+from tests.helpers import Workload
+
+pytestmark = pytest.mark.bpf
+
+OPS = {"cudaMalloc": 1, "cudaFree": 2, "cudaLaunchKernel": 3, "cudaMemcpy": 4, "cudaStreamSynchronize": 5,
+       "cudaDeviceSynchronize": 6, "cudaMemcpyAsync": 7}
+
+
+def wait_for(cond, timeout=10.0, what="condition"):
+    t0 = time.monotonic()
+    while not cond():
+        if time.monotonic() - t0 > timeout:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def rows(db: Path, sql: str, params=()) -> list[tuple]:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="module")
+def traced(tmp_path_factory):
+    """Trace a running workload that loads libcudart late (dlopen after the trace started) and makes its
+    calls in a forked child; returns (db, parent pid, child pid)."""
+    from ingero.runtime.kernel import bpf_problem
+    from tests.conftest import skip_or_fail
+
+    if bpf_problem():
+        skip_or_fail(bpf_problem())
+    db = tmp_path_factory.mktemp("trace") / "run.db"
+    repeat = 3
+    with Workload("--repeat", str(repeat), "--fork", "--hold", "0.2", wait_load=True) as w:
+        w.expect("waiting load")
+        session = TraceSession(TraceOptions(db=db, chains_every_s=0.5), pids=[w.pid]).start()
+        runner = threading.Thread(target=session.run)
+        runner.start()
+        try:
+            assert session.snapshot().libraries == []  # nothing CUDA is mapped yet
+            w.go()
+            w.expect("waiting calls")
+            wait_for(lambda: session.snapshot().libraries, what="the late-loaded libcudart to be probed")
+            w.go()
+            child = int(w.expect("forked child pid=").split("=")[1])
+            w.finish()
+            runner.join(timeout=20)
+            assert not runner.is_alive()
+        finally:
+            session.stop("test over")
+            runner.join(timeout=20)
+    assert session.stopped_because == "the traced processes exited"
+    return db, w.pid, child, repeat
+
+
+def test_exact_cuda_calls_of_the_forked_child(traced):
+    db, parent, child, repeat = traced
+    got = Counter(dict(rows(db, "SELECT op, COUNT(*) FROM events WHERE source = 1 GROUP BY op")))
+    want = Counter({OPS[name]: n for name, n in workload.expected_counts(repeat).items()})
+    assert got == want
+    assert {r[0] for r in rows(db, "SELECT DISTINCT pid FROM events WHERE source = 1")} == {child}
+    assert rows(db, "SELECT DISTINCT ret_code FROM events WHERE source = 1") == [(35,)]
+    assert rows(db, "SELECT MIN(duration) > 0 FROM events WHERE source = 1") == [(1,)]
+    sizes = [r[0] for r in rows(db, "SELECT arg0 FROM events WHERE source = 1 AND op = 1 ORDER BY timestamp")]
+    assert sizes == list(workload.MALLOC_SIZES) * repeat
+    copies = rows(db, "SELECT arg0, arg1 FROM events WHERE source = 1 AND op = 4 ORDER BY timestamp")
+    assert copies == [(c.args["count"], c.args["kind"]) for c in workload.PLAN if c.name == "cudaMemcpy"] * repeat
+    # cudaLaunchKernel: arg0 = the function pointer, arg1 = the stream, read from the stack at entry
+    assert rows(db, "SELECT DISTINCT arg0, arg1 FROM events WHERE source = 1 AND op = 3") == [
+        (workload.KERNEL_FUNC, workload.STREAM)]
+    assert rows(db, "SELECT DISTINCT arg0 FROM events WHERE source = 1 AND op = 5") == [(workload.STREAM,)]
+    assert sorted(rows(db, "SELECT DISTINCT arg0, arg1 FROM events WHERE source = 1 AND op = 7")) == sorted(
+        (c.args["count"], c.args["kind"]) for c in workload.PLAN if c.name == "cudaMemcpyAsync")
+
+
+def test_stacks_are_resolved_to_symbol_names(traced):
+    db, *_ = traced
+    frames = {r[0]: json.loads(r[1]) for r in rows(
+        db, "SELECT e.op, s.frames FROM events e JOIN stack_traces s ON s.hash = e.stack_hash "
+            "WHERE e.source = 1 GROUP BY e.op")}
+    assert set(frames) == set(OPS.values())
+    for op, fr in frames.items():
+        name = next(n for n, o in OPS.items() if o == op)
+        assert fr[0]["s"] == f"{name}+0x0" and fr[0]["f"] == "libcudart.so.12"
+
+
+def test_host_events_of_the_workload(traced):
+    db, parent, child, _ = traced
+    switches = rows(db, "SELECT pid, tid, duration FROM events WHERE source = 3 AND op = 1 AND pid = ?", (parent,))
+    assert switches and all(tid == parent and d > 0 for _, tid, d in switches)
+    assert max(d for *_, d in switches) >= 150_000_000  # --hold 0.2: one long sleep
+    assert rows(db, "SELECT pid, arg1 FROM events WHERE source = 3 AND op = 7") == [(parent, child)]
+    assert sorted(r[0] for r in rows(db, "SELECT pid FROM events WHERE source = 3 AND op = 6")) == sorted(
+        [parent, child])
+    assert rows(db, "SELECT COALESCE(SUM(count), 0) FROM lost_events") == [(0,)]
+    assert rows(db, "SELECT lost_events FROM sessions") == [(0,)]
+
+
+def test_the_database_serves_every_standard_tool(traced, tmp_path):
+    from tests.replay_helpers import stdio_session, text_of
+
+    db, *_ = traced
+
+    async def main():
+        async with stdio_session(db, tmp_path / "audit.db") as s:
+            out = {}
+            for name, args in [("get_check", {}), ("get_trace_stats", {"tsc": False}), ("get_causal_chains", {}),
+                               ("run_demo", {"scenario": "incident"}), ("get_test_report", {}),
+                               ("run_sql", {"query": "SELECT COUNT(*) AS n FROM events WHERE source = 1"}),
+                               ("get_stacks", {"tsc": False})]:
+                r = await s.call_tool(name, args)
+                assert not r.is_error, (name, text_of(r))
+                out[name] = text_of(r)
+            return out
+
+    out = anyio.run(main)
+    assert "cudaMalloc" in out["get_trace_stats"] and "sched_switch" in out["get_trace_stats"]
+    assert "39" in out["run_sql"]
+    assert "cudaMalloc" in out["get_stacks"]
+
+
+def test_cli_trace_command_and_clean_exit(need_bpf, tmp_path):
+    import subprocess
+
+    db = tmp_path / "cli.db"
+    ingero = str(Path(sys.executable).parent / "ingero")
+    r = subprocess.run([ingero, "trace", "--db", str(db), "--quiet", "--", sys.executable, "-m", "ingero.workload",
+                        "--hold", "0.5"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "stopped: the traced processes exited" in r.stdout and f"wrote {db}" in r.stdout
+    # the program was traced from its first instruction: its exec and its page allocations are there
+    assert rows(db, "SELECT COUNT(*) FROM events WHERE source = 3 AND op = 5") == [(1,)]
+    assert rows(db, "SELECT COUNT(*) > 0 FROM events WHERE source = 3 AND op = 3") == [(1,)]
+    assert not Path(f"{db}-wal").exists() or Path(f"{db}-wal").stat().st_size == 0
