@@ -38,7 +38,7 @@ class TraceOptions:
     chains_every_s: float = 5.0
     max_db_size: int = 0
     ringbuf_pages: int = 1024
-    cuda_ringbuf_pages: int = 4096
+    cuda_ringbuf_pages: int = 1024
 
 
 @dataclass
@@ -207,13 +207,14 @@ class TraceSession:
         )
 
     # -- the tick --------------------------------------------------------------------------------------
-    def _tick(self, timeout_ms: int) -> None:
+    def _tick(self, timeout_ms: int) -> int:
+        """Move one batch from the kernel to the database; returns how many events it held."""
         from ingero.store import Event
 
         cuda, host = self.tracer.poll(timeout_ms)
         if not cuda and not host:
             self._record_lost()
-            return
+            return 0
         rows = []
         for h in host:
             if h.op_name == "process_fork":
@@ -232,6 +233,7 @@ class TraceSession:
         self.writer.add_events(rows)
         self._totals.events += len(rows)
         self._record_lost()
+        return len(rows)
 
     def _note_name(self, pid: int, comm: str) -> None:
         if comm and self._names.get(pid) != comm:
@@ -286,8 +288,12 @@ class TraceSession:
         try:
             if self.tracer is not None and self.tracer._bpf is not None and self.writer is not None:
                 try:
-                    self._tick(0)
-                    self._chains()
+                    # detach first, so the rest is bounded by what the ring buffers hold, then drain them
+                    self.tracer.detach()
+                    while self._tick(0):
+                        pass
+                    if self.stopped_because != "interrupted":  # Ctrl-C wants out now: periodic chains stand
+                        self._chains()
                 finally:
                     self.tracer.close()
         finally:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes as ct
 import logging
 import os
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -108,7 +109,7 @@ class StandardTracer:
     """Host tracepoints + CUDA runtime/driver calls of the process trees rooted at ``pids``."""
 
     def __init__(self, pids: Iterable[int] = (), *, stacks: bool = True, ringbuf_pages: int = 1024,
-                 cuda_ringbuf_pages: int = 4096) -> None:
+                 cuda_ringbuf_pages: int = 1024) -> None:
         for n in (ringbuf_pages, cuda_ringbuf_pages):
             if n <= 0 or n & (n - 1):
                 raise ValueError("ring buffer sizes must be powers of two (pages)")
@@ -121,6 +122,8 @@ class StandardTracer:
         self.libraries: dict[tuple[int, int], AttachedLibrary] = {}
         self._host: list[HostEvent] = []
         self._cuda: list[CudaCall] = []
+        self._budget = 0
+        self._detaching: threading.Thread | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def start(self) -> StandardTracer:
@@ -147,10 +150,30 @@ class StandardTracer:
             raise
         return self
 
-    def close(self) -> None:
+    def detach(self) -> None:
+        """Stop new events: close every uprobe_multi link at once, and detach the host tracepoints in the
+        background (each perf-event tracepoint waits for an RCU grace period, ~75 ms apiece, serialised in
+        the kernel), so the ring buffers can be drained meanwhile. ``close()`` waits for it."""
         for lib in self.libraries.values():
             for link in lib.links:
                 link.close()
+        if self._bpf is not None and self._detaching is None:
+            bpf = self._bpf
+
+            def detach_tracepoints() -> None:
+                for tp in list(bpf.tracepoint_fds):
+                    try:
+                        bpf.detach_tracepoint(tp)
+                    except Exception:  # noqa: BLE001 - cleanup() retries whatever is left
+                        log.debug("detaching %s failed", tp, exc_info=True)
+
+            self._detaching = threading.Thread(target=detach_tracepoints, name="ingero-detach", daemon=True)
+            self._detaching.start()
+
+    def close(self) -> None:
+        self.detach()
+        if self._detaching is not None:
+            self._detaching.join()
         if self._bpf is not None:
             self._bpf.cleanup()
             self._bpf = None
@@ -231,20 +254,25 @@ class StandardTracer:
         return AttachedLibrary(str(lib.path), lib.soname, key, tuple(n for n, _ in chosen), tuple(links))
 
     # -- events ----------------------------------------------------------------------------------------
+    # A callback returning < 0 makes libbpf stop consuming (the record it was given is consumed): without
+    # that, a poll would not return while the producer outpaces us (libbpf loops while new data arrives).
     def _on_host(self, ctx, data, size) -> int:
         r = ct.cast(data, ct.POINTER(HostRecord)).contents
         self._host.append(HostEvent(r.ts_ns, r.duration_ns, r.pid, r.tid, r.source, r.op, r.cpu, r.arg0,
                                     r.arg1, r.comm.decode(errors="replace")))
-        return 0
+        self._budget -= 1
+        return -1 if self._budget <= 0 else 0
 
     def _on_cuda(self, ctx, data, size) -> int:
         r = ct.cast(data, ct.POINTER(CudaRecord)).contents
         self._cuda.append(CudaCall(r.ts_ns, r.duration_ns, r.pid, r.tid, r.source, r.op, r.ret, r.arg0,
                                    r.arg1, r.stack_id, r.comm.decode(errors="replace")))
-        return 0
+        self._budget -= 1
+        return -1 if self._budget <= 0 else 0
 
-    def poll(self, timeout_ms: int = 100) -> tuple[list[CudaCall], list[HostEvent]]:
-        """Events completed since the last poll: (CUDA/driver calls, host events)."""
+    def poll(self, timeout_ms: int = 100, max_events: int = 20_000) -> tuple[list[CudaCall], list[HostEvent]]:
+        """Events completed since the last poll, at most about ``max_events``: (CUDA/driver calls, host)."""
+        self._budget = max_events
         self._bpf.ring_buffer_poll(timeout_ms)
         cuda, host = self._cuda, self._host
         self._cuda, self._host = [], []
