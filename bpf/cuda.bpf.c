@@ -148,3 +148,42 @@ int on_cuda_return(struct pt_regs *ctx) {
     cuda_inflight.delete(&k);
     return 0;
 }
+
+/* A traced process opening a CUDA library ("libcu..." in the name: libcudart, libcuda, libcublas...):
+ * tell user space at once, so it attaches to that file before the loader has even mapped it, instead of
+ * finding it at the next scan of /proc/PID/maps. */
+struct lib_open_event {
+    u32 pid;
+    u32 pad;
+    char path[256];
+};
+BPF_RINGBUF_OUTPUT(lib_opens, 16);
+BPF_PERCPU_ARRAY(lib_open_scratch, struct lib_open_event, 1);
+
+TRACEPOINT_PROBE(syscalls, sys_enter_openat) {
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    if (!traced(tgid))
+        return 0;
+    int zero = 0;
+    struct lib_open_event *e = lib_open_scratch.lookup(&zero);
+    if (!e)
+        return 0;
+    int n = bpf_probe_read_user_str(e->path, sizeof(e->path), args->filename);
+    if (n <= 5)
+        return 0;
+    int found = 0;
+    for (int i = 0; i < 250; i++) {
+        if (e->path[i] == 0)
+            break;
+        if (e->path[i] == 'l' && e->path[i + 1] == 'i' && e->path[i + 2] == 'b' && e->path[i + 3] == 'c' &&
+            e->path[i + 4] == 'u') {
+            found = 1;
+            break;
+        }
+    }
+    if (!found)
+        return 0;
+    e->pid = tgid;
+    lib_opens.ringbuf_output(e, sizeof(*e), 0);
+    return 0;
+}

@@ -26,9 +26,11 @@ def _parse_size(text: str | None) -> int:
 @click.option("--duration", help="Stop after this long (e.g. 30s, 5m); default: until the processes exit.")
 @click.option("--stacks/--no-stacks", default=True, show_default=True, help="Capture the user stack of CUDA calls.")
 @click.option("--max-db-size", help="Prune the oldest events beyond this size (e.g. 500MiB).")
+@click.option("--selective", is_flag=True,
+              help="Upstream's selective storage: count every event per minute, store only some (see docs).")
 @click.option("--quiet", is_flag=True, help="No live view; print the summary only.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
-def trace(pids, db, duration, stacks, max_db_size, quiet, command) -> None:
+def trace(pids, db, duration, stacks, max_db_size, selective, quiet, command) -> None:
     """Trace CUDA runtime/driver calls and host events of a process tree into DB.
 
     Give running processes with --pid, or a command after `--` (started, traced from its first
@@ -49,6 +51,7 @@ def trace(pids, db, duration, stacks, max_db_size, quiet, command) -> None:
         duration_s=parse_duration_ns(duration) / 1e9 if duration else None,
         stacks=stacks,
         max_db_size=_parse_size(max_db_size),
+        selective=selective,
     )
     session = TraceSession(opts, pids=pids, command=command).start()
     previous = {s: signal.signal(s, lambda *_: session.stop("interrupted")) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -72,7 +75,8 @@ def trace(pids, db, duration, stacks, max_db_size, quiet, command) -> None:
     top = ", ".join(f"{op} {n}" for op, n in final.by_op.most_common(8))
     lost = sum(final.lost.values())
     click.echo(f"stopped: {final.stopped_because or 'done'}")
-    click.echo(f"{final.events} events in {final.elapsed_s:.1f} s ({top}); {lost} lost; "
+    stored = f" ({final.stored} stored)" if selective else ""
+    click.echo(f"{final.events} events{stored} in {final.elapsed_s:.1f} s ({top}); {lost} lost; "
                f"{final.chains} causal chain(s)")
     click.echo(f"wrote {db}; investigate it with: ingero mcp --db {db}")
     if session.child is not None and session.child.poll() is not None and session.child.returncode:

@@ -38,6 +38,8 @@ class TraceOptions:
     chains_every_s: float = 5.0
     max_db_size: int = 0
     ringbuf_pages: int = 1024
+    selective: bool = False  # upstream's selective storage (see ingero.tracer.selective)
+    preattach: bool = True  # attach to every libcudart/libcuda on the search paths at start
     cuda_ringbuf_pages: int = 1024
 
 
@@ -47,6 +49,7 @@ class Snapshot:
 
     elapsed_s: float
     events: int
+    stored: int
     rate: float
     by_op: Counter
     lost: dict
@@ -59,6 +62,7 @@ class Snapshot:
 @dataclass
 class _Totals:
     events: int = 0
+    stored: int = 0
     by_op: Counter = field(default_factory=Counter)
     chains: int = 0
 
@@ -108,6 +112,7 @@ class TraceSession:
         self._names: dict[int, str] = {}
         self._lost_written: dict[str, int] = {}
         self._totals = _Totals()
+        self._selective = None
         self._stop = threading.Event()
         self.stopped_because = ""
         self._t0 = 0.0
@@ -137,9 +142,15 @@ class TraceSession:
             )
             self.writer = EventWriter(self.options.db, session=info, max_db_size=self.options.max_db_size)
             self._symbolizer = StackSymbolizer()
+            if self.options.selective:
+                from ingero.tracer.selective import SelectiveStorage
+
+                self._selective = SelectiveStorage()
             self.tracer = StandardTracer(self.pids, stacks=self.options.stacks,
                                          ringbuf_pages=self.options.ringbuf_pages,
                                          cuda_ringbuf_pages=self.options.cuda_ringbuf_pages).start()
+            if self.options.preattach:
+                self.tracer.attach_known()
         except BaseException:
             if self.child is not None:
                 self.child.kill()
@@ -197,6 +208,7 @@ class TraceSession:
         return Snapshot(
             elapsed_s=time.monotonic() - self._t0 if self._t0 else 0.0,
             events=t.events,
+            stored=t.stored,
             rate=rate,
             by_op=Counter(t.by_op),
             lost=dict(self._lost_written),
@@ -230,10 +242,17 @@ class TraceSession:
             self._totals.by_op[h.op_name] += 1
             if h.op_name != "sched_wakeup":
                 self._note_name(h.pid, h.comm)
+        n = len(rows)
+        if self._selective is not None:
+            to_epoch, sel = self.writer.clock.to_epoch, self._selective
+            rows = [r for r in rows if sel.decide(to_epoch(r.timestamp), r.source, r.op, r.pid, r.duration,
+                                                    r.arg0, r.stack_hash)]
+            self.writer.add_aggregates(sel.take_aggregates())
         self.writer.add_events(rows)
-        self._totals.events += len(rows)
+        self._totals.events += n
+        self._totals.stored += len(rows)
         self._record_lost()
-        return len(rows)
+        return n
 
     def _note_name(self, pid: int, comm: str) -> None:
         if comm and self._names.get(pid) != comm:

@@ -67,6 +67,12 @@ class CudaRecord(ct.Structure):
     ]
 
 
+class LibOpenRecord(ct.Structure):
+    """Mirror of ``struct lib_open_event`` in ``bpf/cuda.bpf.c``."""
+
+    _fields_ = [("pid", ct.c_uint32), ("pad", ct.c_uint32), ("path", ct.c_char * 256)]
+
+
 @dataclass(frozen=True)
 class CudaCall:
     ts_ns: int  # entry, CLOCK_MONOTONIC
@@ -123,6 +129,7 @@ class StandardTracer:
         self._host: list[HostEvent] = []
         self._cuda: list[CudaCall] = []
         self._budget = 0
+        self._opens: list[tuple[int, str]] = []
         self._detaching: threading.Thread | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------------
@@ -142,6 +149,7 @@ class StandardTracer:
             self._fns = (entry, ret)
             self._bpf["host_events"].open_ring_buffer(self._on_host)
             self._bpf["cuda_events"].open_ring_buffer(self._on_cuda)
+            self._bpf["lib_opens"].open_ring_buffer(self._on_lib_open)
             for pid in self._initial:
                 self.follow(pid)
             self.scan()
@@ -216,21 +224,76 @@ class StandardTracer:
             except IngeroError:
                 continue  # the process exited meanwhile
             for lib in libs:
-                which = _symbols_for(lib.soname or str(lib.path))
-                if which is None:
-                    continue
-                try:
-                    st = os.stat(lib.attach_path)
-                except OSError:
-                    continue
-                key = (st.st_dev, st.st_ino)
-                if key in self.libraries:
-                    continue
-                attached = self._attach(lib, key, *which)
+                attached = self._consider(lib)
                 if attached:
-                    self.libraries[key] = attached
                     new.append(attached)
         return new
+
+    def attach_known(self) -> list[AttachedLibrary]:
+        """Attach now to every copy of libcudart/libcuda on this machine's search paths (pip wheels,
+        LD_LIBRARY_PATH, CUDA_HOME, conda, ldconfig): a traced program that loads one of them and calls it
+        at once is caught from its first call, which no scan or open notification can promise. The
+        probes fire in other processes using the same files too, and are filtered out in the kernel."""
+        from ingero.errors import IngeroError
+        from ingero.symbols import find_libraries
+
+        new = []
+        for stem in ("libcudart", "libcuda"):
+            try:
+                found = find_libraries(name=stem)
+            except IngeroError:
+                continue
+            for lib in found:  # every copy, one per build-id
+                attached = self._consider(lib)
+                if attached:
+                    new.append(attached)
+        return new
+
+    def _consider(self, lib) -> AttachedLibrary | None:
+        """Attach to ``lib`` if it is a CUDA runtime/driver library not attached yet."""
+        which = _symbols_for(lib.soname or str(lib.path))
+        if which is None:
+            return None
+        try:
+            st = os.stat(lib.attach_path)
+        except OSError:
+            return None
+        key = (st.st_dev, st.st_ino)
+        if key in self.libraries:
+            return None
+        attached = self._attach(lib, key, *which)
+        if attached:
+            self.libraries[key] = attached
+        return attached
+
+    def _on_lib_open(self, ctx, data, size) -> int:
+        r = ct.cast(data, ct.POINTER(LibOpenRecord)).contents
+        self._opens.append((r.pid, r.path.decode(errors="replace")))
+        return 0
+
+    def _attach_opened(self) -> None:
+        """A traced process is opening a CUDA library: attach to that file before the loader maps it."""
+        from ingero.errors import IngeroError
+        from ingero.symbols import resolve_library
+
+        opens, self._opens = self._opens, []
+        for pid, path in opens:
+            if not path.startswith("/"):
+                try:
+                    path = os.path.join(os.readlink(f"/proc/{pid}/cwd"), path)
+                except OSError:
+                    continue
+            for candidate in (f"/proc/{pid}/root{path}", path):
+                if os.path.exists(candidate):
+                    break
+            else:
+                continue  # the loader probing a directory where the library is not
+            if _symbols_for(os.path.basename(path)) is None:
+                continue
+            try:
+                self._consider(resolve_library(candidate))
+            except IngeroError as e:
+                log.info("cannot probe %s opened by %d: %s", path, pid, e)
 
     def _attach(self, lib, key, source: int, table: dict[str, int]) -> AttachedLibrary | None:
         from ingero.symbols import read_symbols
@@ -274,6 +337,8 @@ class StandardTracer:
         """Events completed since the last poll, at most about ``max_events``: (CUDA/driver calls, host)."""
         self._budget = max_events
         self._bpf.ring_buffer_poll(timeout_ms)
+        if self._opens:
+            self._attach_opened()
         cuda, host = self._cuda, self._host
         self._cuda, self._host = [], []
         return cuda, host

@@ -53,7 +53,8 @@ def traced(tmp_path_factory):
     repeat = 3
     with Workload("--repeat", str(repeat), "--fork", "--hold", "0.2", wait_load=True) as w:
         w.expect("waiting load")
-        session = TraceSession(TraceOptions(db=db, chains_every_s=0.5), pids=[w.pid]).start()
+        # no pre-attached copies: the late-loaded library must be found by the tracer itself
+        session = TraceSession(TraceOptions(db=db, chains_every_s=0.5, preattach=False), pids=[w.pid]).start()
         runner = threading.Thread(target=session.run)
         runner.start()
         try:
@@ -152,3 +153,26 @@ def test_cli_trace_command_and_clean_exit(need_bpf, tmp_path):
     assert rows(db, "SELECT COUNT(*) FROM events WHERE source = 3 AND op = 5") == [(1,)]
     assert rows(db, "SELECT COUNT(*) > 0 FROM events WHERE source = 3 AND op = 3") == [(1,)]
     assert not Path(f"{db}-wal").exists() or Path(f"{db}-wal").stat().st_size == 0
+
+
+def test_selective_storage_counts_everything_and_stores_some(need_bpf, tmp_path):
+    import subprocess
+
+    db = tmp_path / "selective.db"
+    ingero = str(Path(sys.executable).parent / "ingero")
+    r = subprocess.run([ingero, "trace", "--db", str(db), "--quiet", "--selective", "--", sys.executable, "-m",
+                        "ingero.workload", "--repeat", "4"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "stored)" in r.stdout
+    # every event is counted in the aggregates, page allocations are never stored
+    assert rows(db, "SELECT COUNT(*) FROM events WHERE source = 3 AND op = 3") == [(0,)]
+    allocs = rows(db, "SELECT SUM(count), SUM(stored), SUM(sum_arg0) FROM event_aggregates WHERE source = 3 AND op = 3")
+    assert allocs[0][0] > 0 and allocs[0][1] == 0 and allocs[0][2] % 4096 == 0
+    counted = dict(rows(db, "SELECT op, SUM(count) FROM event_aggregates WHERE source = 1 GROUP BY op"))
+    assert counted == {OPS[n]: c for n, c in workload.expected_counts(4).items()}
+    stored = dict(rows(db, "SELECT op, COUNT(*) FROM events WHERE source = 1 GROUP BY op"))
+    assert stored == counted  # within the 10 s warm-up every CUDA call is also stored
+    out = subprocess.run([ingero, "stats", "--db", str(db)], capture_output=True, text=True).stdout
+    n = rows(db, "SELECT COUNT(*) FROM events")[0][0]
+    total = rows(db, "SELECT SUM(count) FROM event_aggregates")[0][0]
+    assert f"{n} stored events of {total} counted" in out

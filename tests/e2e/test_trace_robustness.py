@@ -49,7 +49,7 @@ def test_driver_api_on_a_stub_libcuda(need_bpf, stub_driver, tmp_path):
     proc = subprocess.Popen([exe, lib, "4"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "ready"
     session = TraceSession(TraceOptions(db=db), pids=[proc.pid]).start()
-    assert [Path(p).name for p in session.snapshot().libraries] == ["libcuda.so.1"]
+    assert "libcuda.so.1" in [Path(p).name for p in session.snapshot().libraries]
     proc.stdin.write("go\n")
     proc.stdin.flush()
     session.run()
@@ -114,7 +114,7 @@ def test_sigkill_leaves_a_readable_db_and_no_probes(need_bpf, tmp_path):
         w.go()
         time.sleep(1.0)  # calls are flowing and batches are being committed
         links = _link_ids(tracer.pid)
-        assert len(links) == 2 and links <= _kernel_link_ids()  # entry + return on libcudart
+        assert len(links) >= 2 and links <= _kernel_link_ids()  # entry + return per library file
         tracer.send_signal(signal.SIGKILL)
         tracer.wait(10)
     assert Path(f"{db}-wal").stat().st_size > 0  # killed mid-write: the rows live in the WAL
@@ -135,7 +135,7 @@ def test_sigint_flushes_and_exits_within_two_seconds(need_bpf, tmp_path):
         w.go()
         time.sleep(1.0)
         links = _link_ids(tracer.pid)
-        assert len(links) == 2
+        assert len(links) >= 2
         t0 = time.monotonic()
         tracer.send_signal(signal.SIGINT)
         out, _ = tracer.communicate(timeout=10)
