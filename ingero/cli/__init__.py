@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "query": ("ingero.cli.replay_cmd", "query"),
     "audit": ("ingero.cli.replay_cmd", "audit"),
     "demo": ("ingero.cli.demo_cmd", "demo"),
+    "probe": ("ingero.cli.probe_cmd", "probe"),
     "export": ("ingero.cli.export_cmd", "export"),
     "selftest": ("ingero.cli.selftest_cmd", "selftest"),
     "trace": ("ingero.cli.trace_cmd", "trace"),

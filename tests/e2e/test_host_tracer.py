@@ -72,4 +72,5 @@ def test_exec_and_direct_block_reads(need_bpf):
     assert [e.comm for e in events if e.op_name == "process_exec"] == ["dd"]
     reads = [e for e in events if e.source == SOURCE_IO and e.op_name == "block_read"]
     assert reads and all(e.pid == proc.pid and e.duration_ns > 0 for e in reads)
-    assert sum(e.arg0 for e in reads) == 16 * 8  # 16 blocks of 4 KiB = 128 sectors, however merged
+    # 16 blocks of 4 KiB = 128 sectors however merged (more if dd itself was read from disk at exec)
+    assert sum(e.arg0 for e in reads) >= 16 * 8

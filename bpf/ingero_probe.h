@@ -1,0 +1,39 @@
+/* Static helpers shared by every generated probe program (probe_templates/probe.bpf.c.j2).
+ * The event header and the statistics indexes are generated from ingero/compiler/record.py (their one
+ * definition) into the program text; this file holds only logic that does not depend on a spec. */
+#ifndef INGERO_PROBE_H
+#define INGERO_PROBE_H
+
+struct ingero_key {
+    u64 pid_tgid;
+    u64 cookie;
+};
+
+struct ingero_rate {
+    u64 window; /* the second the count is for */
+    u64 n;      /* calls let through in that second */
+};
+
+/* log2 bucket of a value: 0 for 0 (and negatives), k for [2^(k-1), 2^k), at most 64 */
+static __always_inline u32 ingero_log2(u64 v) {
+    u32 r = 0;
+    if (v >> 32) { v >>= 32; r += 32; }
+    if (v >> 16) { v >>= 16; r += 16; }
+    if (v >> 8) { v >>= 8; r += 8; }
+    if (v >> 4) { v >>= 4; r += 4; }
+    if (v >> 2) { v >>= 2; r += 2; }
+    if (v >> 1) { v >>= 1; r += 1; }
+    return v ? r + 1 : 0;
+}
+
+/* compare n bytes (n is a compile-time constant: the literal and its NUL) */
+static __always_inline int ingero_streq(const char *a, const char *b, const int n) {
+#pragma unroll
+    for (int i = 0; i < n; i++) {
+        if (a[i] != b[i])
+            return 0;
+    }
+    return 1;
+}
+
+#endif

@@ -1,0 +1,326 @@
+"""``ingero probe check`` and ``ingero probe run``: the engineer's workflow for probe specs."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import click
+
+
+@click.group()
+def probe() -> None:
+    """Check and run probe specs (see docs/dsl.md)."""
+
+
+def _read(path: str) -> tuple[str, str]:
+    if path == "-":
+        return sys.stdin.read(), "<stdin>"
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read(), path
+    except OSError as e:
+        raise click.ClickException(f"cannot read {path}: {e.strerror}") from None
+
+
+def _fail(result, as_json: bool) -> None:
+    from ingero.dsl.diagnostics import render
+
+    if as_json:
+        click.echo(json.dumps({"ok": False, "errors": [d.as_dict() for d in result.errors]}, indent=2))
+    else:
+        click.echo(render(result.errors, result.source), err=True)
+        n = len(result.errors)
+        click.echo(f"{n} error{'s' if n != 1 else ''}", err=True)
+    sys.exit(1)
+
+
+@probe.command()
+@click.argument("file")
+@click.option("--emit", type=click.Choice(["ast", "resolved", "c"]), help="Print this stage instead of a summary.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable result.")
+@click.option("--pid", type=int, help="Resolve libraries from what this process mapped.")
+def check(file: str, emit: str | None, as_json: bool, pid: int | None) -> None:
+    """Check a probe spec (FILE, or - for stdin) against this machine's libraries and the catalogue.
+
+    No root needed. Exit 1 with located errors and hints if the spec is wrong.
+
+    \b
+    Example:
+        ingero probe check examples/big_copies.probe
+        ingero probe check examples/launches.probe --emit c
+    """
+    from ingero.dsl import check as check_spec
+    from ingero.dsl.ast import dump
+    from ingero.dsl.resolved import describe
+
+    text, name = _read(file)
+    result = check_spec(text, name, pid=pid)
+    if not result.ok:
+        _fail(result, as_json)
+    spec = result.resolved()
+    if emit == "ast":
+        click.echo(dump(result.tree))
+        return
+    if emit == "c":
+        from ingero.compiler import compile_spec
+
+        click.echo(compile_spec(spec).c_text, nl=False)
+        return
+    if as_json:
+        click.echo(json.dumps({"ok": True, "probes": [_probe_json(p) for p in spec.probes]}, indent=2))
+        return
+    n = len(spec.probes)
+    click.echo(f"{name}: {n} probe{'s' if n != 1 else ''} OK")
+    for p in spec.probes:
+        click.echo(describe(p, full=emit == "resolved"))
+
+
+def _probe_json(p) -> dict:
+    lib = p.library
+    return {
+        "name": p.name,
+        "library": {
+            "name": lib.name,
+            "path": lib.path,
+            "soname": lib.soname,
+            "installed": lib.installed,
+            "build_id": lib.build_id,
+            "cuda_major": lib.cuda_major,
+        },
+        "symbols": [{"name": s.name, "file_offset": s.file_offset, "typed_by": s.typed_by} for s in p.symbols],
+        "direction": p.direction,
+        "record": list(p.record),
+        "aggregate": [a.func + (f"({a.value})" if a.value else "") for a in p.aggregates],
+        "by": list(p.by),
+        "budgets": {
+            "ttl_s": p.budgets.ttl_s,
+            "events": p.budgets.events,
+            "rate": p.budgets.rate,
+            "symbols": p.budgets.symbols,
+        },
+        "notes": list(p.notes),
+    }
+
+
+@probe.command(context_settings={"ignore_unknown_options": True})
+@click.argument("file")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.option("--pid", type=int, help="Attach to this process only.")
+@click.option("--interval", type=float, default=0.0, help="Print live aggregates every this many seconds.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per event, then the final results.")
+def run(file: str, command: tuple[str, ...], pid: int | None, interval: float, as_json: bool) -> None:
+    """Attach a probe spec and print what it sees (root needed).
+
+    Streams recorded events as they come; at the end (Ctrl-C, the command exiting, or every probe's
+    budget spent) prints each probe's counts and in-kernel aggregates, histograms as bpftrace does.
+
+    \b
+    Example:
+        sudo ingero probe run examples/alloc_sizes.probe --pid 4242
+        sudo ingero probe run examples/big_copies.probe -- python train.py
+    """
+    from ingero.compiler import compile_spec
+    from ingero.dsl import check as check_spec
+    from ingero.errors import BpfUnavailable
+    from ingero.runtime.kernel import bpf_problem
+    from ingero.runtime.probes import ProbeSession
+
+    if command and pid is not None:
+        raise click.UsageError("give either --pid or a command after --, not both")
+    problem = bpf_problem()
+    if problem:
+        raise BpfUnavailable(f"cannot run probes here: {problem}")
+    text, name = _read(file)
+    result = check_spec(text, name, pid=pid)
+    if not result.ok:
+        _fail(result, as_json)
+    compiled = compile_spec(result.resolved())
+    printer = _Printer(as_json)
+    child = gate_w = None
+    if command:
+        child, gate_w = _spawn_gated(list(command))
+        pid = child.pid
+    session = ProbeSession(compiled, pid=pid, on_event=printer.event)
+    try:
+        session.start()
+        printer.session = session
+        names = ", ".join(p.probe.name for p in compiled.probes)
+        printer.status(
+            f"attached {names} in {session.load_seconds + session.attach_seconds:.2f}s"
+            + (f" to pid {pid}" if pid else "")
+            + "; Ctrl-C to stop"
+        )
+        if gate_w is not None:
+            os.write(gate_w, b"g")
+            os.close(gate_w)
+            gate_w = None
+        next_print = time.monotonic() + interval if interval > 0 else None
+        while True:
+            session.poll(100)
+            for pname, why in list(session.ended.items()):
+                printer.ended(pname, why)
+            if not session.active:
+                break
+            if child is not None and child.poll() is not None:
+                session.poll(0)
+                break
+            if pid is not None and child is None and not os.path.exists(f"/proc/{pid}"):
+                printer.status(f"process {pid} exited")
+                break
+            if next_print is not None and time.monotonic() >= next_print:
+                printer.aggregates(session, final=False)
+                next_print = time.monotonic() + interval
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if gate_w is not None:
+            os.close(gate_w)
+        try:
+            if session._bpf is not None:
+                try:
+                    session.poll(0)
+                except Exception:  # noqa: BLE001 - best effort drain at exit
+                    pass
+                session.detach_all("run ended")
+                printer.aggregates(session, final=True)
+        finally:
+            session.close()
+            if child is not None:
+                if child.poll() is None:
+                    child.terminate()
+                child.wait()
+
+
+def _spawn_gated(cmd: list[str]):
+    """Fork ``cmd`` held before exec until the gate pipe is written, so the probes attach (by pid) before
+    it runs. The pid survives exec. (``subprocess.Popen`` waits for the exec itself, so it cannot hold.)"""
+    import shutil
+
+    exe = shutil.which(cmd[0])
+    if exe is None:
+        raise click.ClickException(f"cannot run {cmd[0]}: command not found")
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: wait for the gate, then become the command
+        try:
+            os.close(w)
+            go = os.read(r, 1)
+            os.close(r)
+            if go:
+                os.execv(exe, cmd)
+        finally:
+            os._exit(127)
+    os.close(r)
+    return _Child(pid), w
+
+
+class _Child:
+    """The bits of Popen the run loop needs, for a forked child."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            done, status = os.waitpid(self.pid, os.WNOHANG)
+            if done:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def terminate(self) -> None:
+        import signal
+
+        if self.poll() is None:
+            os.kill(self.pid, signal.SIGTERM)
+
+    def wait(self) -> int:
+        if self.returncode is None:
+            _, status = os.waitpid(self.pid, 0)
+            self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+
+class _Printer:
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+        self.session = None
+        self.reported: set[str] = set()
+
+    def status(self, msg: str) -> None:
+        if not self.as_json:
+            click.echo(msg, err=True)
+
+    def ended(self, name: str, why: str) -> None:
+        if name in self.reported or why == "run ended":
+            return
+        self.reported.add(name)
+        if self.as_json:
+            click.echo(json.dumps({"ended": name, "reason": why}))
+        else:
+            click.echo(f"probe {name} detached: {why}", err=True)
+
+    def event(self, ev) -> None:
+        if self.as_json:
+            click.echo(
+                json.dumps(
+                    {
+                        "probe": ev.probe,
+                        "symbol": ev.symbol,
+                        "pid": ev.pid,
+                        "tid": ev.tid,
+                        "ts_ns": ev.ts_ns,
+                        "latency_ns": ev.latency_ns,
+                        "fields": ev.fields,
+                        "names": ev.names,
+                    }
+                )
+            )
+            return
+        from ingero.runtime.format import value_text
+
+        s = self.session
+        rp = next(p.cp.probe for p in s.probes if p.name == ev.probe)
+        parts = [f"{k}={value_text(rp, k, v, ev.names, s.enum_name)}" for k, v in ev.fields.items() if k != "stack"]
+        click.echo(f"{ev.probe} {ev.symbol} pid={ev.pid} " + " ".join(parts))
+        if "stack" in ev.fields:
+            for frame in ev.fields["stack"] or ("[no stack]",):
+                click.echo(f"    {frame}")
+
+    def aggregates(self, session, final: bool) -> None:
+        from ingero.runtime.format import hist_lines, value_text
+
+        out = {}
+        if not final and not self.as_json:
+            click.echo(f"\n--- {time.strftime('%H:%M:%S')} (live)")
+        for p in session.probes:
+            rp = p.cp.probe
+            st = session.stats(rp.name)
+            rows = session.aggregates(rp.name)
+            if self.as_json:
+                out[rp.name] = {
+                    "stats": st.__dict__,
+                    "ended": session.ended.get(rp.name),
+                    "aggregates": [r.__dict__ for r in rows],
+                }
+                continue
+            click.echo("")
+            extra = [f"{k.replace('_', ' ')} {v}" for k, v in st.__dict__.items() if v and k not in ("hits", "matched")]
+            click.echo(
+                f"probe {rp.name}: {st.matched} matched of {st.hits} calls"
+                + (f" ({', '.join(extra)})" if extra else "")
+            )
+            for r in rows:
+                key = ", ".join(f"{k}={value_text(rp, k, v, r.names, session.enum_name)}" for k, v in r.key.items())
+                vals = ", ".join(f"{k} {v}" for k, v in r.values.items())
+                where = f"[{key}]" if key else ""
+                click.echo(f"@{rp.name}{where}: count {r.count}" + (f", {vals}" if vals else ""))
+                for hname, buckets in r.hists.items():
+                    click.echo(f"{hname}" + (f" [{key}]" if key else "") + ":")
+                    for line in hist_lines(buckets, time="latency" in hname or "(ts)" in hname):
+                        click.echo(line)
+        if self.as_json and final:
+            click.echo(json.dumps({"final": out}))

@@ -1,0 +1,357 @@
+"""Emit BPF C from a resolved spec.
+
+Only this module writes C, and it writes only what it makes up: identifiers (``p0_vals``, ``v3``),
+register names from a fixed table, and integers it formats itself. String constants of ``where`` are
+emitted as byte lists. The spec's own text never reaches the compiler's output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+from ingero.compiler.record import EVENT_HEADER, Layout, LayoutField, stats_enum
+from ingero.dsl.resolved import (
+    COMM_LEN,
+    STR_CAP,
+    Const,
+    RAnd,
+    RCompare,
+    ResolvedProbe,
+    ResolvedSpec,
+    RExpr,
+    RNot,
+    ROr,
+    RSymbolIn,
+    StrConst,
+    Value,
+    ValueRef,
+)
+from ingero.paths import data_dir
+
+HEADER_KEYS = {f.key for f in EVENT_HEADER.fields if f.key}
+_REGS = {"di", "si", "dx", "cx", "r8", "r9"}
+_CMP = {"==", "!=", "<", "<=", ">", ">="}
+
+
+@dataclass(frozen=True)
+class CompiledProbe:
+    probe: ResolvedProbe
+    entry_fn: str
+    return_fn: str | None
+    event: Layout | None  # payload after the header; None if the probe records nothing
+    agg_key: Layout | None
+    agg_val: Layout | None
+    stats_map: str
+    aggs_map: str | None
+
+    @property
+    def index(self) -> int:
+        return self.probe.index
+
+
+@dataclass(frozen=True)
+class CompiledSpec:
+    spec: ResolvedSpec
+    c_text: str
+    probes: tuple[CompiledProbe, ...]
+    has_stacks: bool
+
+    @property
+    def cflags(self) -> list[str]:
+        return [f"-I{data_dir('bpf')}"]
+
+
+@lru_cache(maxsize=1)
+def _env():
+    import jinja2
+
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(data_dir("probe_templates"))),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+
+
+def _int_type(size: int, signed: bool) -> str:
+    return {1: "8", 2: "16", 4: "32", 8: "64"}.get(size, "64").join(("s" if signed else "u", ""))
+
+
+class _ProbeEmitter:
+    def __init__(self, p: ResolvedProbe) -> None:
+        self.p = p
+        self.i = p.index
+        self.slot: dict[str, str] = {}  # value key -> stash member
+        scal: list[LayoutField] = [
+            LayoutField("pid_tgid", "u64"),
+            LayoutField("cookie", "u64"),
+            LayoutField("ts", "u64"),
+        ]
+        arrs: list[LayoutField] = []
+        self.entry_lines: list[str] = []
+        self.return_lines: list[str] = []
+        n = 0
+        for v in p.values:
+            if v.source == "arg":
+                if v.kind == "string":
+                    name = f"s{n}"
+                    arrs.append(LayoutField(name, "char", STR_CAP, v.key))
+                    self.entry_lines += self._read_string(v, name)
+                else:
+                    name = f"v{n}"
+                    scal.append(LayoutField(name, "s64" if v.signed else "u64", 0, v.key))
+                    self.entry_lines += self._read_scalar(v, name)
+                self.slot[v.key] = name
+                n += 1
+            elif v.source == "comm":
+                arrs.append(LayoutField("comm", "char", COMM_LEN, "comm"))
+                self.entry_lines.append("bpf_get_current_comm(v->comm, sizeof(v->comm));")
+            elif v.source == "stack":
+                scal.append(LayoutField("stack_id", "s64", 0, "stack"))
+                self.entry_lines.append("v->stack_id = stacks.get_stackid(ctx, BPF_F_USER_STACK);")
+            elif v.source == "retval" and v.kind == "string":
+                arrs.append(LayoutField("sret", "char", STR_CAP, "retval"))
+                self.return_lines.append("bpf_probe_read_user_str(v->sret, sizeof(v->sret), (void *)PT_REGS_RC(ctx));")
+        self.vals = Layout(f"p{self.i}_vals", tuple(scal + arrs))
+
+    # -- reading values at entry
+    def _raw(self, v: Value, name: str) -> list[str]:
+        pc = v.piece
+        assert pc is not None
+        ty = _int_type(pc.size if v.kind != "string" else 8, v.signed and v.kind != "string")
+        if pc.where == "reg":
+            assert pc.reg in _REGS
+            shifted = f"(ctx->{pc.reg} >> {int(pc.shift)})" if pc.shift else f"ctx->{pc.reg}"
+            return [f"{name} = ({ty}){shifted};"]
+        assert pc.where == "stack"
+        return [
+            "{",
+            f"    {ty} t_ = 0;",
+            f"    bpf_probe_read_user(&t_, sizeof(t_), (void *)(ctx->sp + {8 + int(pc.offset)}));",
+            f"    {name} = t_;",
+            "}",
+        ]
+
+    def _read_scalar(self, v: Value, slot: str) -> list[str]:
+        return self._raw(v, f"v->{slot}")
+
+    def _read_string(self, v: Value, slot: str) -> list[str]:
+        lines = ["{", "    u64 p_ = 0;"]
+        lines += ["    " + x for x in self._raw(v, "p_")]
+        lines += [f"    bpf_probe_read_user_str(v->{slot}, sizeof(v->{slot}), (void *)p_);", "}"]
+        return lines
+
+    # -- expressions
+    def vexpr(self, key: str) -> str:
+        v = self.p.value(key)
+        if v.source == "arg":
+            return f"v->{self.slot[key]}"
+        return {
+            "retval": "v->sret" if v.kind == "string" else "retval",
+            "latency": "latency",
+            "pid": "(v->pid_tgid >> 32)",
+            "tid": "((u32)v->pid_tgid)",
+            "ts": "v->ts",
+            "symbol": "v->cookie",
+            "comm": "v->comm",
+            "stack": "v->stack_id",
+        }[v.source]
+
+    def expr(self, e: RExpr) -> str:
+        if isinstance(e, RAnd):
+            return "(" + " && ".join(self.expr(i) for i in e.items) + ")"
+        if isinstance(e, ROr):
+            return "(" + " || ".join(self.expr(i) for i in e.items) + ")"
+        if isinstance(e, RNot):
+            return f"(!{self.expr(e.item)})"
+        if isinstance(e, RSymbolIn):
+            inner = " || ".join(f"v->cookie == {int(c)}" for c in e.cookies)
+            return f"(!({inner}))" if e.negate else f"({inner})"
+        assert isinstance(e, RCompare) and e.op in _CMP
+        left, right = e.left, e.right
+        assert isinstance(left, ValueRef)
+        if isinstance(right, StrConst):
+            data = list(right.value) + [0]
+            lit = ", ".join(str(int(b)) for b in data)
+            n = len(data)
+            test = f"({{ const char c_[{n}] = {{{lit}}}; ingero_streq({self.vexpr(left.key)}, c_, {n}); }})"
+            return test if e.op == "==" else f"(!{test})"
+        lv = self.p.value(left.key)
+        if isinstance(right, Const):
+            signed = lv.signed
+            c = int(right.value)
+            rc = f"{c}LL" if signed else f"{c & 0xFFFFFFFFFFFFFFFF}ULL"
+            cast = "s64" if signed else "u64"
+            return f"(({cast}){self.vexpr(left.key)} {e.op} ({cast}){rc})"
+        assert isinstance(right, ValueRef)
+        rv = self.p.value(right.key)
+        cast = "s64" if (lv.signed and rv.signed) else "u64"
+        return f"(({cast}){self.vexpr(left.key)} {e.op} ({cast}){self.vexpr(right.key)})"
+
+    def retval_expr(self) -> str:
+        try:
+            v = self.p.value("retval")
+        except KeyError:
+            return "0"
+        if v.kind == "string" or v.size >= 8:
+            return "(s64)PT_REGS_RC(ctx)"
+        return f"(s64)({_int_type(v.size, v.signed)})PT_REGS_RC(ctx)"
+
+    # -- record
+    def event(self) -> tuple[Layout | None, list[str]]:
+        keys = [k for k in self.p.record if k not in HEADER_KEYS]
+        if not self.p.record:
+            return None, []
+        scal: list[LayoutField] = [LayoutField("h", "u64")]  # placeholder, replaced below
+        scal = []
+        arrs: list[LayoutField] = []
+        lines: list[str] = []
+        for j, k in enumerate(keys):
+            v = self.p.value(k)
+            name = f"f{j}"
+            if v.kind in ("string", "comm"):
+                arrs.append(LayoutField(name, "char", v.size, k))
+                lines.append(f"__builtin_memcpy(e->{name}, {self.vexpr(k)}, {int(v.size)});")
+            else:
+                scal.append(LayoutField(name, "s64" if v.signed else "u64", 0, k))
+                lines.append(f"e->{name} = {self.vexpr(k)};")
+        return Layout(f"p{self.i}_payload", tuple(scal + arrs)), lines
+
+    def agg(self) -> tuple[Layout, Layout, list[str], list[str]] | None:
+        if not self.p.aggregates:
+            return None
+        kscal: list[LayoutField] = []
+        karrs: list[LayoutField] = []
+        key_lines: list[str] = []
+        for j, k in enumerate(self.p.by):
+            v = self.p.value(k)
+            name = f"k{j}"
+            if v.kind in ("string", "comm"):
+                karrs.append(LayoutField(name, "char", v.size, k))
+                key_lines.append(f"__builtin_memcpy(key.{name}, {self.vexpr(k)}, {int(v.size)});")
+            else:
+                kscal.append(LayoutField(name, "s64" if v.signed else "u64", 0, k))
+                key_lines.append(f"key.{name} = {self.vexpr(k)};")
+        if not kscal and not karrs:
+            kscal.append(LayoutField("none", "u64"))
+        fields = [LayoutField("count", "u64")]
+        upd: list[str] = []
+        for j, a in enumerate(self.p.aggregates):
+            if a.func == "count":
+                continue
+            v = self.p.value(a.value)  # type: ignore[arg-type]
+            ty = "s64" if v.signed else "u64"
+            x = f"(({ty}){self.vexpr(a.value)})"  # type: ignore[arg-type]
+            name = f"{a.func}{j}"
+            if a.func == "sum":
+                fields.append(LayoutField(name, ty))
+                upd.append(f"__sync_fetch_and_add(&a->{name}, {x});")
+            elif a.func in ("min", "max"):
+                fields.append(LayoutField(name, ty))
+                cmp = "<" if a.func == "min" else ">"
+                upd.append(f"if (!seen || {x} {cmp} a->{name}) a->{name} = {x};")
+            else:
+                fields.append(LayoutField(name, "u64", 65))
+                neg = f"{x} < 0 ? 0 : " if v.signed else ""
+                upd += [
+                    "{",
+                    f"    u32 b_ = {neg}ingero_log2((u64){x});",
+                    "    if (b_ > 64)",
+                    "        b_ = 64;",
+                    f"    __sync_fetch_and_add(&a->{name}[b_], 1);",
+                    "}",
+                ]
+        # the key must be fully initialised: scalars first, then byte arrays padded to 8
+        karrs = [LayoutField(f.name, f.ctype, (f.length + 7) // 8 * 8, f.key) for f in karrs]
+        return (
+            Layout(f"p{self.i}_key", tuple(kscal + karrs)),
+            Layout(f"p{self.i}_agg", tuple(fields)),
+            key_lines,
+            upd,
+        )
+
+
+def compile_spec(
+    spec: ResolvedSpec,
+    *,
+    ringbuf_pages: int = 256,
+    agg_entries: int = 10240,
+    inflight_entries: int = 10240,
+    stack_entries: int = 4096,
+) -> CompiledSpec:
+    """The BPF program of a resolved spec: one C text (one clang run) with one entry program per probe
+    and one return program per probe that needs it, and the layouts the runtime decodes with."""
+    if ringbuf_pages <= 0 or ringbuf_pages & (ringbuf_pages - 1):
+        raise ValueError("ringbuf_pages must be a power of two")
+    ctxs = []
+    compiled = []
+    for p in spec.probes:
+        em = _ProbeEmitter(p)
+        event, record_lines = em.event()
+        agg = em.agg()
+        ctx = {
+            "index": p.index,
+            "vals_struct": em.vals.c_struct(),
+            "needs_return": p.needs_return,
+            "entry_lines": _lines(em.entry_lines),
+            "return_lines": _lines(em.return_lines),
+            "filter": em.expr(p.filter) if p.filter is not None else "",
+            "filter_at_return": p.filter is not None and p.filter_at_return,
+            "rate": int(p.budgets.rate) if p.budgets.rate else 0,
+            "events": int(p.budgets.events) if p.budgets.events else 0,
+            "retval_expr": em.retval_expr(),
+            "event_struct": "",
+            "record_lines": record_lines,
+            "agg": None,
+        }
+        if event is not None:
+            payload = "\n".join(line for line in event.c_struct().splitlines()[1:-1])
+            ctx["event_struct"] = (
+                f"struct p{p.index}_event {{\n    struct ingero_event_hdr h;\n"
+                + (payload + "\n" if payload else "")
+                + "};"
+            )
+        if agg is not None:
+            key, val, key_lines, upd = agg
+            ctx["agg"] = {
+                "key_struct": key.c_struct(),
+                "val_struct": val.c_struct(),
+                "key_lines": key_lines,
+                "update_lines": _lines(upd),
+            }
+        ctxs.append(ctx)
+        compiled.append(
+            CompiledProbe(
+                probe=p,
+                entry_fn=f"p{p.index}_entry",
+                return_fn=f"p{p.index}_return" if p.needs_return else None,
+                event=event,
+                agg_key=agg[0] if agg else None,
+                agg_val=agg[1] if agg else None,
+                stats_map=f"p{p.index}_stats",
+                aggs_map=f"p{p.index}_aggs" if agg else None,
+            )
+        )
+    any_stack = any(v.source == "stack" for p in spec.probes for v in p.values)
+    text = (
+        _env()
+        .get_template("probe.bpf.c.j2")
+        .render(
+            header_struct=EVENT_HEADER.c_struct(),
+            stats_enum=stats_enum(),
+            ringbuf_pages=ringbuf_pages,
+            any_stack=any_stack,
+            stack_entries=stack_entries,
+            inflight_entries=inflight_entries,
+            agg_entries=agg_entries,
+            probes=ctxs,
+        )
+    )
+    return CompiledSpec(spec, text, tuple(compiled), any_stack)
+
+
+def _lines(lines: list[str]) -> list[str]:
+    return lines

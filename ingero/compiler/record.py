@@ -1,0 +1,77 @@
+"""Record layouts, each defined once here: the C struct text and the ctypes decoder both come from it.
+
+A :class:`Layout` is a list of fields (name, C scalar type, array length). ``c_struct()`` renders the C
+declaration the BPF program uses; ``ctype()`` builds the matching ``ctypes.Structure`` the runtime
+decodes with. Every field is 8 bytes or a byte array whose length is a multiple of 8, placed after the
+scalars, so neither side adds padding (tests check ``sizeof`` agrees with the kernel's view).
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+from dataclasses import dataclass
+from functools import cached_property
+
+_CT = {"u64": ct.c_uint64, "s64": ct.c_int64, "u32": ct.c_uint32, "s32": ct.c_int32, "char": ct.c_char}
+_SIZE = {"u64": 8, "s64": 8, "u32": 4, "s32": 4, "char": 1}
+
+
+@dataclass(frozen=True)
+class LayoutField:
+    name: str  # C identifier, made up by the compiler (never user text)
+    ctype: str  # u64, s64, u32, s32, char
+    length: int = 0  # > 0: an array
+    key: str = ""  # the spec's name for it (a Value key or a header field)
+
+
+@dataclass(frozen=True)
+class Layout:
+    name: str
+    fields: tuple[LayoutField, ...]
+
+    def c_struct(self) -> str:
+        body = "\n".join(f"    {f.ctype} {f.name}" + (f"[{f.length}]" if f.length else "") + ";" for f in self.fields)
+        return f"struct {self.name} {{\n{body}\n}};"
+
+    @cached_property
+    def ctype(self) -> type[ct.Structure]:
+        fields = [(f.name, _CT[f.ctype] * f.length if f.length else _CT[f.ctype]) for f in self.fields]
+        return type(self.name, (ct.Structure,), {"_fields_": fields})
+
+    @property
+    def size(self) -> int:
+        return sum(_SIZE[f.ctype] * (f.length or 1) for f in self.fields)
+
+
+#: The header of every event in the ring buffer; ``probe`` says which probe (and payload layout) follows.
+EVENT_HEADER = Layout(
+    "ingero_event_hdr",
+    (
+        LayoutField("ts_ns", "u64", key="ts"),
+        LayoutField("latency_ns", "u64", key="latency"),
+        LayoutField("pid", "u32", key="pid"),
+        LayoutField("tid", "u32", key="tid"),
+        LayoutField("probe", "u32"),
+        LayoutField("cookie", "u32", key="symbol"),
+    ),
+)
+
+#: Per-probe counters (a BPF array indexed by these); names as the runtime reports them.
+STATS = (
+    "hits",  # the probed functions were entered
+    "filtered",  # a where clause said no
+    "rate_dropped",  # over the rate budget: dropped in the kernel
+    "matched",  # passed filter and rate: recorded and/or aggregated (the events budget counts these)
+    "budget_dropped",  # matched after the events budget was spent
+    "lost",  # the ring buffer was full
+    "agg_overflow",  # an aggregation map was full: a new group was not added
+    "inflight_full",  # too many calls in flight to stash their entry values
+)
+
+
+def stats_enum() -> str:
+    return (
+        "enum ingero_stat {\n"
+        + "".join(f"    INGERO_S_{s.upper()} = {i},\n" for i, s in enumerate(STATS))
+        + (f"    INGERO_NSTATS = {len(STATS)}\n}};")
+    )
