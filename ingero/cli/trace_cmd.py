@@ -26,11 +26,13 @@ def _parse_size(text: str | None) -> int:
 @click.option("--duration", help="Stop after this long (e.g. 30s, 5m); default: until the processes exit.")
 @click.option("--stacks/--no-stacks", default=True, show_default=True, help="Capture the user stack of CUDA calls.")
 @click.option("--max-db-size", help="Prune the oldest events beyond this size (e.g. 500MiB).")
+@click.option("--probe", "probe_files", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Also attach the probes of this DSL spec file (repeatable; see docs/dsl.md).")
 @click.option("--selective", is_flag=True,
               help="Upstream's selective storage: count every event per minute, store only some (see docs).")
 @click.option("--quiet", is_flag=True, help="No live view; print the summary only.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
-def trace(pids, db, duration, stacks, max_db_size, selective, quiet, command) -> None:
+def trace(pids, db, duration, stacks, max_db_size, probe_files, selective, quiet, command) -> None:
     """Trace CUDA runtime/driver calls and host events of a process tree into DB.
 
     Give running processes with --pid, or a command after `--` (started, traced from its first
@@ -40,7 +42,7 @@ def trace(pids, db, duration, stacks, max_db_size, selective, quiet, command) ->
     \b
     Example:
         sudo ingero trace --db run.db -- python train.py
-        sudo ingero trace --pid 4242 --duration 30s
+        sudo ingero trace --pid 4242 --duration 30s --probe examples/big_copies.probe
         ingero mcp --db run.db
     """
     from ingero.analysis.window import parse_duration_ns
@@ -52,6 +54,7 @@ def trace(pids, db, duration, stacks, max_db_size, selective, quiet, command) ->
         stacks=stacks,
         max_db_size=_parse_size(max_db_size),
         selective=selective,
+        probe_specs=tuple((str(f), f.read_text()) for f in probe_files),
     )
     session = TraceSession(opts, pids=pids, command=command).start()
     previous = {s: signal.signal(s, lambda *_: session.stop("interrupted")) for s in (signal.SIGINT, signal.SIGTERM)}

@@ -100,6 +100,7 @@ class ProbeSession:
         self._bpf = None
         self._fns: dict[str, object] = {}
         self._pending: list[ProbeEvent] = []
+        self._budget = 1 << 62
         self._enums: dict[str, dict[int, str]] = {}
         self.load_seconds = 0.0
         self.attach_seconds = 0.0
@@ -208,11 +209,12 @@ class ProbeSession:
         return [p.name for p in self.probes if p.name not in self.ended and p.links]
 
     # -- reading ---------------------------------------------------------------------------------
-    def poll(self, timeout_ms: int = 100) -> list[ProbeEvent]:
-        """Events decoded since the last poll (waits up to ``timeout_ms`` when there are none yet), after
-        enforcing the events and ttl budgets."""
+    def poll(self, timeout_ms: int = 100, max_events: int = 20_000) -> list[ProbeEvent]:
+        """Events decoded since the last poll (waits up to ``timeout_ms`` when there are none yet; about
+        ``max_events`` at most), after enforcing the events and ttl budgets."""
         if self._bpf is None:
             raise IngeroError("the probe session is not loaded")
+        self._budget = max_events
         if any(p.cp.event is not None for p in self.probes) and any(p.links for p in self.probes):
             self._bpf.ring_buffer_poll(timeout_ms)
         elif timeout_ms > 0:
@@ -321,7 +323,10 @@ class ProbeSession:
             self.on_event(ev)
         else:
             self._pending.append(ev)
-        return 0
+        # libbpf keeps consuming while the producer keeps writing: a negative return ends this poll (the
+        # record given is consumed), so a busy probe cannot keep poll() from returning
+        self._budget -= 1
+        return -1 if self._budget <= 0 else 0
 
     def _decode(self, rp, key: str, raw, pid: int | None, names: dict | None = None):
         v = rp.value(key)

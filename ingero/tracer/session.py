@@ -40,6 +40,8 @@ class TraceOptions:
     ringbuf_pages: int = 1024
     selective: bool = False  # upstream's selective storage (see ingero.tracer.selective)
     preattach: bool = True  # attach to every libcudart/libcuda on the search paths at start
+    probe_specs: tuple[tuple[str, str], ...] = ()  # (name, DSL text) attached at start
+    probe_limits: object = None  # ingero.tracer.dynamic.ProbeLimits; None = the defaults
     cuda_ringbuf_pages: int = 1024
 
 
@@ -113,6 +115,7 @@ class TraceSession:
         self._lost_written: dict[str, int] = {}
         self._totals = _Totals()
         self._selective = None
+        self.dynamic = None
         self._stop = threading.Event()
         self.stopped_because = ""
         self._t0 = 0.0
@@ -151,6 +154,13 @@ class TraceSession:
                                          cuda_ringbuf_pages=self.options.cuda_ringbuf_pages).start()
             if self.options.preattach:
                 self.tracer.attach_known()
+            from ingero.tracer.dynamic import DynamicProbes
+
+            self.dynamic = DynamicProbes(self.writer, pid=self.pids[0] if len(self.pids) == 1 else None,
+                                         limits=self.options.probe_limits)
+            for name, text in self.options.probe_specs:
+                # a command has not loaded anything yet: resolve on the search paths, filter by its pid
+                self.dynamic.attach(text, name=name, owner="command line", in_process=not self.command)
         except BaseException:
             if self.child is not None:
                 self.child.kill()
@@ -219,11 +229,21 @@ class TraceSession:
         )
 
     # -- the tick --------------------------------------------------------------------------------------
+    def attach_spec(self, text: str, *, name: str = "<spec>", owner: str = "") -> list:
+        """Widen the trace: attach the probes of a DSL spec now (see :class:`DynamicProbes`)."""
+        if self.dynamic is None or self._closed:
+            raise IngeroError("the trace is not running")
+        return self.dynamic.attach(text, name=name, owner=owner)
+
     def _tick(self, timeout_ms: int) -> int:
         """Move one batch from the kernel to the database; returns how many events it held."""
         from ingero.store import Event
 
         cuda, host = self.tracer.poll(timeout_ms)
+        if self.dynamic is not None:
+            probed = self.dynamic.tick()
+            self._totals.events += probed
+            self._totals.stored += probed
         if not cuda and not host:
             self._record_lost()
             return 0
@@ -308,6 +328,8 @@ class TraceSession:
             if self.tracer is not None and self.tracer._bpf is not None and self.writer is not None:
                 try:
                     # detach first, so the rest is bounded by what the ring buffers hold, then drain them
+                    if self.dynamic is not None:
+                        self.dynamic.end_all(self.stopped_because or "the trace ended")
                     self.tracer.detach()
                     while self._tick(0):
                         pass
@@ -316,6 +338,11 @@ class TraceSession:
                 finally:
                     self.tracer.close()
         finally:
+            if self.dynamic is not None:
+                try:
+                    self.dynamic.close(self.stopped_because or "the trace ended")
+                except Exception:  # noqa: BLE001 - the database must still be closed
+                    log.exception("closing the dynamic probes failed")
             if self.tracer is not None:
                 self.tracer.close()
             if self.writer is not None and not self.writer.closed:

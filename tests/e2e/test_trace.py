@@ -176,3 +176,26 @@ def test_selective_storage_counts_everything_and_stores_some(need_bpf, tmp_path)
     n = rows(db, "SELECT COUNT(*) FROM events")[0][0]
     total = rows(db, "SELECT SUM(count) FROM event_aggregates")[0][0]
     assert f"{n} stored events of {total} counted" in out
+
+
+def test_a_dsl_probe_given_with_probe_records_its_events(need_bpf, tmp_path):
+    import subprocess
+
+    spec = tmp_path / "mallocs.probe"
+    spec.write_text("probe mallocs = libcudart.so.12:cudaMalloc\n    where size >= 1KiB\n"
+                    "    record size, retval, latency\n")
+    db = tmp_path / "probe.db"
+    ingero = str(Path(sys.executable).parent / "ingero")
+    r = subprocess.run([ingero, "trace", "--db", str(db), "--quiet", "--probe", str(spec), "--", sys.executable,
+                        "-m", "ingero.workload", "--repeat", "3"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    [(pid_, name, status, reason, source)] = rows(db, "SELECT id, name, status, end_reason, source FROM probes")
+    assert (name, status, reason, source) == ("mallocs", "detached", "the traced processes exited", 100)
+    # 2 of the 3 mallocs per run are >= 1 KiB (1 MiB and 4 MiB; not the 256 B one)
+    got = rows(db, "SELECT e.arg0, e.ret_code, e.duration > 0 FROM events e WHERE e.source = 100 ORDER BY e.timestamp")
+    assert got == [(1 << 20, 35, 1), (4 << 20, 35, 1)] * 3
+    view = rows(db, "SELECT size, retval FROM probe_mallocs ORDER BY size")
+    assert view == [(1 << 20, 35)] * 3 + [(4 << 20, 35)] * 3
+    assert rows(db, "SELECT name FROM ops WHERE source_id = 100 AND op_id = ?", (pid_,)) == [("mallocs",)]
+    # ... and the standard set saw all 3 x 3 cudaMalloc calls next to it
+    assert rows(db, "SELECT COUNT(*) FROM events WHERE source = 1 AND op = 1") == [(9,)]

@@ -1,0 +1,222 @@
+"""Probes added to a live trace from DSL specs (``ingero trace --probe``, and ``attach_probe`` over MCP).
+
+Each attached spec is checked, compiled and loaded as its own :class:`~ingero.runtime.probes.ProbeSession`
+(one BPF object), and each of its probes is registered with the trace database
+(:meth:`~ingero.store.EventWriter.register_probe`): a ``probes`` row with the spec text and fields, an op
+of its own, a view. Every recorded event becomes an ``events`` row (source ``probe``, latency as
+duration, retval as ret_code, the first two numeric fields as arg0/arg1) with all recorded fields in
+``probe_values``, so the standard tools see probe events next to the standard ops.
+
+All methods are safe to call from several threads (the tracing loop ticks while an MCP call attaches or
+detaches). Budgets end probes (events, ttl); so do the end of the traced processes and :meth:`detach`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from ingero.errors import IngeroError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ProbeLimits:
+    """Upper bounds a spec may lower but not raise (the server's or the CLI's settings)."""
+
+    ttl_s: float = 300.0
+    events: int = 1_000_000
+    max_probes: int = 8
+    max_symbols: int = 1000
+
+
+@dataclass
+class LiveProbe:
+    id: int  # the probes.id in the trace database (also its op code under source "probe")
+    name: str
+    spec: str
+    library: str
+    symbols: tuple[str, ...]
+    fields: tuple[str, ...]
+    direction: str
+    budgets: dict
+    owner: str
+    attached_at: float
+    status: str = "active"  # active | ended
+    end_reason: str = ""
+    events: int = 0
+    recent: deque = field(default_factory=lambda: deque(maxlen=200))
+    _session: object = field(default=None, repr=False)
+    _handle: object = field(default=None, repr=False)
+
+
+class DynamicProbes:
+    def __init__(self, writer, *, pid: int | None, limits: ProbeLimits | None = None) -> None:
+        self.writer = writer
+        self.pid = pid
+        self.limits = limits or ProbeLimits()
+        self.probes: dict[int, LiveProbe] = {}
+        self._sessions: list = []
+        self._lock = threading.RLock()
+
+    # -- attach / detach -------------------------------------------------------------------------------
+    def attach(self, text: str, *, name: str = "<spec>", owner: str = "", in_process: bool = True
+               ) -> list[LiveProbe]:
+        """Check, compile, load and attach every probe of ``text``; register them with the database.
+        ``in_process``: resolve libraries among those the traced process has mapped (else on this
+        machine's search paths, e.g. before a command has started). Raises :class:`~ingero.dsl.SpecError`
+        (with every error located) or an IngeroError."""
+        from ingero.compiler import compile_spec
+        from ingero.dsl import check
+        from ingero.runtime.probes import ProbeSession
+        from ingero.store import ProbeField, ProbeInfo
+
+        spec = check(text, name, pid=self.pid if in_process else None).resolved()
+        spec = self._within_limits(spec)
+        with self._lock:
+            active = sum(1 for p in self.probes.values() if p.status == "active")
+            if active + len(spec.probes) > self.limits.max_probes:
+                raise IngeroError(
+                    f"at most {self.limits.max_probes} probes may be active at once ({active} are)",
+                    hint="detach one first",
+                )
+            session = ProbeSession(compile_spec(spec), pid=self.pid).start()
+            self._sessions.append(session)
+            out = []
+            for rp in spec.probes:
+                kinds = {v.key: v for v in rp.values}
+                fields = tuple(ProbeField(k, _field_type(kinds.get(k))) for k in rp.record)
+                handle = self.writer.register_probe(ProbeInfo(
+                    name=rp.name, spec=rp.text or text, fields=fields,
+                    library=rp.library.path or rp.library.name, symbols=tuple(s.name for s in rp.symbols),
+                ))
+                lp = LiveProbe(
+                    id=handle.probe_id, name=rp.name, spec=rp.text or text, library=rp.library.path or "",
+                    symbols=tuple(s.name for s in rp.symbols), fields=tuple(rp.record), direction=rp.direction,
+                    budgets={"ttl_s": rp.budgets.ttl_s, "events": rp.budgets.events, "rate": rp.budgets.rate},
+                    owner=owner, attached_at=time.time(), _session=session, _handle=handle,
+                )
+                self.probes[lp.id] = lp
+                out.append(lp)
+            return out
+
+    def _within_limits(self, spec):
+        """Apply the limits: a spec's own budgets may be lower, never higher (defaults fill the gaps)."""
+        from dataclasses import replace
+
+        lim = self.limits
+        probes = []
+        for rp in spec.probes:
+            b = rp.budgets
+            if len(rp.symbols) > lim.max_symbols:
+                raise IngeroError(
+                    f"probe {rp.name} matches {len(rp.symbols)} symbols; at most {lim.max_symbols} are allowed",
+                    hint="narrow the symbol glob",
+                )
+            ttl = lim.ttl_s if b.ttl_s is None else min(b.ttl_s, lim.ttl_s)
+            events = lim.events if b.events is None else min(b.events, lim.events)
+            probes.append(replace(rp, budgets=replace(b, ttl_s=ttl, events=events)))
+        return replace(spec, probes=tuple(probes))
+
+    def detach(self, probe_id: int, reason: str = "detached by request") -> LiveProbe:
+        with self._lock:
+            lp = self.probes.get(probe_id)
+            if lp is None:
+                from ingero.errors import NotFound
+
+                known = ", ".join(str(i) for i in sorted(self.probes)) or "none"
+                raise NotFound(f"no probe with id {probe_id}", hint=f"probe ids: {known}")
+            if lp.status == "active":
+                lp._session.detach(lp.name, reason)
+                self._end(lp, reason)
+            return lp
+
+    def _end(self, lp: LiveProbe, reason: str) -> None:
+        lp.status = "ended"
+        lp.end_reason = reason
+        self.writer.end_probe(lp._handle, reason, status="detached")
+
+    def end_all(self, reason: str) -> None:
+        with self._lock:
+            for lp in self.probes.values():
+                if lp.status == "active":
+                    lp._session.detach(lp.name, reason)
+                    self._end(lp, reason)
+
+    # -- the tick --------------------------------------------------------------------------------------
+    def tick(self) -> int:
+        """Store what the probes recorded since the last tick; end probes whose budget is spent."""
+        from ingero.store import Event
+        from ingero.store.schema import SOURCE_PROBE
+
+        with self._lock:
+            n = 0
+            for session in self._sessions:
+                if session._bpf is None:
+                    continue
+                events = session.poll(0)
+                by_name = {lp.name: lp for lp in self.probes.values() if lp._session is session}
+                rows = []
+                for ev in events:
+                    lp = by_name.get(ev.probe)
+                    if lp is None:
+                        continue
+                    values = tuple(ev.fields.get(f) for f in lp.fields)
+                    nums = [v for f, v in zip(lp.fields, values, strict=True)
+                            if isinstance(v, int) and f not in ("latency", "retval", "ts", "pid", "tid")]
+                    rows.append(Event(ev.ts_ns, ev.pid, ev.tid, SOURCE_PROBE, lp._handle.op, ev.latency_ns, 0,
+                                      nums[0] if nums else 0, nums[1] if len(nums) > 1 else 0,
+                                      _int(ev.fields.get("retval")), 0, "", 0, values))
+                    lp.events += 1
+                    lp.recent.append(ev)
+                if rows:
+                    self.writer.add_events(rows)
+                    n += len(rows)
+                for name, why in session.ended.items():
+                    lp = by_name.get(name)
+                    if lp is not None and lp.status == "active":
+                        self._end(lp, why)
+            return n
+
+    # -- reading ---------------------------------------------------------------------------------------
+    def get(self, probe_id: int) -> LiveProbe:
+        with self._lock:
+            lp = self.probes.get(probe_id)
+            if lp is None:
+                from ingero.errors import NotFound
+
+                raise NotFound(f"no probe with id {probe_id}",
+                               hint=f"probe ids: {', '.join(map(str, sorted(self.probes))) or 'none'}")
+            return lp
+
+    def stats(self, probe_id: int):
+        lp = self.get(probe_id)
+        with self._lock:
+            return lp._session.stats(lp.name) if lp._session._bpf is not None else None
+
+    def aggregates(self, probe_id: int) -> list:
+        lp = self.get(probe_id)
+        with self._lock:
+            return lp._session.aggregates(lp.name) if lp._session._bpf is not None else []
+
+    def close(self, reason: str = "the trace ended") -> None:
+        with self._lock:
+            self.tick()
+            self.end_all(reason)
+            for session in self._sessions:
+                session.close()
+
+
+def _field_type(v) -> str:
+    if v is None:
+        return "u64"
+    return {"string": "str", "comm": "str", "symbol": "str", "stack": "stack", "code": "ptr",
+            "pointer": "ptr", "enum": "enum"}.get(v.kind, ("i" if v.signed else "u") + str(8 * (v.size or 8)))
+
+
+def _int(v) -> int:
+    return v if isinstance(v, int) else 0
