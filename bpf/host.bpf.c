@@ -1,6 +1,6 @@
 /* Host-side tracepoints for the traced process tree, in upstream Ingero's event meanings.
  *
- * targets: the traced processes (tgid -> 1). User space seeds it; forks of a traced process add the
+ * ingero_targets: the traced processes (tgid -> 1). User space seeds it; forks of a traced process add the
  * child in the kernel (so DataLoader-style workers are followed without a race); exits remove it.
  * Events (source HOST=3 / IO=5, upstream op codes):
  *   sched_switch  pid/tid = the resuming traced thread, duration = its off-CPU time, arg1 = prev (preemptor)
@@ -42,14 +42,16 @@ struct offcpu_t { u64 ts; u32 tgid; u32 pad; };
 struct io_key_t { u32 dev; u32 pad; u64 sector; };
 struct io_val_t { u64 ts; u32 tgid; u32 tid; };
 
-BPF_HASH(targets, u32, u8, 4096);
+/* shared by name with the DSL probes loaded in the same process (BPF_TABLE("extern", ...)), which filter
+ * on the same traced tree */
+BPF_TABLE_SHARED("hash", u32, u8, ingero_targets, 4096);
 BPF_HASH(offcpu, u32, struct offcpu_t, 16384);
 BPF_HASH(inflight_io, struct io_key_t, struct io_val_t, 4096);
 BPF_RINGBUF_OUTPUT(host_events, RINGBUF_PAGES);
 BPF_ARRAY(lost, u64, 1);
 
 static __always_inline int traced(u32 tgid) {
-    return targets.lookup(&tgid) != 0;
+    return ingero_targets.lookup(&tgid) != 0;
 }
 
 static __always_inline struct host_event *reserve(u8 source, u8 op) {
@@ -136,7 +138,7 @@ TRACEPOINT_PROBE(sched, sched_process_fork) {
     u8 one = 1;
     /* a new thread's tid is never another live process's tgid, so adding it is harmless; a new
      * process's pid becomes its tgid, so its own calls and its children are traced from now on */
-    targets.update(&child, &one);
+    ingero_targets.update(&child, &one);
     struct host_event *e = reserve(SRC_HOST, OP_FORK);
     if (e) {
         current_ids(e);
@@ -166,7 +168,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit) {
         return 0;
     offcpu.delete(&tid);
     if (tid != tgid) {
-        targets.delete(&tid);  /* the entry a thread's creation added */
+        ingero_targets.delete(&tid);  /* the entry a thread's creation added */
         return 0;
     }
     if (!args->group_dead)
@@ -176,7 +178,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit) {
         current_ids(e);
         host_events.ringbuf_submit(e, 0);
     }
-    targets.delete(&tgid);
+    ingero_targets.delete(&tgid);
     return 0;
 }
 

@@ -182,6 +182,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--wait-calls", action="store_true", help="wait for SIGUSR1 before calling")
     ap.add_argument("--hold", type=float, default=0.0, help="stay alive this many seconds after the calls")
     ap.add_argument("--fork", action="store_true", help="make the calls in a forked child process")
+    ap.add_argument("--workers", type=int, default=0,
+                    help="make the calls in this many forked worker processes (DataLoader-style), at once")
+    ap.add_argument("--duration", type=float, default=0.0,
+                    help="repeat the plan until this many seconds have passed (then --repeat is per round)")
+    ap.add_argument("--interval", type=float, default=0.002, help="pause between rounds with --duration (s)")
     args = ap.parse_args(argv)
 
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
@@ -193,16 +198,31 @@ def main(argv: list[str] | None = None) -> int:
     if args.wait_calls:
         _wait_for_go("calls")
     t0 = time.perf_counter()
-    if args.fork:
-        child = os.fork()
-        if child == 0:
-            run_plan(lib, args.repeat)
-            os._exit(0)
-        _say(f"forked child pid={child}")
-        _, status = os.waitpid(child, 0)
+
+    def work() -> Counter:
+        if not args.duration:
+            return run_plan(lib, args.repeat)
+        total: Counter = Counter()
+        end = time.monotonic() + args.duration
+        while time.monotonic() < end:
+            total += run_plan(lib, args.repeat)
+            time.sleep(args.interval)
+        return total
+
+    if args.fork or args.workers:
+        children = []
+        for _ in range(max(args.workers, 1)):
+            child = os.fork()
+            if child == 0:
+                work()
+                os._exit(0)
+            children.append(child)
+            _say(f"forked child pid={child}")
+        for child in children:
+            os.waitpid(child, 0)
         rcs: Counter = Counter()
     else:
-        rcs = run_plan(lib, args.repeat)
+        rcs = work()
     elapsed = time.perf_counter() - t0
     summary = {
         "pid": os.getpid(),

@@ -281,9 +281,13 @@ def compile_spec(
     agg_entries: int = 10240,
     inflight_entries: int = 10240,
     stack_entries: int = 4096,
+    tree_filter: bool = False,
 ) -> CompiledSpec:
     """The BPF program of a resolved spec: one C text (one clang run) with one entry program per probe
-    and one return program per probe that needs it, and the layouts the runtime decodes with."""
+    and one return program per probe that needs it, and the layouts the runtime decodes with.
+
+    ``tree_filter``: count only calls of the processes in the ``ingero_targets`` map that a live trace's
+    standard probe set shares (it must be loaded in this process): the traced tree, forks included."""
     if ringbuf_pages <= 0 or ringbuf_pages & (ringbuf_pages - 1):
         raise ValueError("ringbuf_pages must be a power of two")
     ctxs = []
@@ -348,6 +352,7 @@ def compile_spec(
             inflight_entries=inflight_entries,
             agg_entries=agg_entries,
             probes=ctxs,
+            tree_filter=tree_filter,
         )
     )
     return CompiledSpec(spec, text, tuple(compiled), any_stack)

@@ -50,14 +50,22 @@ class LiveProbe:
     end_reason: str = ""
     events: int = 0
     recent: deque = field(default_factory=lambda: deque(maxlen=200))
+    ended_at: float = 0.0
+    final_stats: object = None  # ProbeStats read when the BPF object was closed
+    final_aggregates: list | None = None
     _session: object = field(default=None, repr=False)
     _handle: object = field(default=None, repr=False)
 
 
 class DynamicProbes:
-    def __init__(self, writer, *, pid: int | None, limits: ProbeLimits | None = None) -> None:
+    def __init__(self, writer, *, pid: int | None, limits: ProbeLimits | None = None,
+                 tree_filter: bool = False) -> None:
+        """``pid``: the traced process (resolving libraries, and the attach filter without a tree);
+        ``tree_filter``: filter in the kernel on the live trace's process tree instead (the standard probe
+        set must be loaded in this process), so forked workers are probed too."""
         self.writer = writer
         self.pid = pid
+        self.tree_filter = tree_filter
         self.limits = limits or ProbeLimits()
         self.probes: dict[int, LiveProbe] = {}
         self._sessions: list = []
@@ -84,7 +92,8 @@ class DynamicProbes:
                     f"at most {self.limits.max_probes} probes may be active at once ({active} are)",
                     hint="detach one first",
                 )
-            session = ProbeSession(compile_spec(spec), pid=self.pid).start()
+            compiled = compile_spec(spec, tree_filter=self.tree_filter)
+            session = ProbeSession(compiled, pid=None if self.tree_filter else self.pid).start()
             self._sessions.append(session)
             out = []
             for rp in spec.probes:
@@ -103,6 +112,10 @@ class DynamicProbes:
                 self.probes[lp.id] = lp
                 out.append(lp)
             return out
+
+    def within_limits(self, spec):
+        """The spec with the limits applied (budgets capped, symbol count checked); raises IngeroError."""
+        return self._within_limits(spec)
 
     def _within_limits(self, spec):
         """Apply the limits: a spec's own budgets may be lower, never higher (defaults fill the gaps)."""
@@ -138,6 +151,7 @@ class DynamicProbes:
     def _end(self, lp: LiveProbe, reason: str) -> None:
         lp.status = "ended"
         lp.end_reason = reason
+        lp.ended_at = time.time()
         self.writer.end_probe(lp._handle, reason, status="detached")
 
     def end_all(self, reason: str) -> None:
@@ -146,6 +160,17 @@ class DynamicProbes:
                 if lp.status == "active":
                     lp._session.detach(lp.name, reason)
                     self._end(lp, reason)
+
+    def end_owned(self, owner: str, reason: str) -> list[LiveProbe]:
+        """End every active probe attached by ``owner`` (a client session that went away)."""
+        with self._lock:
+            ended = []
+            for lp in self.probes.values():
+                if lp.status == "active" and lp.owner == owner:
+                    lp._session.detach(lp.name, reason)
+                    self._end(lp, reason)
+                    ended.append(lp)
+            return ended
 
     # -- the tick --------------------------------------------------------------------------------------
     def tick(self) -> int:
@@ -196,17 +221,26 @@ class DynamicProbes:
     def stats(self, probe_id: int):
         lp = self.get(probe_id)
         with self._lock:
-            return lp._session.stats(lp.name) if lp._session._bpf is not None else None
+            return lp._session.stats(lp.name) if lp._session._bpf is not None else lp.final_stats
 
     def aggregates(self, probe_id: int) -> list:
         lp = self.get(probe_id)
         with self._lock:
-            return lp._session.aggregates(lp.name) if lp._session._bpf is not None else []
+            if lp._session._bpf is None:
+                return list(lp.final_aggregates or [])
+            return lp._session.aggregates(lp.name)
 
     def close(self, reason: str = "the trace ended") -> None:
         with self._lock:
             self.tick()
             self.end_all(reason)
+            for lp in self.probes.values():  # keep the final counts readable after the BPF objects go
+                if lp._session._bpf is not None:
+                    try:
+                        lp.final_stats = lp._session.stats(lp.name)
+                        lp.final_aggregates = lp._session.aggregates(lp.name)
+                    except Exception:  # noqa: BLE001 - a failed read must not keep the probes loaded
+                        log.exception("reading the final counts of probe %s failed", lp.name)
             for session in self._sessions:
                 session.close()
 

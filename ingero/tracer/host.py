@@ -1,7 +1,7 @@
 """Host events of the traced process tree: scheduler, page allocation, process lifecycle, block I/O.
 
 ``HostTracer`` loads ``bpf/host.bpf.c`` (tracepoints only; no kprobes, which this kernel lacks),
-seeds its ``targets`` map with the pids to follow, and decodes its ring buffer into
+seeds its ``ingero_targets`` map with the pids to follow, and decodes its ring buffer into
 :class:`HostEvent` values that carry upstream Ingero's meanings (source, op, pid, tid, duration, arg0,
 arg1: see the comment at the top of the BPF file). Forked children are added in the kernel, so a
 DataLoader worker is traced from its first instruction.
@@ -89,13 +89,13 @@ class HostTracer:
         if self._bpf is None:
             self._initial.append(int(pid))
             return
-        t = self._bpf["targets"]
+        t = self._bpf["ingero_targets"]
         t[t.Key(int(pid))] = t.Leaf(1)
 
     def followed(self) -> set[int]:
         if self._bpf is None:
             return set(self._initial)
-        return {k.value for k in self._bpf["targets"].keys()}
+        return {k.value for k in self._bpf["ingero_targets"].keys()}
 
     def _on_record(self, ctx, data, size) -> int:
         r = ct.cast(data, ct.POINTER(HostRecord)).contents

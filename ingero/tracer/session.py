@@ -157,7 +157,7 @@ class TraceSession:
             from ingero.tracer.dynamic import DynamicProbes
 
             self.dynamic = DynamicProbes(self.writer, pid=self.pids[0] if len(self.pids) == 1 else None,
-                                         limits=self.options.probe_limits)
+                                         limits=self.options.probe_limits, tree_filter=True)
             for name, text in self.options.probe_specs:
                 # a command has not loaded anything yet: resolve on the search paths, filter by its pid
                 self.dynamic.attach(text, name=name, owner="command line", in_process=not self.command)

@@ -195,13 +195,13 @@ class StandardTracer:
     # -- what is traced --------------------------------------------------------------------------------
     def follow(self, pid: int) -> None:
         """Trace process ``pid``, the processes it forks from now on, and the CUDA libraries it maps."""
-        t = self._bpf["targets"]
+        t = self._bpf["ingero_targets"]
         t[t.Key(int(pid))] = t.Leaf(1)
 
     def followed(self) -> set[int]:
         """The traced processes (tgids) that are alive."""
         out = set()
-        for k in self._bpf["targets"].keys():
+        for k in self._bpf["ingero_targets"].keys():
             pid = k.value
             try:
                 with open(f"/proc/{pid}/status") as f:

@@ -187,15 +187,22 @@ def test_a_dsl_probe_given_with_probe_records_its_events(need_bpf, tmp_path):
     db = tmp_path / "probe.db"
     ingero = str(Path(sys.executable).parent / "ingero")
     r = subprocess.run([ingero, "trace", "--db", str(db), "--quiet", "--probe", str(spec), "--", sys.executable,
-                        "-m", "ingero.workload", "--repeat", "3"], capture_output=True, text=True, timeout=60)
+                        "-m", "ingero.workload", "--repeat", "3", "--workers", "2"],
+                       capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
+    workers = {int(line.split("=")[1]) for line in r.stdout.splitlines() if line.startswith("forked child pid=")}
+    assert len(workers) == 2
     [(pid_, name, status, reason, source)] = rows(db, "SELECT id, name, status, end_reason, source FROM probes")
     assert (name, status, reason, source) == ("mallocs", "detached", "the traced processes exited", 100)
+    # the forked workers make the calls: the probe follows the traced tree, not just the root pid.
     # 2 of the 3 mallocs per run are >= 1 KiB (1 MiB and 4 MiB; not the 256 B one)
-    got = rows(db, "SELECT e.arg0, e.ret_code, e.duration > 0 FROM events e WHERE e.source = 100 ORDER BY e.timestamp")
-    assert got == [(1 << 20, 35, 1), (4 << 20, 35, 1)] * 3
+    for w in workers:
+        got = rows(db, "SELECT arg0, ret_code, duration > 0 FROM events WHERE source = 100 AND pid = ? "
+                       "ORDER BY timestamp", (w,))
+        assert got == [(1 << 20, 35, 1), (4 << 20, 35, 1)] * 3
+    assert rows(db, "SELECT COUNT(*) FROM events WHERE source = 100") == [(12,)]
     view = rows(db, "SELECT size, retval FROM probe_mallocs ORDER BY size")
-    assert view == [(1 << 20, 35)] * 3 + [(4 << 20, 35)] * 3
+    assert view == [(1 << 20, 35)] * 6 + [(4 << 20, 35)] * 6
     assert rows(db, "SELECT name FROM ops WHERE source_id = 100 AND op_id = ?", (pid_,)) == [("mallocs",)]
-    # ... and the standard set saw all 3 x 3 cudaMalloc calls next to it
-    assert rows(db, "SELECT COUNT(*) FROM events WHERE source = 1 AND op = 1") == [(9,)]
+    # ... and the standard set saw all 2 x 3 x 3 cudaMalloc calls next to it
+    assert rows(db, "SELECT COUNT(*) FROM events WHERE source = 1 AND op = 1") == [(18,)]
