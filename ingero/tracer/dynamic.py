@@ -83,8 +83,15 @@ class DynamicProbes:
         from ingero.runtime.probes import ProbeSession
         from ingero.store import ProbeField, ProbeInfo
 
-        spec = check(text, name, pid=self.pid if in_process else None).resolved()
-        spec = self._within_limits(spec)
+        result = check(text, name, pid=self.pid if in_process else None)
+        spec = self._within_limits(result.resolved())
+        if self.tree_filter:
+            # the traced pid only chose which files to probe; the kernel filters on the whole tree, unless
+            # a target names its own pid
+            from dataclasses import replace
+
+            own = [p.target.pid for p in result.tree.probes]
+            spec = replace(spec, probes=tuple(replace(rp, pid=own[i]) for i, rp in enumerate(spec.probes)))
         with self._lock:
             active = sum(1 for p in self.probes.values() if p.status == "active")
             if active + len(spec.probes) > self.limits.max_probes:

@@ -69,7 +69,7 @@ class _Totals:
     chains: int = 0
 
 
-def spawn_gated(command: Sequence[str]) -> tuple[subprocess.Popen, Callable[[], None]]:
+def spawn_gated(command: Sequence[str], stdout=None) -> tuple[subprocess.Popen, Callable[[], None]]:
     """Start ``command`` held just before its ``exec``: returns the process and a function that releases
     it. The pid is known (and can be traced) before the program's first instruction runs."""
     r, w = os.pipe()
@@ -80,7 +80,7 @@ def spawn_gated(command: Sequence[str]) -> tuple[subprocess.Popen, Callable[[], 
         "os.execvp(sys.argv[1], sys.argv[1:])\n"
     )
     try:
-        proc = subprocess.Popen([sys.executable, "-c", gate, *command], pass_fds=(r,))
+        proc = subprocess.Popen([sys.executable, "-c", gate, *command], pass_fds=(r,), stdout=stdout)
     except OSError as e:
         os.close(r)
         os.close(w)
@@ -97,7 +97,8 @@ def spawn_gated(command: Sequence[str]) -> tuple[subprocess.Popen, Callable[[], 
 
 
 class TraceSession:
-    def __init__(self, options: TraceOptions, *, pids: Sequence[int] = (), command: Sequence[str] = ()) -> None:
+    def __init__(self, options: TraceOptions, *, pids: Sequence[int] = (), command: Sequence[str] = (),
+                 command_stdout=None) -> None:
         if bool(pids) == bool(command):
             raise IngeroError("trace either running processes (--pid) or a command (-- CMD ARGS), not both")
         for pid in pids:
@@ -106,6 +107,7 @@ class TraceSession:
         self.options = options
         self.pids = [int(p) for p in pids]
         self.command = list(command)
+        self.command_stdout = command_stdout
         self.child: subprocess.Popen | None = None
         self.tracer = None
         self.writer = None
@@ -135,7 +137,7 @@ class TraceSession:
             raise BpfUnavailable(f"cannot trace here: {problem}")
         release = None
         if self.command:
-            self.child, release = spawn_gated(self.command)
+            self.child, release = spawn_gated(self.command, stdout=self.command_stdout)
             self.pids = [self.child.pid]
         try:
             info = SessionInfo.collect(
