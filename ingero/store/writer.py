@@ -661,6 +661,20 @@ class EventWriter:
         taken = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master")}
         return base if base not in taken else f"{base}_{probe_id}"
 
+    def set_probe_aggregates(self, probe: ProbeHandle | int, rows: Iterable[tuple[Mapping, int, Mapping, Mapping]]
+                             ) -> None:
+        """Store a probe's in-kernel aggregation as last read: (key by field, count, sum/min/max by name,
+        log2 histograms by name) per group; a later call replaces the groups it names."""
+        pid_ = probe.probe_id if isinstance(probe, ProbeHandle) else int(probe)
+        now = time.time_ns()
+        with self._lock:
+            self._check_open()
+            self._queue("INSERT OR REPLACE INTO probe_aggregates (probe_id, key, count, aggs, hists, read_at) "
+                        "VALUES (?, ?, ?, ?, ?, ?)",
+                        [(pid_, _go_json(dict(key)), int(count), _go_json(dict(aggs)), _go_json(dict(hists)), now)
+                         for key, count, aggs, hists in rows])
+            self._write([], {}, False)
+
     def end_probe(self, probe: ProbeHandle | int, reason: str, status: str = "detached") -> None:
         """Mark a probe ended (``status`` detached/expired/failed...) and why (TTL, event budget, user)."""
         pid_ = probe.probe_id if isinstance(probe, ProbeHandle) else int(probe)

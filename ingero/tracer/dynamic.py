@@ -159,7 +159,21 @@ class DynamicProbes:
         lp.status = "ended"
         lp.end_reason = reason
         lp.ended_at = time.time()
+        self._store_aggregates(lp)
         self.writer.end_probe(lp._handle, reason, status="detached")
+
+    def _store_aggregates(self, lp: LiveProbe) -> None:
+        """Keep an aggregating probe's final in-kernel results in the database (``probe_aggregates``)."""
+        session = lp._session
+        if session is None or getattr(session, "_bpf", None) is None:
+            return
+        try:
+            rows = session.aggregates(lp.name)
+        except Exception:  # noqa: BLE001 - the probe still ends; the events already stored stand
+            log.exception("reading the aggregates of probe %s failed", lp.name)
+            return
+        if rows:
+            self.writer.set_probe_aggregates(lp._handle, [(r.key, r.count, r.values, r.hists) for r in rows])
 
     def end_all(self, reason: str) -> None:
         with self._lock:

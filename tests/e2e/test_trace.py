@@ -183,7 +183,8 @@ def test_a_dsl_probe_given_with_probe_records_its_events(need_bpf, tmp_path):
 
     spec = tmp_path / "mallocs.probe"
     spec.write_text("probe mallocs = libcudart.so.12:cudaMalloc\n    where size >= 1KiB\n"
-                    "    record size, retval, latency\n")
+                    "    record size, retval, latency\n"
+                    "probe alloc_total = libcudart.so.12:cudaMalloc\n    aggregate count, sum(size)\n")
     db = tmp_path / "probe.db"
     ingero = str(Path(sys.executable).parent / "ingero")
     r = subprocess.run([ingero, "trace", "--db", str(db), "--quiet", "--probe", str(spec), "--", sys.executable,
@@ -192,8 +193,13 @@ def test_a_dsl_probe_given_with_probe_records_its_events(need_bpf, tmp_path):
     assert r.returncode == 0, r.stderr
     workers = {int(line.split("=")[1]) for line in r.stdout.splitlines() if line.startswith("forked child pid=")}
     assert len(workers) == 2
-    [(pid_, name, status, reason, source)] = rows(db, "SELECT id, name, status, end_reason, source FROM probes")
+    [(pid_, name, status, reason, source), total] = rows(
+        db, "SELECT id, name, status, end_reason, source FROM probes ORDER BY id")
     assert (name, status, reason, source) == ("mallocs", "detached", "the traced processes exited", 100)
+    # an aggregating probe's final in-kernel results are kept: 2 workers x 3 runs x (1 MiB + 4 MiB + 256 B)
+    assert total[1] == "alloc_total"
+    assert rows(db, "SELECT key, count, aggs FROM probe_aggregates WHERE probe_id = ?", (total[0],)) == [
+        ("{}", 18, '{"sum(size)":%d}' % (6 * ((5 << 20) + 256)))]
     # the forked workers make the calls: the probe follows the traced tree, not just the root pid.
     # 2 of the 3 mallocs per run are >= 1 KiB (1 MiB and 4 MiB; not the 256 B one)
     for w in workers:
