@@ -106,7 +106,13 @@ def _run_live(session):
         )
         libs = Text("probing: " + (", ".join(s.libraries) or "waiting for a CUDA library to be loaded"),
                     style="dim")
-        return Group(head, libs, t)
+        parts = [head, libs]
+        dyn = session.dynamic
+        if dyn is not None and dyn.probes:
+            probes = ", ".join(f"#{p.id} {p.name} ({p.events:,} events{'' if p.status == 'active' else ', ended'})"
+                               for p in list(dyn.probes.values()))
+            parts.append(Text("dynamic probes: " + probes))
+        return Group(*parts, t)
 
     with Live(render(session.snapshot()), console=console, refresh_per_second=4, transient=True) as live:
         return session.run(on_tick=lambda s: live.update(render(s)))
