@@ -68,6 +68,7 @@ class CallTracer:
         self.links: list[UprobeMultiLink] = []
         self._bpf = None
         self._pending: list[TracedCall] = []
+        self._budget = 1 << 62
 
     def start(self) -> CallTracer:
         from bcc import BPF
@@ -105,12 +106,17 @@ class CallTracer:
                 args=tuple(r.args),
             )
         )
-        return 0
+        # a negative return makes libbpf end this poll (the record is consumed): a producer faster than
+        # this callback would otherwise keep ring_buffer_poll() from ever returning
+        self._budget -= 1
+        return -1 if self._budget <= 0 else 0
 
-    def poll(self, timeout_ms: int = 100) -> list[TracedCall]:
-        """Calls completed since the last poll (waits up to ``timeout_ms`` for the first one)."""
+    def poll(self, timeout_ms: int = 100, max_calls: int = 20_000) -> list[TracedCall]:
+        """Calls completed since the last poll (waits up to ``timeout_ms`` for the first one; about
+        ``max_calls`` at most)."""
         if self._bpf is None:
             raise RuntimeError("CallTracer.start() first")
+        self._budget = max_calls
         self._bpf.ring_buffer_poll(timeout_ms)
         out, self._pending = self._pending, []
         return out
