@@ -107,7 +107,7 @@ def test_schema_matches_what_the_reader_expects_without_migration(tmp_path):
                     "event_aggregates", "event_aggregates_5s", "cgroup_metadata", "cgroup_schedstat", "sources",
                     "ops", "schema_info", "annotations"}
         assert upstream <= set(r.tables)
-        assert set(r.tables) - upstream == {"probes", "probe_values", "lost_events"}
+        assert set(r.tables) - upstream == {"probes", "probe_values", "probe_aggregates", "lost_events"}
         assert r.tables["events"][:17] == ["id", "timestamp", "pid", "tid", "source", "op", "duration", "gpu_id",
                                            "arg0", "arg1", "ret_code", "stack_hash", "node", "rank", "local_rank",
                                            "world_size", "comm"]

@@ -6,16 +6,17 @@ are a single compact text block as upstream's. User errors reach the agent as ``
 """
 
 
+import contextvars
 import json
 import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated, Any
 
 import anyio
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field
 
@@ -25,6 +26,8 @@ from ingero.analysis.demo import SCENARIOS, find_scenario, run_scenario
 from ingero.audit import AuditLog, AuditRecord, dumps_args, now_ns, token_fingerprint
 from ingero.errors import IngeroError
 from ingero.mcp import format as fmt
+from ingero.mcp.dslref import DSL_SUMMARY, DSL_URI, dsl_reference
+from ingero.mcp.live import ProbeTools
 from ingero.mcp.prompt import INVESTIGATE_DESCRIPTION, INVESTIGATE_TEXT, INVESTIGATE_TITLE
 from ingero.selftest import selftest_dir
 from ingero.store import TraceReader, guard_connection, run_guarded
@@ -43,10 +46,17 @@ TOP_N_DESC = ("max chains to return (default 10). Deduplicates by operation, kee
 UNTIL_DESC = "end of the time range, same forms as since (a duration counts back from the end). Omit for all."
 
 
+#: Tools that change what the kernel traces: registered only by a live server started with --allow-attach.
+ATTACH_TOOLS = ("attach_probe", "detach_probe")
+#: What a tool adds to its audit record (the resolved symbols of a spec, the probe ids attached).
+AUDIT_EXTRA: contextvars.ContextVar[dict | None] = contextvars.ContextVar("ingero_audit_extra", default=None)
+
+
 @dataclass(frozen=True)
 class ServerOptions:
     transport: str = "stdio"           # stdio | http
     sql_timeout_s: float = DEFAULT_TIMEOUT_S
+    live: bool = False                 # the database is being written: re-read its bounds on every call
 
 
 def _version() -> str:
@@ -65,9 +75,10 @@ def _tsc(v: bool | None) -> bool:
 class _Backend:
     """The reader plus its guarded run_sql connection; serialises access from worker threads."""
 
-    def __init__(self, reader: TraceReader | None, sql_timeout_s: float) -> None:
+    def __init__(self, reader: TraceReader | None, sql_timeout_s: float, live: bool = False) -> None:
         self.reader = reader
         self.sql_timeout_s = sql_timeout_s
+        self.live = live
         self.lock = threading.Lock()
         self._sql_conn = None
         if reader is not None:
@@ -81,10 +92,17 @@ class _Backend:
     def sql(self, query: str, limit: int):
         return run_guarded(self._sql_conn, query, limit=limit, timeout_s=self.sql_timeout_s)
 
+    def refresh(self) -> None:
+        """A live database grows: forget what the reader cached about its events and ops."""
+        if self.live and self.reader is not None:
+            for k in ("time_bounds", "op_descriptions"):
+                self.reader.__dict__.pop(k, None)
+
 
 async def _call(backend: _Backend, fn: Callable[[], str]) -> str:
     def locked() -> str:
         with backend.lock:
+            backend.refresh()
             return fn()
     try:
         return await anyio.to_thread.run_sync(locked)
@@ -117,7 +135,14 @@ def run_sql_description(reader: TraceReader | None) -> str:
         "duration=off-CPU ns, arg1=preempting pid; net_send/net_recv arg0=fd, arg1=bytes; block I/O "
         "arg0=sectors. Timestamps: Unix nanos. Durations: nanos (/1e3 = µs).\n"
         "Performance: for large DBs query event_aggregates (per-minute, small) or stack_traces instead of "
-        "scanning events; use get_stacks for call stacks.")
+        "scanning events; use get_stacks for call stacks.\n"
+        "Dynamic probes (ingero databases; attach_probe or ingero trace --probe): probes(id, name, spec, fields, "
+        "library, symbols, status, started_at, ended_at, end_reason, view) has one row per probe with its spec "
+        "text and recorded fields; each probe event is an events row with source=100 and op=probes.id (ops has "
+        "the probe's name), latency as duration and retval as ret_code; every recorded field is in "
+        "probe_values(event_id, probe_id, v0..v7, more) and readable by name through the probe's view "
+        "(probes.view, e.g. SELECT size, retval FROM probe_mallocs); in-kernel aggregates as last read are in "
+        "probe_aggregates(probe_id, key, count, aggs, hists, read_at) (JSON; use get_probe_results).")
     if reader is not None:
         tables = "; ".join(f"{t}({', '.join(cols)})" for t, cols in reader.tables.items())
         text += f"\nTables in this database (schema {reader.schema_version}): {tables}"
@@ -125,14 +150,27 @@ def run_sql_description(reader: TraceReader | None) -> str:
 
 
 def build_server(reader: TraceReader | None, audit: AuditLog | None,
-                 options: ServerOptions = ServerOptions()) -> MCPServer:
-    """An MCP server over ``reader`` (None: the DB tools answer that there is no database)."""
-    backend = _Backend(reader, options.sql_timeout_s)
+                 options: ServerOptions = ServerOptions(), probes: ProbeTools | None = None) -> MCPServer:
+    """An MCP server over ``reader`` (None: the DB tools answer that there is no database).
+
+    ``probes``: the probe tools' state; a live server passes one holding its trace session, a replay server
+    gets one over ``reader`` that works on library files (and has no attach tools)."""
+    backend = _Backend(reader, options.sql_timeout_s, options.live)
+    probes = probes if probes is not None else ProbeTools(reader)
+    attach = probes.live and probes.options.allow_attach
     db_label = str(reader.path) if reader else ""
-    middleware = [_AuditMiddleware(audit, options.transport, db_label)] if audit else []
+    middleware: list = [_AuditMiddleware(audit, options.transport, db_label)] if audit else []
+    middleware.append(_AbsentToolMiddleware(probes))
+    if probes.live:
+        intro = ("Investigate a live CUDA process: start with get_trace_stats and get_causal_chains. When the "
+                 "standard trace is not enough, list_libraries -> list_symbols -> describe_symbol -> "
+                 "validate_probe" + (" -> attach_probe -> get_probe_results -> detach_probe." if attach else
+                                     " (attaching is off on this server: no --allow-attach)."))
+    else:
+        intro = ("Investigate a GPU trace: start with get_trace_stats, then get_causal_chains. Saved databases: "
+                 "omit 'since'.")
     server = MCPServer(name="ingero", title=SERVER_TITLE, version=_version(), middleware=middleware,
-                       instructions="Investigate a GPU trace: start with get_trace_stats, then "
-                                    "get_causal_chains. Saved databases: omit 'since'.")
+                       instructions=intro)
 
     @server.tool(structured_output=False, description="Run system diagnostics: kernel version, BTF support, "
                  "NVIDIA driver, CUDA libraries, running GPU processes")
@@ -152,7 +190,7 @@ def build_server(reader: TraceReader | None, audit: AuditLog | None,
             if reader is None:
                 return NO_DB
             w = make_window(since, until, backend.anchor())
-            return fmt.format_stats(trace_stats(reader, w), _tsc(tsc), since)
+            return fmt.format_stats(_probe_names(reader, trace_stats(reader, w)), _tsc(tsc), since)
         return await _call(backend, work)
 
     @server.tool(structured_output=False, description=(
@@ -252,7 +290,184 @@ def build_server(reader: TraceReader | None, audit: AuditLog | None,
     def investigate() -> str:
         return INVESTIGATE_TEXT
 
+    _add_probe_tools(server, probes, attach)
     return server
+
+
+def _probe_names(reader: TraceReader, st):
+    """Probe events are source 100 with the probe's id as op: show them by the probe's name (ops table)."""
+    if not any(o.source == 100 for o in st.ops) or not reader.has_table("ops"):
+        return st
+    names = {int(o): (n, d or "") for o, n, d in reader.query(
+        "SELECT op_id, name, description FROM ops WHERE source_id = 100")}
+    ops = tuple(replace(o, name=f"probe:{names[o.op][0]}", description=o.description or names[o.op][1])
+                if o.source == 100 and o.op in names else o for o in st.ops)
+    return replace(st, ops=ops)
+
+
+async def _probe_call(fn: Callable[[], Any]) -> Any:
+    try:
+        return await anyio.to_thread.run_sync(fn)
+    except IngeroError as e:
+        raise ToolError(str(e)) from None
+
+
+def _audit_extra(facts: dict) -> None:
+    extra = AUDIT_EXTRA.get()
+    if extra is not None:
+        extra.update(facts)
+
+
+def session_owner(ctx: Context | None) -> str:
+    """Who attached a probe: the HTTP session (its mcp-session-id) or the stdio client."""
+    headers = None
+    try:
+        headers = ctx.headers if ctx is not None else None
+    except Exception:  # noqa: BLE001 - no request context (direct calls in tests)
+        headers = None
+    sid = headers.get("mcp-session-id") if headers else None
+    name = ""
+    try:
+        info = ctx.request_context.session.client_params.client_info  # type: ignore[union-attr]
+        name = str(info.name or "")
+    except Exception:  # noqa: BLE001
+        name = ""
+    base = f"http:{sid}" if sid else "stdio"
+    return f"{base} ({name})" if name else base
+
+
+def _add_probe_tools(server: MCPServer, probes: ProbeTools, attach: bool) -> None:
+    where = ("the traced process's mapped libraries (pid: another process of the traced tree)" if probes.live
+             else "this machine's library files (replay: no process)")
+
+    @server.tool(structured_output=False, description=(
+        f"List the CUDA libraries a probe can attach to: {where}. Columns: soname, version, symbols (function "
+        "count), build_id, allowed (on the server's probe allow-list), chosen, path. Paginated."))
+    async def list_libraries(
+        pid: Annotated[int, Field(description="a process of the traced tree (live only); 0 = the traced "
+                                              "process")] = 0,
+        limit: Annotated[int, Field(description="rows per page (default 50, max 500)")] = 50,
+        offset: Annotated[int, Field(description="first row (for the next page)")] = 0,
+    ) -> str:
+        return await _probe_call(lambda: probes.list_libraries(pid, limit, offset))
+
+    @server.tool(structured_output=False, description=(
+        "List the function symbols of a library (demangled) matching a case-sensitive shell glob, with the "
+        "total count and whether the signature catalogue knows their typed arguments (sig=yes: fields by "
+        "name in a spec). Paginated; a large result suggests how to narrow it; no match gives a did-you-mean."))
+    async def list_symbols(
+        library: Annotated[str, Field(description="soname stem (libcudart), soname (libcudart.so.12) or path")],
+        pattern: Annotated[str, Field(description="shell glob on the name, e.g. cudaMemcpy* (default *)")] = "*",
+        limit: Annotated[int, Field(description="rows per page (default 100, max 500)")] = 100,
+        offset: Annotated[int, Field(description="first row (for the next page)")] = 0,
+    ) -> str:
+        return await _probe_call(lambda: probes.list_symbols(library, pattern, limit, offset))
+
+    @server.tool(structured_output=False, description=(
+        "Describe one function of a library: its C signature from the catalogue, the fields a probe spec can "
+        "use (arguments by name, retval, latency, built-ins), enum values, and an example spec."))
+    async def describe_symbol(
+        library: Annotated[str, Field(description="soname stem (libcudart), soname or path")],
+        symbol: Annotated[str, Field(description="exact function name, e.g. cudaMemcpyAsync")],
+    ) -> str:
+        return await _probe_call(lambda: probes.describe_symbol(library, symbol))
+
+    @server.tool(structured_output=False, description=(
+        "Check a probe spec without attaching it (no root needed): the resolved library, symbols, fields, "
+        "filter and budgets in force, whether this server would allow attaching it, and an estimate of "
+        "events/s and CPU overhead from the calls to those symbols the standard trace already recorded over a "
+        "stated window (or a plain statement that there is no basis). Errors come with line, column and a "
+        "did-you-mean hint: fix and validate again.\n" + DSL_SUMMARY))
+    async def validate_probe(
+        spec: Annotated[str, Field(description="the probe spec text (one or more probes)")],
+        window_s: Annotated[float, Field(description="estimate window in seconds, counted back from now "
+                                                     "(live) or the end of the trace (default 10)")] = 10.0,
+    ) -> str:
+        text, facts = await _probe_call(lambda: probes.validate(spec, window_s))
+        _audit_extra(facts)
+        return text
+
+    @server.tool(structured_output=False, description=(
+        "List the probes of this trace (attached over MCP or with ingero trace --probe): id, name, status "
+        "(active/ended), events stored, symbols, library, owner (the client session that attached it), "
+        "attach/end time and why it ended (detached by request, budget spent, ttl, target exited, client "
+        "session gone)."))
+    async def list_probes() -> str:
+        return await _probe_call(probes.list_probes)
+
+    @server.tool(structured_output=False, description=(
+        "Results of one probe: status and why it ended, events stored, kernel counters (hits, matched, "
+        "filtered, dropped), in-kernel aggregates and histograms, exact counts per value of each recorded "
+        "field, and the most recent events (paginated from the newest). All events are also in run_sql "
+        "(the probe's view) and in get_trace_stats / get_causal_chains as op probe:NAME."))
+    async def get_probe_results(
+        probe_id: Annotated[int, Field(description="the id attach_probe or list_probes gave")],
+        limit: Annotated[int, Field(description="events/aggregate rows per page (default 20, max 500)")] = 20,
+        offset: Annotated[int, Field(description="skip this many of the newest rows (next page)")] = 0,
+    ) -> str:
+        return await _probe_call(lambda: probes.results(probe_id, limit, offset))
+
+    @server.resource(DSL_URI, name="probe-dsl", title="ingero probe spec language (DSL) reference",
+                     description="The probe spec language with examples: targets, fields, where, record, "
+                                 "aggregate, limit, errors.", mime_type="text/markdown")
+    def dsl_doc() -> str:
+        return dsl_reference()
+
+    if not attach:
+        return
+
+    lim = probes.options.limits
+
+    @server.tool(structured_output=False, description=(
+        "Attach a probe spec to the traced process now (validate it first with validate_probe). Returns the "
+        "probe id, the symbols attached and the budgets in force. Guards: libraries on the allow-list only, "
+        f"only the traced process tree, budgets at most ttl {lim.ttl_s:g}s / events {lim.events} / "
+        f"{lim.max_symbols} symbols (a spec may lower them), at most {lim.max_probes} live probes. The probe "
+        "ends at its budget, when the target exits, on detach_probe, or when this client session ends. Its "
+        "events land in the trace database next to the standard ops."))
+    async def attach_probe(
+        spec: Annotated[str, Field(description="the probe spec text (see validate_probe's description)")],
+        ctx: Context,
+    ) -> str:
+        owner = session_owner(ctx)
+        facts: dict = {"owner": owner}
+        try:
+            text, _ = await _probe_call(lambda: probes.attach(spec, owner, facts))
+            return text
+        finally:
+            _audit_extra(facts)
+
+    @server.tool(structured_output=False, description=(
+        "Detach a probe now: the kernel drops its uprobes at once; its events stay in the database and "
+        "get_probe_results keeps working."))
+    async def detach_probe(
+        probe_id: Annotated[int, Field(description="the id attach_probe or list_probes gave")],
+    ) -> str:
+        return await _probe_call(lambda: probes.detach(probe_id))
+
+
+class _AbsentToolMiddleware:
+    """A client calling an attach tool this server does not offer gets a clear reason, not 'unknown tool'."""
+
+    def __init__(self, probes: ProbeTools) -> None:
+        self.probes = probes
+
+    async def __call__(self, ctx: Any, call_next: Any) -> Any:
+        if ctx.method == "tools/call":
+            name = str((ctx.params or {}).get("name", ""))
+            if name in ATTACH_TOOLS and not (self.probes.live and self.probes.options.allow_attach):
+                from mcp.types import CallToolResult, TextContent
+
+                if not self.probes.live:
+                    why = (f"{name} is not available: this server replays a stored database (ingero mcp --db), "
+                           "where nothing is traced. Probes attach only to a live trace started with "
+                           "`ingero mcp --live --allow-attach --pid N` (or `-- CMD ARGS`). validate_probe, "
+                           "list_symbols and describe_symbol work here.")
+                else:
+                    why = (f"{name} is not available: this live server was started without --allow-attach, so "
+                           "it does not change what the kernel traces. validate_probe still checks specs.")
+                return CallToolResult(content=[TextContent(type="text", text=why)], is_error=True)
+        return await call_next(ctx)
 
 
 def test_report_text(tsc: bool = True) -> str:
@@ -284,6 +499,8 @@ class _AuditMiddleware:
         ts, t0 = now_ns(), time.perf_counter()
         params = dict(ctx.params or {})
         outcome, error, nbytes, result = "ok", "", 0, None
+        extra: dict = {}
+        token = AUDIT_EXTRA.set(extra)
         try:
             result = await call_next(ctx)
             outcome, error, nbytes = _result_facts(result)
@@ -292,9 +509,12 @@ class _AuditMiddleware:
             outcome, error = "rejected", f"{type(e).__name__}: {e}"
             raise
         finally:
+            AUDIT_EXTRA.reset(token)
             name, version = _client_info(ctx, params)
             tool = str(params.get("name", "")) if ctx.method in ("tools/call", "prompts/get") else ""
             args = params.get("arguments") if tool else {k: v for k, v in params.items() if k != "_meta"}
+            if extra:
+                args = {**(args or {}), "_ingero": extra}
             try:
                 self.audit.record(AuditRecord(
                     ts, name, version, self.transport, _token_fp(ctx), ctx.method, tool,

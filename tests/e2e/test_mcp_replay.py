@@ -37,6 +37,9 @@ from tests.replay_helpers import (
 
 STANDARD_SEVEN = {"get_check", "get_trace_stats", "get_causal_chains", "run_demo", "get_test_report",
                   "run_sql", "get_stacks"}
+# replay also offers the probe tools that work on library files and stored probes (issue 7); no attach tools
+REPLAY_TOOLS = STANDARD_SEVEN | {"list_libraries", "list_symbols", "describe_symbol", "validate_probe",
+                                 "list_probes", "get_probe_results"}
 
 
 @pytest.fixture(autouse=True)
@@ -76,7 +79,7 @@ def _audit_rows(audit_db: Path) -> list[tuple]:
 async def _exercise_all(s, db: Path) -> dict[str, str]:
     """Call every tool once; returns tool -> text."""
     tools = await s.list_tools()
-    assert {t.name for t in tools.tools} == STANDARD_SEVEN
+    assert {t.name for t in tools.tools} == REPLAY_TOOLS
     assert all(t.output_schema is None for t in tools.tools)
     out = {}
     for name, args in [("get_check", {}), ("get_trace_stats", {}), ("get_causal_chains", {}),
@@ -472,7 +475,7 @@ def test_inspector_cli(tmp_path: Path):
     r = subprocess.run(base + ["--method", "tools/list"], capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr[-2000:]
     names = {t["name"] for t in json.loads(r.stdout)["tools"]}
-    assert names == STANDARD_SEVEN
+    assert names == REPLAY_TOOLS
     r = subprocess.run(base + ["--method", "tools/call", "--tool-name", "get_trace_stats", "--tool-arg",
                                "tsc=false"], capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr[-2000:]

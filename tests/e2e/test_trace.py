@@ -199,7 +199,7 @@ def test_a_dsl_probe_given_with_probe_records_its_events(need_bpf, tmp_path):
     # an aggregating probe's final in-kernel results are kept: 2 workers x 3 runs x (1 MiB + 4 MiB + 256 B)
     assert total[1] == "alloc_total"
     assert rows(db, "SELECT key, count, aggs FROM probe_aggregates WHERE probe_id = ?", (total[0],)) == [
-        ("{}", 18, '{"sum(size)":%d}' % (6 * ((5 << 20) + 256)))]
+        ("{}", 18, f'{{"sum(size)":{6 * ((5 << 20) + 256)}}}')]
     # the forked workers make the calls: the probe follows the traced tree, not just the root pid.
     # 2 of the 3 mallocs per run are >= 1 KiB (1 MiB and 4 MiB; not the 256 B one)
     for w in workers:

@@ -1,0 +1,673 @@
+"""The probe tools of the MCP server: symbols, validation with an estimate, and (live) attach/detach/results.
+
+:class:`ProbeTools` holds everything the eight tools need and formats compact text; the MCP layer
+(:mod:`ingero.mcp.server`) only registers them. It serves two modes:
+
+* **replay** (``ingero mcp --db``): the symbol tools and ``validate_probe`` work on this machine's library
+  files; ``list_probes``/``get_probe_results`` read the probes stored in the database.
+* **live** (``ingero mcp --live --pid N`` or ``-- CMD``): a :class:`~ingero.tracer.session.TraceSession`
+  runs in a thread and writes the database the standard tools read; libraries resolve from what the
+  traced process mapped; with ``allow_attach`` the agent adds and removes probes
+  (:class:`~ingero.tracer.dynamic.DynamicProbes`), under the guards of :class:`LiveOptions`.
+
+Guards of ``attach_probe``: the library must be on the allow-list (CUDA libraries by default), a probe may
+name only a process of the traced tree, its budgets may lower the server's limits but not raise them,
+at most ``max_probes`` are active, attaches are serialised, and a probe ends when its target exits or when
+the client session that attached it goes away (``end_owner``). Every result is capped at
+:data:`MAX_OUTPUT` bytes.
+"""
+
+from __future__ import annotations
+
+import csv
+import fnmatch
+import io
+import logging
+import os
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from ingero.errors import IngeroError
+from ingero.tracer.dynamic import ProbeLimits
+
+log = logging.getLogger(__name__)
+
+MAX_OUTPUT = 48 * 1024
+MAX_ROWS = 500
+#: Rough per-call cost of a uprobe on this kind of machine (bench/bench_overhead.py measures it):
+#: entry only, entry + return, and the extra cost of sending a recorded event to user space.
+COST_ENTRY_NS = 700
+COST_RETURN_NS = 800
+COST_RECORD_NS = 500
+ESTIMATE_WINDOW_S = 10.0
+SOURCE_PROBE = 100
+
+
+@dataclass(frozen=True)
+class LiveOptions:
+    """The server's guards for probes (``ingero mcp --live`` flags)."""
+
+    allow_attach: bool = False
+    allow_libs: tuple[str, ...] = ()  # globs on a library's stem, soname, file name or path; () = CUDA libraries
+    limits: ProbeLimits = field(default_factory=ProbeLimits)
+
+
+class ToolRefused(IngeroError):
+    """A guard refused a request; the message says which and what to do."""
+
+
+def _csv(header: tuple[str, ...], rows) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(rows)
+    return buf.getvalue().rstrip("\n")
+
+
+def cap(text: str, limit: int = MAX_OUTPUT) -> str:
+    """Cut ``text`` to ``limit`` bytes at a line boundary, saying so."""
+    data = text.encode()
+    if len(data) <= limit:
+        return text
+    cut = data[: limit - 200].decode("utf-8", "ignore")
+    cut = cut[: cut.rfind("\n")] if "\n" in cut else cut
+    return cut + f"\n... output cut at {limit} bytes: use limit/offset or a narrower pattern"
+
+
+def _page(limit: int, offset: int, default: int = 100) -> tuple[int, int]:
+    lim = default if limit <= 0 else min(limit, MAX_ROWS)
+    return lim, max(0, offset)
+
+
+def _wrap(text: str) -> str:
+    """Strings from library files and processes are data, not instructions."""
+    from ingero.mcp.format import sanitize
+
+    return sanitize(text, 0)
+
+
+def lib_label(lib) -> str:
+    return lib.soname or os.path.basename(lib.path)
+
+
+class ProbeTools:
+    """The state and logic behind the probe tools (thread-safe; called from worker threads)."""
+
+    def __init__(self, reader, *, session=None, options: LiveOptions | None = None,
+                 conn_factory=None, runner=None) -> None:
+        self.reader = reader
+        self.session = session  # TraceSession or None (replay)
+        self.runner = runner  # the thread running session.run(): the trace has ended once it is done
+        self.options = options or LiveOptions()
+        self._attach_lock = threading.Lock()
+        self._conn = conn_factory() if conn_factory else (reader.connect() if reader is not None else None)
+        self._db_lock = threading.Lock()
+
+    # -- modes and the traced tree ---------------------------------------------------------------
+    @property
+    def live(self) -> bool:
+        return self.session is not None
+
+    @property
+    def root_pid(self) -> int | None:
+        return self.session.pids[0] if self.live and self.session.pids else None
+
+    def tree(self) -> set[int]:
+        if not self.live:
+            return set()
+        pids = set(self.session.pids)
+        tracer = self.session.tracer
+        if tracer is not None and getattr(tracer, "_bpf", None) is not None:
+            try:
+                pids |= set(tracer.followed())
+            except Exception:  # noqa: BLE001 - the tracer may be closing
+                pass
+        return pids
+
+    def trace_state(self) -> str:
+        if not self.live:
+            return "replay"
+        done = not self.runner.is_alive() if self.runner is not None else self.session._closed
+        if done:
+            return f"ended ({self.session.stopped_because or 'stopped'})"
+        return "stopping" if self.session._closed else "running"
+
+    def _pid_for(self, pid: int) -> int | None:
+        """The pid a symbol tool looks at: the given one (live: must be in the traced tree), else the
+        traced process (live) or None (replay: this machine's library files)."""
+        if pid and pid > 0:
+            if not self.live:
+                raise ToolRefused(f"pid {pid}: a replay server works on library files, not processes",
+                                  hint="omit pid, or serve a live trace: ingero mcp --live --pid N")
+            if pid not in self.tree():
+                raise ToolRefused(f"process {pid} is not in the traced process tree "
+                                  f"({', '.join(map(str, sorted(self.tree()))) or 'none left'})",
+                                  hint="this server only looks at the processes it traces")
+            return pid
+        return self.root_pid
+
+    # -- allow-list --------------------------------------------------------------------------------
+    def allowed(self, stem: str, soname: str | None, path: str | None) -> bool:
+        from ingero.symbols.discovery import is_cuda_stem
+
+        globs = self.options.allow_libs
+        if not globs:
+            return is_cuda_stem(stem)
+        names = [stem, soname or "", os.path.basename(path or ""), path or ""]
+        return any(fnmatch.fnmatchcase(n, g) for g in globs for n in names if n)
+
+    def allow_list_text(self) -> str:
+        return ", ".join(self.options.allow_libs) if self.options.allow_libs else "the CUDA libraries"
+
+    # -- list_libraries ------------------------------------------------------------------------------
+    def list_libraries(self, pid: int = 0, limit: int = 50, offset: int = 0) -> str:
+        from ingero.symbols import find_libraries
+
+        target = self._pid_for(pid)
+        libs = find_libraries(pid=target)
+        lim, off = _page(limit, offset, 50)
+        where = f"mapped by pid {target}" if target else "on this machine's search paths"
+        if not libs:
+            extra = " (it may not have loaded one yet: call again after it starts)" if target else ""
+            return f"0 CUDA libraries {where}{extra}."
+        shown = libs[off: off + lim]
+        rows = []
+        for lib in shown:
+            rows.append((lib_label(lib), lib.version or "", lib.symbol_count, (lib.build_id or "")[:16],
+                         "yes" if self.allowed(lib.stem, lib.soname, lib.path) else "no",
+                         "*" if lib.chosen else "", lib.path))
+        head = (f"{len(libs)} CUDA libraries {where}; rows {off + 1}-{off + len(shown)}. "
+                f"'*' = the copy a bare name (libcudart) picks; allowed = on the probe allow-list "
+                f"({self.allow_list_text()}).")
+        body = _csv(("soname", "version", "symbols", "build_id", "allowed", "chosen", "path"), rows)
+        more = f"\nnext page: offset={off + lim}" if off + lim < len(libs) else ""
+        return cap(head + "\n" + _wrap(body) + more)
+
+    # -- list_symbols -------------------------------------------------------------------------------------
+    def _library(self, library: str, pid: int = 0):
+        """(Library, note): in a live trace from the traced process's mappings, falling back to this
+        machine's search paths (with a note) when it has not mapped the library."""
+        from ingero.errors import LibraryNotFound
+        from ingero.symbols import resolve_library
+
+        target = self._pid_for(pid)
+        if target is None:
+            return resolve_library(library), ""
+        try:
+            return resolve_library(library, pid=target), ""
+        except LibraryNotFound as e:
+            try:
+                lib = resolve_library(library)
+            except LibraryNotFound:
+                raise e from None
+            return lib, (f"note: pid {target} has not mapped {library}; showing the copy on this machine's "
+                         "search paths (a probe on it sees calls only once the process maps this file)\n")
+
+    def list_symbols(self, library: str, pattern: str = "*", limit: int = 100, offset: int = 0,
+                     pid: int = 0) -> str:
+        from ingero.catalogue import load_catalogue
+        from ingero.errors import SymbolNotFound, suggestion
+        from ingero.symbols import read_symbols
+
+        lib, note = self._library(library, pid)
+        table = read_symbols(lib)
+        pattern = pattern or "*"
+        matched = table.match(pattern)
+        # one row per name (a name may have several versions/copies)
+        names = list(dict.fromkeys(s.name for s in matched))
+        if not names:
+            hint = None
+            if not any(ch in pattern for ch in "*?["):
+                hint = suggestion(pattern, table.names())
+            else:
+                stem = pattern.split("*")[0].rstrip("?[")
+                hint = suggestion(stem, table.names()) if stem else None
+            raise SymbolNotFound(f"no function of {lib_label(lib)} matches '{pattern}' "
+                                 f"({len(table.names())} functions)", hint=hint or "try a broader glob")
+        lim, off = _page(limit, offset, 100)
+        cat = load_catalogue()
+        major = _major(lib.version)
+        by_name = {s.name: s for s in matched}
+        rows = []
+        for n in names[off: off + lim]:
+            s = by_name[n]
+            rows.append((s.demangled, "yes" if _sig(cat, n, major) is not None else "", s.section))
+        head = (f"{note}{lib_label(lib)} ({lib.path}), build-id {(lib.build_id or '-')[:16]}: "
+                f"{len(table.names())} functions; {len(names)} match '{pattern}'; rows {off + 1}-"
+                f"{off + len(rows)}. sig = the catalogue knows its typed arguments (describe_symbol).")
+        tail = ""
+        if off + lim < len(names):
+            tail = f"\nnext page: offset={off + lim}"
+            if len(names) > 2 * lim:
+                groups = Counter(_prefix(n) for n in names).most_common(8)
+                tail += ("\nhint: narrow the pattern; largest groups: "
+                         + ", ".join(f"'{g}*' {c}" for g, c in groups))
+        return cap(head + "\n" + _wrap(_csv(("name", "sig", "table"), rows)) + tail)
+
+    # -- describe_symbol ---------------------------------------------------------------------------------
+    def describe_symbol(self, library: str, symbol: str, pid: int = 0) -> str:
+        from ingero.catalogue import load_catalogue
+        from ingero.symbols import read_symbols
+
+        lib, note = self._library(library, pid)
+        table = read_symbols(lib)
+        sym = table.get(symbol)  # SymbolNotFound with a did-you-mean
+        cat = load_catalogue()
+        major = _major(lib.version)
+        sig = _sig(cat, sym.name, major)
+        out = [note.rstrip("\n")] if note else []
+        out.append(f"{lib_label(lib)}:{sym.name} at file offset {sym.file_offset:#x}, {sym.size} bytes"
+                   + (f" ({sym.demangled})" if sym.demangled != sym.name else ""))
+        if sig is None:
+            out.append("signature: not in the catalogue. A spec can use arg0..argN (64-bit integers), or declare "
+                       f"the arguments: probe p = {lib.stem}:{sym.name}(u64 a, ptr b) -> i32")
+            out.append("built-in fields: retval, latency (return probe), pid, tid, comm, symbol, stack, ts")
+            return cap("\n".join(out))
+        out.append(f"signature: {sig.declaration()}  [CUDA {sig.cuda_major}, {sig.header}]")
+        if sig.called_as != sym.name and sig.called_as:
+            out.append(f"note: programs calling {sig.name} land on {sig.called_as}")
+        rows = [(p.name, p.type, p.ctype.kind, p.ctype.size or "") for p in sig.params]
+        rows.append(("retval", sig.return_type, sig.return_ctype.kind + " (at return)", sig.return_ctype.size or ""))
+        rows.append(("latency", "u64", "ns entry to return (adds a return probe)", 8))
+        out.append("fields a spec can use (plus pid, tid, comm, symbol, stack, ts):")
+        out.append(_csv(("field", "c_type", "kind", "bytes"), rows))
+        enums = [(p.name, p.ctype.enum) for p in sig.params if p.ctype.kind == "enum" and p.ctype.enum]
+        if sig.return_ctype.kind == "enum" and sig.return_ctype.enum:
+            enums.append(("retval", sig.return_ctype.enum))
+        for fname, ename in enums:
+            try:
+                values = cat.enum(ename, sig.cuda_major)
+            except IngeroError:
+                continue
+            items = list(values.items())
+            shown = ", ".join(f"{k}={v}" for k, v in items[:16])
+            more = f", ... ({len(items)} values; compare by name in where)" if len(items) > 16 else ""
+            out.append(f"enum {fname} ({ename}): {shown}{more}")
+        ex_fields = ", ".join([p.name for p in sig.params if p.ctype.kind in ("int", "uint", "enum")][:3]
+                              + ["latency", "retval"])
+        out.append(f"example: probe p = {lib.stem}:{sym.name}\n    record {ex_fields}\n    limit ttl 60s")
+        return cap("\n".join(out))
+
+    # -- validate_probe ------------------------------------------------------------------------------------
+    def validate(self, spec: str, window_s: float = ESTIMATE_WINDOW_S) -> tuple[str, dict]:
+        """The validation text, and facts for the audit log (resolved symbols)."""
+        from ingero.dsl import check, render
+        from ingero.dsl.resolved import describe
+
+        res = check(spec, "<spec>", pid=self.root_pid)
+        if not res.ok:
+            n = len(res.errors)
+            return (f"INVALID: {n} error{'s' if n != 1 else ''} (line:column, message, hint)\n"
+                    + render(res.errors, res.source)), {"valid": False}
+        rs = res.spec
+        lines = [f"VALID: {len(rs.probes)} probe{'s' if len(rs.probes) != 1 else ''}"]
+        facts = {"valid": True, "resolved": {p.name: [s.name for s in p.symbols] for p in rs.probes}}
+        for p in rs.probes:
+            lines.append(describe(p, full=False))
+            lines.append("  " + self._budget_text(p))
+            refusal = self._refusal(p)
+            if self.live:
+                lines.append("  attach: " + (f"refused: {refusal}" if refusal else
+                                             ("allowed" if self.options.allow_attach else
+                                              "not possible: this server was started without --allow-attach")))
+            elif refusal:
+                lines.append(f"  attach: would be refused: {refusal}")
+        lines.append(self.estimate(rs, window_s))
+        return cap("\n".join(lines)), facts
+
+    def _budget_text(self, p) -> str:
+        lim = self.options.limits
+        b = p.budgets
+        ttl = lim.ttl_s if b.ttl_s is None else b.ttl_s
+        ev = lim.events if b.events is None else b.events
+        over = []
+        if b.ttl_s is not None and b.ttl_s > lim.ttl_s:
+            over.append(f"ttl {b.ttl_s:g}s > limit {lim.ttl_s:g}s")
+        if b.events is not None and b.events > lim.events:
+            over.append(f"events {b.events} > limit {lim.events}")
+        if len(p.symbols) > lim.max_symbols:
+            over.append(f"{len(p.symbols)} symbols > limit {lim.max_symbols}")
+        text = (f"budgets in force: ttl {ttl:g}s, events {ev}" + (f", rate {b.rate}/s" if b.rate else "")
+                + f" (server limits: ttl {lim.ttl_s:g}s, events {lim.events}, {lim.max_symbols} symbols, "
+                f"{lim.max_probes} live probes)")
+        return text + (f"; OVER THE LIMIT: {'; '.join(over)}" if over else "")
+
+    def _refusal(self, p) -> str:
+        """Why a guard would refuse this resolved probe, or ''."""
+        lib = p.library
+        from ingero.symbols.discovery import stem_of
+
+        stem = stem_of(lib.soname or lib.path or lib.name)
+        if not self.allowed(stem, lib.soname, lib.path):
+            return (f"{lib.soname or lib.path or lib.name} is not on this server's library allow-list "
+                    f"({self.allow_list_text()}); the operator can add it with --allow-lib")
+        if self.live and p.pid is not None and p.pid not in self.tree():
+            return (f"process {p.pid} is not in the traced process tree "
+                    f"({', '.join(map(str, sorted(self.tree()))) or 'none left'})")
+        lim = self.options.limits
+        b = p.budgets
+        if b.ttl_s is not None and b.ttl_s > lim.ttl_s:
+            return f"ttl {b.ttl_s:g}s is over this server's limit of {lim.ttl_s:g}s: lower it or omit it"
+        if b.events is not None and b.events > lim.events:
+            return f"events {b.events} is over this server's limit of {lim.events}: lower it or omit it"
+        if len(p.symbols) > lim.max_symbols:
+            return (f"it matches {len(p.symbols)} symbols, over this server's limit of {lim.max_symbols}: "
+                    "narrow the glob")
+        return ""
+
+    def estimate(self, rs, window_s: float = ESTIMATE_WINDOW_S) -> str:
+        """Events/s and overhead from the calls of the probe's symbols the standard set already traced."""
+        from ingero.tracer.standard import DRIVER_SYMBOLS, RUNTIME_SYMBOLS
+
+        if self._conn is None:
+            return "estimate: no basis (no trace database is open)"
+        window_s = max(0.5, min(float(window_s or ESTIMATE_WINDOW_S), 3600.0))
+        with self._db_lock:
+            row = self._conn.execute("SELECT MIN(timestamp), MAX(timestamp) FROM events").fetchone()
+        if not row or row[0] is None:
+            return "estimate: no basis yet (the trace holds no events)"
+        end = time.time_ns() if self.live and self.trace_state() == "running" else int(row[1])
+        start = max(int(row[0]), end - int(window_s * 1e9))
+        span_s = max((end - start) / 1e9, 1e-3)
+        when = "last" if self.live else "last (stored)"
+        out = [f"estimate over the {when} {span_s:.1f} s of the trace (standard-set calls of these symbols, "
+               "before the where filter):"]
+        total_rate = 0.0
+        total_cost = 0.0
+        for p in rs.probes:
+            fam = p.library.family
+            table, source = ((RUNTIME_SYMBOLS, 1) if fam == "cudart" else (DRIVER_SYMBOLS, 4) if fam == "cuda"
+                             else ({}, 0))
+            ops = sorted({table[s.name] for s in p.symbols if s.name in table})
+            unknown = [s.name for s in p.symbols if s.name not in table]
+            if not ops:
+                out.append(f"  {p.name}: no basis: the standard set does not trace "
+                           f"{_names(unknown)}; attach with a small events/ttl budget and read get_probe_results")
+                continue
+            q = (f"SELECT COUNT(*) FROM events WHERE source = ? AND op IN ({','.join('?' * len(ops))}) "
+                 "AND timestamp >= ? AND timestamp <= ?")
+            with self._db_lock:
+                n = int(self._conn.execute(q, [source, *ops, start, end]).fetchone()[0])
+            rate = n / span_s
+            per_call = COST_ENTRY_NS + (COST_RETURN_NS if p.needs_return else 0) + (COST_RECORD_NS if p.record else 0)
+            cost = rate * per_call / 1e9
+            total_rate += rate
+            total_cost += cost
+            part = f"  {p.name}: {n} calls in {span_s:.1f} s -> ~{rate:.1f} events/s"
+            if p.filter is not None:
+                part += " at most (the where filter drops some)"
+            part += f"; overhead ~{cost * 100:.3f}% of one CPU (~{per_call / 1000:.1f} us per call)"
+            if unknown:
+                part += f"; no basis for {_names(unknown)} (not in the standard set)"
+            out.append(part)
+        if len(rs.probes) > 1:
+            out.append(f"  total: ~{total_rate:.1f} events/s, ~{total_cost * 100:.3f}% of one CPU")
+        return "\n".join(out)
+
+    # -- attach / detach -----------------------------------------------------------------------------------
+    def attach(self, spec: str, owner: str, facts: dict | None = None) -> tuple[str, dict]:
+        """Attach ``spec``; ``facts`` (for the audit log) gets the resolved symbols as soon as they are
+        known, so a refusal is recorded with them too."""
+        from ingero.dsl import check
+
+        facts = facts if facts is not None else {}
+
+        if not self.live:
+            raise ToolRefused("attach_probe needs a live trace: this server replays a stored database",
+                              hint="start one with: ingero mcp --live --allow-attach --pid N (or -- CMD ARGS)")
+        if not self.options.allow_attach:
+            raise ToolRefused("attaching probes is off on this server", hint="the operator enables it with "
+                              "--allow-attach")
+        if self.session._closed or self.session.dynamic is None:
+            raise ToolRefused(f"the trace has ended ({self.session.stopped_because or 'stopped'}): nothing to "
+                              "attach to", hint="the database stays readable with the standard tools")
+        with self._attach_lock:  # concurrent attaches are serialised
+            rs = check(spec, "<spec>", pid=self.root_pid).resolved()  # SpecError: every error, located
+            facts["resolved"] = {p.name: [s.name for s in p.symbols] for p in rs.probes}
+            for p in rs.probes:
+                why = self._refusal(p)
+                if why:
+                    raise ToolRefused(f"probe {p.name}: {why}")
+            probes = self.session.attach_spec(spec, name="<mcp>", owner=owner)
+        facts["probe_ids"] = [lp.id for lp in probes]
+        lines = []
+        for lp in probes:
+            b = lp.budgets
+            lines.append(
+                f"attached probe {lp.id} '{lp.name}': {len(lp.symbols)} symbol{'s' if len(lp.symbols) != 1 else ''} "
+                f"({_names(list(lp.symbols))}) on {lp.library}, {lp.direction}, pid {self.root_pid}\n"
+                f"  budgets in force: ttl {b['ttl_s']:g}s, events {b['events']}"
+                + (f", rate {b['rate']}/s" if b.get("rate") else "")
+                + (f"\n  events: events table source=100 op={lp.id}; fields {', '.join(lp.fields)}" if lp.fields else
+                   "\n  aggregates in the kernel (no per-call events)")
+                + f"; read with get_probe_results(probe_id={lp.id})")
+        return "\n".join(lines), facts
+
+    def detach(self, probe_id: int) -> str:
+        if not self.live or self.session.dynamic is None:
+            raise ToolRefused("detach_probe needs a live trace: this server replays a stored database")
+        dyn = self.session.dynamic
+        t0 = time.perf_counter()
+        lp = dyn.get(probe_id)
+        if lp.status != "active":
+            return f"probe {probe_id} '{lp.name}' had already ended: {lp.end_reason}"
+        dyn.detach(probe_id, "detached by request (detach_probe)")
+        dt = time.perf_counter() - t0
+        return (f"detached probe {probe_id} '{lp.name}' in {dt * 1000:.1f} ms; {lp.events} events recorded "
+                "(they stay in the database)")
+
+    def end_owner(self, owner: str, reason: str) -> list[int]:
+        if not self.live or self.session.dynamic is None or self.session._closed:
+            return []
+        return [lp.id for lp in self.session.dynamic.end_owned(owner, reason)]
+
+    def end_owner_prefix(self, prefix: str, reason: str) -> list[int]:
+        """End the probes of every owner whose key (``stdio``, ``http:SESSION``) is ``prefix``."""
+        ended = []
+        for owner in self.owners():
+            if owner.split(" ", 1)[0] == prefix:
+                ended += self.end_owner(owner, reason)
+        return ended
+
+    def owners(self) -> set[str]:
+        if not self.live or self.session.dynamic is None:
+            return set()
+        dyn = self.session.dynamic
+        with dyn._lock:
+            return {lp.owner for lp in dyn.probes.values() if lp.status == "active"}
+
+    # -- list_probes / get_probe_results -------------------------------------------------------------------
+    def _db(self, sql: str, params=()) -> list[tuple]:
+        if self._conn is None:
+            return []
+        with self._db_lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    def _has_probes_table(self) -> bool:
+        return bool(self._db("SELECT 1 FROM sqlite_master WHERE name = 'probes'"))
+
+    def list_probes(self) -> str:
+        live = {}
+        if self.live and self.session.dynamic is not None:
+            live = dict(self.session.dynamic.probes)
+        stored = {}
+        if self._has_probes_table():
+            for r in self._db("SELECT id, name, status, end_reason, library, symbols, started_at, ended_at "
+                              "FROM probes ORDER BY id"):
+                stored[int(r[0])] = r
+        counts = dict(self._db("SELECT op, COUNT(*) FROM events WHERE source = ? GROUP BY op", (SOURCE_PROBE,)))
+        ids = sorted(set(live) | set(stored))
+        head = f"trace: {self.trace_state()}" + (f", pid {self.root_pid}" if self.live else "")
+        if not ids:
+            return head + "\nno probes attached yet" + (" (attach one with attach_probe)" if
+                                                        self.options.allow_attach and self.live else "")
+        rows = []
+        for i in ids:
+            lp = live.get(i)
+            st = stored.get(i)
+            if lp is not None:
+                rows.append((i, lp.name, lp.status, counts.get(i, 0), len(lp.symbols), os.path.basename(lp.library),
+                             lp.owner, _hms(lp.attached_at), _hms(lp.ended_at) if lp.ended_at else "",
+                             lp.end_reason))
+            else:
+                import json
+
+                syms = len(json.loads(st[5] or "[]"))
+                rows.append((i, st[1], "ended" if st[7] else st[2], counts.get(i, 0), syms,
+                             os.path.basename(st[4] or ""), "", _hms(st[6] / 1e9), _hms(st[7] / 1e9) if st[7] else "",
+                             st[3]))
+        active = sum(1 for r in rows if r[2] == "active")
+        head += f"; {len(rows)} probes, {active} active (at most {self.options.limits.max_probes})"
+        body = _csv(("id", "name", "status", "events", "symbols", "library", "owner", "attached", "ended",
+                     "why_ended"), rows)
+        return cap(head + "\n" + _wrap(body))
+
+    def results(self, probe_id: int, limit: int = 20, offset: int = 0) -> str:
+        import json
+
+        lim, off = _page(limit, offset, 20)
+        lp = None
+        if self.live and self.session.dynamic is not None:
+            lp = self.session.dynamic.probes.get(probe_id)
+        st = self._db("SELECT name, status, end_reason, fields, view, ended_at FROM probes WHERE id = ?",
+                      (probe_id,)) if self._has_probes_table() else []
+        if lp is None and not st:
+            known = set(self.session.dynamic.probes) if self.live and self.session.dynamic is not None else set()
+            if self._has_probes_table():
+                known |= {int(r[0]) for r in self._db("SELECT id FROM probes")}
+            raise ToolRefused(f"no probe with id {probe_id}",
+                              hint=f"probe ids: {', '.join(map(str, sorted(known))) or 'none'} (see list_probes)")
+        name = lp.name if lp else st[0][0]
+        status = (lp.status if lp else ("ended" if st[0][5] else st[0][1]))
+        why = lp.end_reason if lp else st[0][2]
+        fields = [f["name"] for f in json.loads(st[0][3])] if st else list(lp.fields)
+        view = st[0][4] if st else ""
+        n = int(self._db("SELECT COUNT(*) FROM events WHERE source = ? AND op = ?", (SOURCE_PROBE, probe_id))[0][0])
+        out = [f"probe {probe_id} '{name}': {status}" + (f" ({why})" if why else "") + f"; {n} events stored"]
+        if lp is not None and self.session.dynamic is not None:
+            stats = self.session.dynamic.stats(probe_id)
+            if stats is not None:
+                out.append(f"kernel counters: hits {stats.hits}, matched {stats.matched}, filtered {stats.filtered}, "
+                           f"rate dropped {stats.rate_dropped}, budget dropped {stats.budget_dropped}, "
+                           f"lost {stats.lost}, agg overflow {stats.agg_overflow}")
+            aggs = self.session.dynamic.aggregates(probe_id)
+            if aggs:
+                out.append(_aggregates_text(aggs, lim, off))
+        elif self._db("SELECT 1 FROM sqlite_master WHERE name = 'probe_aggregates'"):
+            stored = self._db("SELECT key, count, aggs, hists FROM probe_aggregates WHERE probe_id = ? "
+                              "ORDER BY count", (probe_id,))
+            if stored:
+                out.append("aggregates as last read from the kernel (stored):")
+                out.append(_aggregates_text([_StoredAgg(json.loads(k), c, json.loads(a or "{}"),
+                                                        json.loads(h or "{}")) for k, c, a, h in stored], lim, off))
+        if fields and view and n:
+            vq = f'"{view}"'
+            # exact counts per value of each recorded field with few distinct values (sizes, kinds, retvals)
+            for f in fields:
+                if f in ("ts", "stack", "latency", "tid"):
+                    continue
+                col = "retval" if f == "retval" else _view_col(f)
+                try:
+                    vals = self._db(f'SELECT "{col}", COUNT(*) FROM {vq} GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 21')
+                except Exception:  # noqa: BLE001 - a column named otherwise: skip the summary
+                    continue
+                if 0 < len(vals) <= 20:
+                    out.append(f"by {f}: " + ", ".join(f"{_cell(v)}: {c}" for v, c in vals))
+            cols = ["timestamp", "pid", "latency", "retval"] + [_view_col(f) for f in fields
+                                                                 if f not in ("latency", "retval")]
+            cols = list(dict.fromkeys(cols))
+            try:
+                rows = self._db(f"SELECT {', '.join(chr(34) + c + chr(34) for c in cols)} FROM {vq} "
+                                "ORDER BY timestamp DESC LIMIT ? OFFSET ?", (lim, off))
+            except Exception as e:  # noqa: BLE001
+                rows = []
+                out.append(f"(could not read {view}: {e})")
+            rows.reverse()
+            if rows:
+                out.append(f"recent events, newest last (rows {off + 1}-{off + len(rows)} counted from the newest "
+                           f"of {n}; view {view} in run_sql has them all):")
+                out.append(_wrap(_csv(tuple(cols), [tuple(_cell(v) for v in r) for r in rows])))
+                if off + lim < n:
+                    out.append(f"older: offset={off + lim}")
+        elif not n and not any("aggregates" in line for line in out[1:]):
+            out.append("no events yet" + (" (the probe is active: call again after the workload runs)"
+                                          if status == "active" else ""))
+        return cap("\n".join(out))
+
+
+#: columns every probe view has; a recorded field of the same name is field_NAME in the view
+_VIEW_BASE = ("event_id", "timestamp", "pid", "tid", "comm", "latency", "retval", "stack_hash")
+
+
+def _view_col(f: str) -> str:
+    return f"field_{f}" if f in _VIEW_BASE else f
+
+
+class _StoredAgg:
+    def __init__(self, key: dict, count: int, values: dict, hists: dict) -> None:
+        self.key, self.count, self.values, self.hists = key, count, values, hists
+
+
+def _aggregates_text(aggs, lim: int, off: int) -> str:
+    rows = list(reversed(aggs))  # largest first
+    lines = [f"aggregates ({len(rows)} groups, largest first; rows {off + 1}-{min(len(rows), off + lim)}):"]
+    for r in rows[off: off + lim]:
+        key = " ".join(f"{k}={_cell(v)}" for k, v in r.key.items()) or "(all)"
+        vals = " ".join(f"{k}={v}" for k, v in r.values.items())
+        lines.append(f"  {key}: count={r.count}" + (f" {vals}" if vals else ""))
+        for h, buckets in r.hists.items():
+            parts = [f"{_bucket(i)}:{c}" for i, c in enumerate(buckets) if c]
+            lines.append(f"    {h}: " + " ".join(parts))
+    return _wrap("\n".join(lines))
+
+
+def _bucket(i: int) -> str:
+    if i == 0:
+        return "[0]"
+    lo, hi = 1 << (i - 1), 1 << i
+    return f"[{_short(lo)},{_short(hi)})"
+
+
+def _short(n: int) -> str:
+    for unit, size in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if n >= size and n % size == 0:
+            return f"{n // size}{unit}"
+    return str(n)
+
+
+def _cell(v):
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    return v
+
+
+def _hms(t: float) -> str:
+    return time.strftime("%H:%M:%S", time.gmtime(t)) if t else ""
+
+
+def _names(names: list[str], n: int = 6) -> str:
+    return ", ".join(names[:n]) + (f", ... ({len(names) - n} more)" if len(names) > n else "")
+
+
+def _prefix(name: str) -> str:
+    """The leading word of a C name for grouping: cudaMemcpy2DAsync -> cudaMem, cublasSgemm -> cublasS."""
+    import re
+
+    m = re.match(r"[a-z_]*[A-Z]?[a-z]*", name)
+    return (m.group(0) if m and m.group(0) else name[:6]) or name
+
+
+def _major(version: str | None) -> int | None:
+    if not version:
+        return None
+    head = version.split(".")[0]
+    return int(head) if head.isdigit() else None
+
+
+def _sig(cat, name: str, major: int | None):
+    try:
+        return cat.lookup_symbol(name, major)
+    except IngeroError:
+        return cat.lookup_symbol(name)
