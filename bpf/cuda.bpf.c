@@ -143,7 +143,9 @@ int on_cuda_return(struct pt_regs *ctx) {
         e->arg1 = arg1;
         e->stack_id = s->stack_id;
         bpf_get_current_comm(&e->comm, sizeof(e->comm));
-        cuda_events.ringbuf_submit(e, 0);
+        /* BPF_RB_NO_WAKEUP (1): no wakeup of the reader per record (an irq_work, a self-IPI: microseconds
+         * per call whenever the reader has caught up); the reader polls this ring every few ms instead */
+        cuda_events.ringbuf_submit(e, 1);
     }
     cuda_inflight.delete(&k);
     return 0;

@@ -82,6 +82,10 @@ def trace(pids, db, duration, stacks, max_db_size, probe_files, selective, quiet
     click.echo(f"{final.events} events{stored} in {final.elapsed_s:.1f} s ({top}); {lost} lost; "
                f"{final.chains} causal chain(s)")
     click.echo(f"wrote {db}; investigate it with: ingero mcp --db {db}")
+    missing = getattr(session.writer, "indexes_missing", ())
+    if missing:
+        click.echo(f"note: closed before building the indexes {', '.join(missing)} (out of time after Ctrl-C); the "
+                   "file is complete and readable, queries are slower until a writer appends to it", err=True)
     if session.child is not None and session.child.poll() is not None and session.child.returncode:
         sys.exit(session.child.returncode if session.child.returncode > 0 else 1)
 

@@ -37,7 +37,7 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
@@ -298,9 +298,11 @@ class EventWriter:
     ``sessions.node``; ``clock`` converts kernel monotonic timestamps (default: measured now);
     ``max_db_size`` caps database + ``-wal`` bytes (0: no cap), checked every ``check_every`` batches;
     ``defer_indexes`` builds upstream's secondary ``events`` indexes at :meth:`close` instead of per row
-    (about 1.5x the insert rate; a file left by a killed tracer then has no such indexes, and close takes
-    ~0.6 s per million events). Opening an existing v0.10 file appends a new session to it; older or
-    foreign files are refused, never migrated.
+    (about 1.5x the insert rate; a file left by a killed tracer then has no such indexes -- it reads the
+    same, only slower to filter by time, pid or op -- and close takes ~1 s per million events; ``close``
+    can be given a time budget, beyond which the build is abandoned and the file left without them. A
+    writer that later appends to such a file builds them when it opens it). Opening an existing v0.10 file
+    appends a new session to it; older or foreign files are refused, never migrated.
     """
 
     def __init__(self, path: str | Path, *, session: SessionInfo | None = None, node: str | None = None,
@@ -334,7 +336,9 @@ class EventWriter:
             for name, _ in DEFERRABLE_INDEXES:
                 self.conn.execute(f"DROP INDEX IF EXISTS {name}")
             self._deferred = [sql for _, sql in DEFERRABLE_INDEXES]
+            self.conn.execute("PRAGMA cache_size = -8192")    # appends touch the right edge only: 8 MiB
         self.session_id = self._start_session(session or SessionInfo.collect())
+        self.indexes_missing: tuple[str, ...] = ()  # deferred indexes a bounded close did not build
 
     # -- opening --------------------------------------------------------------------------------------
     def _open(self) -> sqlite3.Connection:
@@ -373,8 +377,9 @@ class EventWriter:
                                      "; ingero appends only to v0.10 databases and never migrates one",
                                      "write to a new file with --db")
         conn.execute("PRAGMA busy_timeout = 5000")
-        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")      # new files only, as upstream
-        conn.execute("PRAGMA page_size = 16384")              # new files only: ~10 % faster inserts than 4096
+        # new files only; page_size first: once auto_vacuum is set, SQLite has fixed the page size (4096)
+        conn.execute("PRAGMA page_size = 16384")              # ~10 % faster inserts than 4096
+        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")      # as upstream
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             raise StoreError(f"cannot switch {p} to WAL mode (journal_mode is {mode})")
@@ -426,6 +431,18 @@ class EventWriter:
         self.close()
 
     # -- the hot path ---------------------------------------------------------------------------------
+    def add_numbered(self, build: Callable[[int], list[tuple]], *, epoch: bool = False) -> int:
+        """Write standard events numbered by the caller, the fastest way in: ``build(first)`` returns rows
+        ``(seq, *Event fields 0..12)`` whose seq runs first, first + 1, ... (no probe values). Called under
+        the writer's lock, so the numbers cannot be taken by anyone else meanwhile. Returns as
+        :meth:`add_events`."""
+        with self._lock:
+            self._check_open()
+            rows = build(self._seq + 1)
+            self._write(rows, {}, epoch)
+            self._seq += len(rows)
+            return self._after_batch(len(rows), 0)
+
     def add_events(self, batch: Sequence[Sequence[Any]], *, epoch: bool = False) -> int:
         """Write one batch in one transaction (with anything queued by the other ``add_*`` calls).
 
@@ -441,6 +458,10 @@ class EventWriter:
             counts = self._probe_counts
             probes = self._probes
             plain: list[tuple] = []         # probe events with 1..VALUE_SLOTS values, by arity
+            if set(map(len, batch)) == {13}:  # standard events only: one C-speed pass
+                rows = [(s, *r) for s, r in enumerate(batch, seq + 1)]
+                seq += len(rows)
+                batch = ()
             for r in batch:
                 seq += 1
                 if len(r) == 13:
@@ -474,12 +495,15 @@ class EventWriter:
                         side.setdefault(k, []).append(t)
             self._write(rows, side, epoch)
             self._seq = seq
-            self._events += len(rows)
-            self._probe_events += sum(len(v) for v in side.values())
-            self._batches += 1
-            if self.max_db_size and self._batches % self.check_every == 0:
-                self._maybe_prune()
-            return self._events
+            return self._after_batch(len(rows), sum(len(v) for v in side.values()))
+
+    def _after_batch(self, events: int, probe_events: int) -> int:
+        self._events += events
+        self._probe_events += probe_events
+        self._batches += 1
+        if self.max_db_size and self._batches % self.check_every == 0:
+            self._maybe_prune()
+        return self._events
 
     def _write(self, rows: list[tuple], side: dict[int, list[tuple]], epoch: bool) -> None:
         ins = self._ins_epoch if epoch else self._ins_mono
@@ -787,8 +811,11 @@ class EventWriter:
         if self._closed:
             raise StoreError(f"the writer of {self.path} is closed")
 
-    def close(self) -> None:
-        """Flush, end the session and still-active probes, build deferred indexes, empty the -wal."""
+    def close(self, index_budget_s: float | None = None) -> None:
+        """Flush, end the session and still-active probes, build deferred indexes, empty the -wal.
+
+        ``index_budget_s``: give up building deferred indexes after this long (the file is complete and
+        readable without them; :attr:`indexes_missing` names them, and a warning is logged)."""
         with self._lock:
             if self._closed:
                 return
@@ -798,14 +825,43 @@ class EventWriter:
                             "WHERE session_id = ? AND ended_at = 0", [(now, self.session_id)])
                 self._queue("UPDATE sessions SET stopped_at = ? WHERE id = ?", [(now, self.session_id)])
                 self._write([], {}, False)
-                for sql in self._deferred:
-                    self.conn.execute(sql)
-                self._deferred = []
-                self.conn.execute("PRAGMA optimize")
+                self._build_deferred(index_budget_s)
+                if not self.indexes_missing:
+                    self.conn.execute("PRAGMA optimize")
                 self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             finally:
                 self._closed = True
                 self.conn.close()
+
+    def _build_deferred(self, budget_s: float | None) -> None:
+        if not self._deferred:
+            return
+        self.conn.execute("PRAGMA cache_size = -32768")
+        timer = None
+        deadline = None
+        if budget_s is not None:
+            deadline = time.monotonic() + max(0.0, budget_s)
+            timer = threading.Timer(max(0.0, budget_s), self.conn.interrupt)
+            timer.daemon = True
+            timer.start()
+        try:
+            for i, sql in enumerate(self._deferred):
+                try:
+                    if deadline is not None and time.monotonic() >= deadline:
+                        raise sqlite3.OperationalError("interrupted: out of time")
+                    self.conn.execute(sql)
+                except sqlite3.OperationalError as e:
+                    if "interrupt" not in str(e):
+                        raise
+                    self.indexes_missing = tuple(re.findall(r"EXISTS (\w+)", " ".join(self._deferred[i:])))
+                    log.warning("%s: left without the indexes %s, out of time to build them (%.1f s given); the "
+                                "file reads the same, slower to filter, and a writer appending to it builds them",
+                                self.path, ", ".join(self.indexes_missing), budget_s)
+                    break
+        finally:
+            if timer is not None:
+                timer.cancel()
+            self._deferred = []
 
 
 # --- helpers -------------------------------------------------------------------------------------------
