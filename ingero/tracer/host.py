@@ -14,12 +14,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ingero.paths import data_dir
+from ingero.store.schema import op_name
 
 SOURCE_HOST = 3
 SOURCE_IO = 5
-HOST_OPS = {1: "sched_switch", 2: "sched_wakeup", 3: "mm_page_alloc", 4: "oom_kill", 5: "process_exec",
-            6: "process_exit", 7: "process_fork"}
-IO_OPS = {1: "block_read", 2: "block_write", 3: "block_discard"}
 
 
 class HostRecord(ct.Structure):
@@ -55,8 +53,7 @@ class HostEvent:
 
     @property
     def op_name(self) -> str:
-        names = HOST_OPS if self.source == SOURCE_HOST else IO_OPS
-        return names.get(self.op, f"op({self.op})")
+        return op_name(self.source, self.op)
 
 
 class HostTracer:

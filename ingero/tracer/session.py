@@ -298,7 +298,7 @@ class TraceSession:
     def _cuda_rows(self, cuda: list[tuple], first: int) -> list[tuple]:
         """The ``events`` rows ``(seq, *Event fields)``, seq from ``first``, of a batch of call tuples
         (``CUDA_FIELDS`` order), counting ops and noting process names once per batch, not per event."""
-        from ingero.tracer.standard import op_name
+        from ingero.store.schema import op_name
 
         by_op = self._totals.by_op
         for (source, op), k in Counter(map(itemgetter(4, 5), cuda)).items():

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 from ingero.paths import data_dir
 from ingero.runtime.links import BPF_TRACE_UPROBE_MULTI, UprobeMultiLink, attach_uprobe_multi
+from ingero.store.schema import op_name
 from ingero.tracer.host import HostEvent
 
 log = logging.getLogger(__name__)
@@ -51,12 +52,6 @@ DRIVER_SYMBOLS: dict[str, int] = {
     "cuMemcpyAsync": 3, "cuMemcpyAsync_ptsz": 3, "cuCtxSynchronize": 4, "cuMemAlloc_v2": 5,
     "cuMemAllocManaged": 6,
 }
-CUDA_OP_NAMES = {1: "cudaMalloc", 2: "cudaFree", 3: "cudaLaunchKernel", 4: "cudaMemcpy", 5: "cudaStreamSync",
-                 6: "cudaDeviceSync", 7: "cudaMemcpyAsync", 8: "cudaMallocManaged", 9: "cudaMemcpy2D",
-                 10: "cudaMemcpy2DAsync", 11: "cudaMemcpyPeer", 12: "cudaMemcpyPeerAsync"}
-DRIVER_OP_NAMES = {1: "cuLaunchKernel", 2: "cuMemcpy", 3: "cuMemcpyAsync", 4: "cuCtxSynchronize",
-                   5: "cuMemAlloc", 6: "cuMemAllocManaged"}
-
 
 class CudaRecord(ct.Structure):
     """Mirror of ``struct cuda_event`` in ``bpf/cuda.bpf.c``."""
@@ -210,11 +205,6 @@ class CudaCall:
     @property
     def op_name(self) -> str:
         return op_name(self.source, self.op)
-
-
-def op_name(source: int, op: int) -> str:
-    names = CUDA_OP_NAMES if source == SOURCE_CUDA else DRIVER_OP_NAMES
-    return names.get(op, f"op({op})")
 
 
 @dataclass
