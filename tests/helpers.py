@@ -51,3 +51,34 @@ class Workload:
 
     def __exit__(self, *exc) -> None:
         self.kill()
+
+
+def python_for(uid: int) -> str | None:
+    """An interpreter of this Python version that ``uid`` can run (the venv's may live under /root)."""
+    ver = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    for cand in (sys.executable, f"/usr/bin/{ver}", f"/usr/local/bin/{ver}"):
+        try:
+            r = subprocess.run([cand, "-c", "print(1)"], capture_output=True, user=uid, group=uid, timeout=30)
+        except OSError:
+            continue
+        if r.returncode == 0:
+            return cand
+    return None
+
+
+def wait_for_port(proc: subprocess.Popen, port: int, timeout: float) -> subprocess.Popen:
+    """Return ``proc`` once something listens on 127.0.0.1:``port``; fail with its stderr if it exits."""
+    import socket
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return proc
+        except OSError:
+            if proc.poll() is not None:
+                raise AssertionError(proc.stderr.read()) from None
+            time.sleep(0.1)
+    proc.kill()
+    raise AssertionError("the HTTP server did not start")

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, skip_or_fail
+from tests.helpers import python_for
 
 INGERO = str(Path(sys.executable).parent / "ingero")
 SHIPPED = ROOT / "examples" / "demo-trace.db"
@@ -43,21 +44,9 @@ def test_demo_live_path(need_bpf, tmp_path):
         conn.close()
 
 
-def _python_for(uid: int) -> str | None:
-    ver = f"python{sys.version_info.major}.{sys.version_info.minor}"
-    for cand in (sys.executable, f"/usr/bin/{ver}", f"/usr/local/bin/{ver}"):
-        try:
-            r = subprocess.run([cand, "-c", "print(1)"], capture_output=True, user=uid, group=uid, timeout=30)
-        except OSError:
-            continue
-        if r.returncode == 0:
-            return cand
-    return None
-
-
 def _demo_as_nobody(tmp_path, ci: bool) -> subprocess.CompletedProcess:
     nobody = 65534
-    python = _python_for(nobody)
+    python = python_for(nobody)
     if python is None:
         skip_or_fail("no interpreter of this Python version runnable by uid 65534")
     path = os.pathsep.join([str(ROOT), *site.getsitepackages()])

@@ -24,7 +24,7 @@ import anyio
 import pytest
 
 from ingero import workload
-from tests.helpers import Workload
+from tests.helpers import Workload, wait_for_port
 from tests.replay_helpers import ingero_cmd, text_of
 
 pytestmark = pytest.mark.bpf
@@ -188,17 +188,7 @@ def _start_http(args: list[str], port: int, token: str) -> subprocess.Popen:
     env = dict(os.environ, INGERO_MCP_TOKEN=token)
     proc = subprocess.Popen([ingero_cmd(), *args, "--http", f"127.0.0.1:{port}"], env=env, stderr=subprocess.PIPE,
                             text=True)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return proc
-        except OSError:
-            if proc.poll() is not None:
-                raise AssertionError(proc.stderr.read()) from None
-            time.sleep(0.1)
-    proc.kill()
-    raise AssertionError("the HTTP server did not start")
+    return wait_for_port(proc, port, 30)
 
 
 @asynccontextmanager

@@ -25,6 +25,7 @@ import pytest
 
 from ingero.mcp.format import PREAMBLE
 from tests.conftest import skip_or_fail
+from tests.helpers import python_for, wait_for_port
 from tests.replay_helpers import (
     DATALOADER,
     DB_DIR,
@@ -293,17 +294,7 @@ def _start_http(db: Path, audit_db: Path, port: int, token: str | None, *extra: 
         env["INGERO_MCP_TOKEN"] = token
     proc = subprocess.Popen([ingero_cmd(), "mcp", "--db", str(db), "--audit-db", str(audit_db), "--http",
                              f"127.0.0.1:{port}", *extra], env=env, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return proc
-        except OSError:
-            if proc.poll() is not None:
-                raise AssertionError(proc.stderr.read()) from None
-            time.sleep(0.1)
-    proc.kill()
-    raise AssertionError("the HTTP server did not start")
+    return wait_for_port(proc, port, 20)
 
 
 def test_http_with_token_and_refusal_without(tmp_path: Path):
@@ -406,23 +397,10 @@ def test_http_refuses_remote_bind_without_tls(tmp_path: Path):
     assert r.returncode == 1 and "without TLS" in r.stderr
 
 
-def _python_for(uid: int) -> str | None:
-    """An interpreter of this Python version that ``uid`` can run (the venv's may live under /root)."""
-    ver = f"python{sys.version_info.major}.{sys.version_info.minor}"
-    for cand in (sys.executable, f"/usr/bin/{ver}", f"/usr/local/bin/{ver}"):
-        try:
-            r = subprocess.run([cand, "-c", "print(1)"], capture_output=True, user=uid, group=uid, timeout=30)
-        except OSError:
-            continue
-        if r.returncode == 0:
-            return cand
-    return None
-
-
 def test_read_only_copy_as_unprivileged_user(need_root):
     """A copy of every DB in a read-only folder, served as uid 65534 (nobody): every tool works."""
     nobody = 65534
-    python = _python_for(nobody)
+    python = python_for(nobody)
     if python is None:
         skip_or_fail(f"no python{sys.version_info.major}.{sys.version_info.minor} runnable by uid {nobody}")
     base = Path(tempfile.mkdtemp(prefix="ingero-ro-"))
