@@ -112,8 +112,11 @@ def spawn_gated(command: Sequence[str], stdout=None) -> tuple[subprocess.Popen, 
 class TraceSession:
     def __init__(self, options: TraceOptions, *, pids: Sequence[int] = (), command: Sequence[str] = (),
                  command_stdout=None) -> None:
-        if bool(pids) == bool(command):
+        if pids and command:
             raise IngeroError("trace either running processes (--pid) or a command (-- CMD ARGS), not both")
+        if not pids and not command:
+            raise IngeroError("nothing to trace: give --pid N or a command after --",
+                              hint="e.g. ingero trace -- python train.py")
         for pid in pids:
             if not Path(f"/proc/{pid}").exists():
                 raise NoSuchProcess(f"no process with pid {pid}", hint="list processes with `ps -e`")
