@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from ingero.paths import data_dir
 from ingero.runtime.links import BPF_TRACE_UPROBE_MULTI, UprobeMultiLink, attach_uprobe_multi
 from ingero.store.schema import op_name
-from ingero.tracer.host import HostEvent
+from ingero.tracer.host import HOST_LAYOUT, HostEvent
 
 log = logging.getLogger(__name__)
 
@@ -53,38 +53,13 @@ DRIVER_SYMBOLS: dict[str, int] = {
     "cuMemAllocManaged": 6,
 }
 
-class CudaRecord(ct.Structure):
-    """Mirror of ``struct cuda_event`` in ``bpf/cuda.bpf.c``."""
-
-    _fields_ = [
-        ("ts_ns", ct.c_uint64),
-        ("duration_ns", ct.c_uint64),
-        ("pid", ct.c_uint32),
-        ("tid", ct.c_uint32),
-        ("source", ct.c_uint8),
-        ("op", ct.c_uint8),
-        ("flags", ct.c_uint16),
-        ("ret", ct.c_int32),
-        ("arg0", ct.c_uint64),
-        ("arg1", ct.c_uint64),
-        ("stack_id", ct.c_int64),
-        ("comm", ct.c_char * 16),
-    ]
-
-
-class LibOpenRecord(ct.Structure):
-    """Mirror of ``struct lib_open_event`` in ``bpf/cuda.bpf.c``."""
-
-    _fields_ = [("pid", ct.c_uint32), ("pad", ct.c_uint32), ("path", ct.c_char * 256)]
-
-
 #: the fields of a CUDA/driver call tuple out of :meth:`StandardTracer.poll` (``comm`` is NUL-padded bytes;
 #: ``arg0``/``arg1`` are the u64 values reinterpreted as int64, as upstream stores them)
 CUDA_FIELDS = ("ts_ns", "duration_ns", "pid", "tid", "source", "op", "ret", "arg0", "arg1", "stack_id", "comm")
 #: ``struct cuda_event`` after the ring buffer's 8-byte record header, as CUDA_FIELDS (flags skipped)
 CUDA_RECORD = struct.Struct("<8xqqIIBB2xiqqq16s")
 #: ``struct host_event`` (bpf/host.bpf.c) after the record header: the fields of HostEvent
-HOST_RECORD = struct.Struct("<8xqqIIBB2xIqq16s")
+HOST_RECORD = struct.Struct("<8x" + HOST_LAYOUT)
 #: ``struct lib_open_event`` after the record header: pid, path
 LIB_OPEN_RECORD = struct.Struct("<8xI4x256s")
 
