@@ -205,36 +205,30 @@ class _ProbeEmitter:
         keys = [k for k in self.p.record if k not in HEADER_KEYS]
         if not self.p.record:
             return None, []
-        scal: list[LayoutField] = [LayoutField("h", "u64")]  # placeholder, replaced below
-        scal = []
+        scal, arrs, lines = self._copy_values(keys, "f", "e->")
+        return Layout(f"p{self.i}_payload", tuple(scal + arrs)), lines
+
+    def _copy_values(self, keys, prefix: str, dest: str) -> tuple[list[LayoutField], list[LayoutField], list[str]]:
+        """Fields ``{prefix}0..`` for the values ``keys`` (scalars first, then char arrays) and the C lines
+        that copy them into ``{dest}field``."""
+        scal: list[LayoutField] = []
         arrs: list[LayoutField] = []
         lines: list[str] = []
         for j, k in enumerate(keys):
             v = self.p.value(k)
-            name = f"f{j}"
+            name = f"{prefix}{j}"
             if v.kind in ("string", "comm"):
                 arrs.append(LayoutField(name, "char", v.size, k))
-                lines.append(f"__builtin_memcpy(e->{name}, {self.vexpr(k)}, {int(v.size)});")
+                lines.append(f"__builtin_memcpy({dest}{name}, {self.vexpr(k)}, {int(v.size)});")
             else:
                 scal.append(LayoutField(name, "s64" if v.signed else "u64", 0, k))
-                lines.append(f"e->{name} = {self.vexpr(k)};")
-        return Layout(f"p{self.i}_payload", tuple(scal + arrs)), lines
+                lines.append(f"{dest}{name} = {self.vexpr(k)};")
+        return scal, arrs, lines
 
     def agg(self) -> tuple[Layout, Layout, list[str], list[str]] | None:
         if not self.p.aggregates:
             return None
-        kscal: list[LayoutField] = []
-        karrs: list[LayoutField] = []
-        key_lines: list[str] = []
-        for j, k in enumerate(self.p.by):
-            v = self.p.value(k)
-            name = f"k{j}"
-            if v.kind in ("string", "comm"):
-                karrs.append(LayoutField(name, "char", v.size, k))
-                key_lines.append(f"__builtin_memcpy(key.{name}, {self.vexpr(k)}, {int(v.size)});")
-            else:
-                kscal.append(LayoutField(name, "s64" if v.signed else "u64", 0, k))
-                key_lines.append(f"key.{name} = {self.vexpr(k)};")
+        kscal, karrs, key_lines = self._copy_values(self.p.by, "k", "key.")
         if not kscal and not karrs:
             kscal.append(LayoutField("none", "u64"))
         fields = [LayoutField("count", "u64")]
