@@ -3,16 +3,24 @@
 #   make test   set everything up, then run the whole test suite (real eBPF)
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# the PyTorch test fixture: a venv outside the checkout, built once per machine (tests/helpers.py reads it)
+TORCH_VERSION ?= 2.14.1
+export TORCH_FIXTURE ?= /var/cache/ingero-fixtures/torch-$(TORCH_VERSION)-py3.11
+export TORCH_VERSION
 
-.PHONY: setup demo test bench lint catalogue catalogue-extra clean
+.PHONY: setup demo test bench lint catalogue catalogue-extra clean torch-fixture
 
 setup:
 	VENV=$(VENV) scripts/setup.sh
 
+torch-fixture:
+	scripts/setup.sh torch
+
 demo: setup
 	$(VENV)/bin/ingero demo
 
-test: setup
+test:
+	VENV=$(VENV) scripts/setup.sh test
 	$(PY) -m ruff check ingero tests bench scripts
 	$(PY) -m pytest -q
 

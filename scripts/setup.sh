@@ -5,11 +5,15 @@
 #   scripts/setup.sh            system + python
 #   scripts/setup.sh system     Debian packages, kernel header link, tracefs
 #   scripts/setup.sh python     the venv (VENV, default .venv) with Debian's bcc linked in + ingero[test]
+#   scripts/setup.sh torch      the PyTorch test fixture: a venv outside the checkout (TORCH_FIXTURE) with
+#                               torch==TORCH_VERSION, built once per machine and reused by every clone
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PHASE=${1:-all}
 VENV=${VENV:-.venv}
 PY=${PYTHON:-python3}
+TORCH_VERSION=${TORCH_VERSION:-2.14.1}
+TORCH_FIXTURE=${TORCH_FIXTURE:-/var/cache/ingero-fixtures/torch-$TORCH_VERSION-py3.11}
 export DEBIAN_FRONTEND=noninteractive
 
 say() { printf 'setup: %s\n' "$*" >&2; }
@@ -61,14 +65,35 @@ python_setup() {
   sp=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
   # Debian's bcc is pure Python over libbcc.so.0: link only that package into the venv.
   ln -sfn /usr/lib/python3/dist-packages/bcc "$sp/bcc"
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[test]'
+  "$VENV/bin/python" -m pip install -qq --disable-pip-version-check -e '.[test]'
   "$VENV/bin/python" -c 'import bcc, ingero' 
   say "venv ready ($VENV, $("$VENV/bin/python" -V), bcc linked)"
+}
+
+torch_setup() {
+  # A venv outside the checkout, marked ready only once torch imports, so a half-built fixture (an
+  # interrupted setup) is rebuilt rather than used. pip on Python 3.11 takes the CUDA build from this
+  # machine kind's disk; elsewhere from the package index (several GB).
+  if [ -f "$TORCH_FIXTURE/.ready" ]; then
+    say "torch fixture ready ($TORCH_FIXTURE)"
+    return
+  fi
+  local t0=$SECONDS
+  say "building the PyTorch test fixture (torch==$TORCH_VERSION, once per machine) in $TORCH_FIXTURE"
+  rm -rf "$TORCH_FIXTURE"
+  mkdir -p "$(dirname "$TORCH_FIXTURE")"
+  python3.11 -m venv "$TORCH_FIXTURE"
+  "$TORCH_FIXTURE/bin/python" -m pip install -qq --disable-pip-version-check "torch==$TORCH_VERSION" numpy
+  "$TORCH_FIXTURE/bin/python" -c 'import torch'
+  touch "$TORCH_FIXTURE/.ready"
+  say "torch fixture built in $((SECONDS - t0)) s"
 }
 
 case "$PHASE" in
   system) system_setup ;;
   python) python_setup ;;
+  torch) torch_setup ;;
   all) system_setup; python_setup ;;
-  *) say "unknown phase $PHASE (system|python|all)"; exit 2 ;;
+  test) system_setup; python_setup; torch_setup ;;
+  *) say "unknown phase $PHASE (system|python|torch|all|test)"; exit 2 ;;
 esac

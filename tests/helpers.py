@@ -82,3 +82,21 @@ def wait_for_port(proc: subprocess.Popen, port: int, timeout: float) -> subproce
             time.sleep(0.1)
     proc.kill()
     raise AssertionError("the HTTP server did not start")
+
+
+TORCH_FIXTURE_DEFAULT = "/var/cache/ingero-fixtures/torch-2.14.1-py3.11"
+
+
+def torch_python():
+    """The PyTorch fixture's interpreter (``make torch-fixture``, also run by ``make test``).
+
+    Skips when the fixture is missing, except under CI=true, where it fails with the reason.
+    """
+    from pathlib import Path
+
+    from tests.conftest import skip_or_fail
+
+    root = Path(os.environ.get("TORCH_FIXTURE", TORCH_FIXTURE_DEFAULT))
+    if not (root / ".ready").exists():
+        skip_or_fail(f"the PyTorch fixture is not built at {root} (run: make torch-fixture)")
+    return root / "bin" / "python"
