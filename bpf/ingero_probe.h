@@ -4,10 +4,17 @@
 #ifndef INGERO_PROBE_H
 #define INGERO_PROBE_H
 
-struct ingero_key {
+/* one call in flight: its thread and its entry time (kept in the call's session cookie) */
+struct ingero_call_key {
     u64 pid_tgid;
-    u64 cookie;
+    u64 ts;
 };
+
+/* kfuncs of uprobe session links (Linux 6.13+). bcc cannot call kfuncs: these call made-up helper
+ * numbers, which ingero.runtime.kfuncs (KFUNC_IDS, the same numbers) rewrites into kfunc calls by BTF id
+ * before the program is loaded */
+static u64 *(*ingero_session_cookie)(void) = (void *)0x7FF00001;
+static u64 (*ingero_session_is_return)(void) = (void *)0x7FF00002;
 
 struct ingero_rate {
     u64 window; /* the second the count is for */

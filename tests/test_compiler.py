@@ -120,7 +120,7 @@ def _load_all(text: str, name: str) -> None:
     session = ProbeSession(compile_spec(r.resolved()))
     try:
         session.load()
-        assert set(session._fns) == {fn for p in session.compiled.probes for fn in (p.entry_fn, p.return_fn) if fn}
+        assert set(session._fns) == {p.program for p in session.compiled.probes}
     finally:
         session.close()
 

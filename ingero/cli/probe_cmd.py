@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 
@@ -137,14 +138,16 @@ def run(file: str, command: tuple[str, ...], pid: int | None, interval: float, a
     result = check_spec(text, name, pid=pid)
     if not result.ok:
         _fail(result, as_json)
-    compiled = compile_spec(result.resolved())
+    compiled = compile_spec(result.resolved(), ringbuf_pages=RUN_RINGBUF_PAGES)
     printer = _Printer(as_json)
     child = gate_w = None
     if command:
         child, gate_w = _spawn_gated(list(command))
         pid = child.pid
-    session = ProbeSession(compiled, pid=pid, on_event=printer.event)
+    session = ProbeSession(compiled, pid=pid)
+    stop = _Stop()
     try:
+        stop.install()
         session.start()
         printer.session = session
         names = ", ".join(p.probe.name for p in compiled.probes)
@@ -158,14 +161,14 @@ def run(file: str, command: tuple[str, ...], pid: int | None, interval: float, a
             os.close(gate_w)
             gate_w = None
         next_print = time.monotonic() + interval if interval > 0 else None
-        while True:
-            session.poll(100)
+        while not stop.signum:
+            printer.rows(session.wait(100))
+            session.enforce_budgets()
             for pname, why in list(session.ended.items()):
                 printer.ended(pname, why)
             if not session.active:
                 break
             if child is not None and child.poll() is not None:
-                session.poll(0)
                 break
             if pid is not None and child is None and not os.path.exists(f"/proc/{pid}"):
                 printer.status(f"process {pid} exited")
@@ -173,25 +176,56 @@ def run(file: str, command: tuple[str, ...], pid: int | None, interval: float, a
             if next_print is not None and time.monotonic() >= next_print:
                 printer.aggregates(session, final=False)
                 next_print = time.monotonic() + interval
-    except KeyboardInterrupt:
-        pass
     finally:
+        # a signal from here on only sets the flag again: the summary always prints, no traceback
         if gate_w is not None:
             os.close(gate_w)
         try:
             if session._bpf is not None:
-                try:
-                    session.poll(0)
-                except Exception:  # noqa: BLE001 - best effort drain at exit
-                    pass
                 session.detach_all("run ended")
+                deadline = time.monotonic() + DRAIN_SECONDS
+                while time.monotonic() < deadline:  # what the kernel wrote before the links closed
+                    batches = session.read()
+                    if not batches:
+                        break
+                    printer.rows(batches)
                 printer.aggregates(session, final=True)
+                if stop.signum:
+                    printer.status(f"stopped by {signal.Signals(stop.signum).name}")
         finally:
             session.close()
+            stop.restore()
             if child is not None:
                 if child.poll() is None:
                     child.terminate()
                 child.wait()
+
+
+#: ring buffer pages per recording probe of ``probe run`` (16 MiB: bursts of ~100k events at full speed)
+RUN_RINGBUF_PAGES = 4096
+#: at most this long to print what was recorded before the probes detached
+DRAIN_SECONDS = 2.0
+
+
+class _Stop:
+    """SIGINT and SIGTERM set a flag the run loop looks at every few ms (never an exception raised in the
+    middle of reading or printing), so the summary with the in-kernel aggregates always prints."""
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self._old: dict[int, object] = {}
+
+    def _handler(self, signum, frame) -> None:
+        self.signum = self.signum or signum
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._handler)
+
+    def restore(self) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}
 
 
 def _spawn_gated(cmd: list[str]):
@@ -249,6 +283,7 @@ class _Printer:
         self.as_json = as_json
         self.session = None
         self.reported: set[str] = set()
+        self._formats: dict[str, object] = {}
 
     def status(self, msg: str) -> None:
         if not self.as_json:
@@ -262,6 +297,23 @@ class _Printer:
             click.echo(json.dumps({"ended": name, "reason": why}))
         else:
             click.echo(f"probe {name} detached: {why}", err=True)
+
+    def rows(self, batches) -> None:
+        """Print batches of record tuples as :meth:`ProbeSession.read` gives them: plain values through a
+        formatter made once per probe (the fast path), stacks and host-function names event by event."""
+        s = self.session
+        for p, rows in batches:
+            fmt = None if self.as_json else self._formats.get(p.name)
+            if fmt is None and not self.as_json and p.name not in self._formats:
+                from ingero.runtime.format import row_formatter
+
+                fmt = self._formats[p.name] = row_formatter(p, s.enum_name)
+            if fmt is not None:
+                sys.stdout.write("".join(map(fmt, rows)))
+            else:
+                for r in rows:
+                    self.event(s.event(p, r))
+        sys.stdout.flush()
 
     def event(self, ev) -> None:
         if self.as_json:

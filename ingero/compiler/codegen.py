@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-from ingero.compiler.record import EVENT_HEADER, Layout, LayoutField, stats_enum
+from ingero.compiler.record import EVENT_HEADER, STR_NULL, Layout, LayoutField, stats_enum
 from ingero.dsl.resolved import (
     COMM_LEN,
     STR_CAP,
@@ -37,8 +37,8 @@ _CMP = {"==", "!=", "<", "<=", ">", ">="}
 @dataclass(frozen=True)
 class CompiledProbe:
     probe: ResolvedProbe
-    entry_fn: str
-    return_fn: str | None
+    program: str  # the BPF program to load: pN_entry, or pN_session (entry and return) when session
+    session: bool  # attach as a uprobe session link (the probe needs return values or latency)
     event: Layout | None  # payload after the header; None if the probe records nothing
     agg_key: Layout | None
     agg_val: Layout | None
@@ -56,6 +56,7 @@ class CompiledSpec:
     c_text: str
     probes: tuple[CompiledProbe, ...]
     has_stacks: bool
+    ringbuf_pages: int = 256  # per recording probe
 
     @property
     def cflags(self) -> list[str]:
@@ -99,6 +100,7 @@ class _ProbeEmitter:
                 if v.kind == "string":
                     name = f"s{n}"
                     arrs.append(LayoutField(name, "char", STR_CAP, v.key))
+                    scal.append(LayoutField(f"{name}_len", "s64", 0, v.key, "len"))
                     self.entry_lines += self._read_string(v, name)
                 else:
                     name = f"v{n}"
@@ -114,8 +116,11 @@ class _ProbeEmitter:
                 self.entry_lines.append("v->stack_id = stacks.get_stackid(ctx, BPF_F_USER_STACK);")
             elif v.source == "retval" and v.kind == "string":
                 arrs.append(LayoutField("sret", "char", STR_CAP, "retval"))
-                self.return_lines.append("bpf_probe_read_user_str(v->sret, sizeof(v->sret), (void *)PT_REGS_RC(ctx));")
+                scal.append(LayoutField("sret_len", "s64", 0, "retval", "len"))
+                self.return_lines += self._string_lines("(u64)PT_REGS_RC(ctx)", "sret")
         self.vals = Layout(f"p{self.i}_vals", tuple(scal + arrs))
+        #: entry values kept for the return in the in-flight map (else the return needs only the cookie)
+        self.stash = bool(self.entry_lines)
 
     # -- reading values at entry
     def _raw(self, v: Value, name: str) -> list[str]:
@@ -141,8 +146,26 @@ class _ProbeEmitter:
     def _read_string(self, v: Value, slot: str) -> list[str]:
         lines = ["{", "    u64 p_ = 0;"]
         lines += ["    " + x for x in self._raw(v, "p_")]
-        lines += [f"    bpf_probe_read_user_str(v->{slot}, sizeof(v->{slot}), (void *)p_);", "}"]
-        return lines
+        lines += ["    " + x for x in self._string_lines("p_", slot)]
+        return lines + ["}"]
+
+    def _string_lines(self, ptr: str, slot: str) -> list[str]:
+        """Read the string at ``ptr`` into ``v->slot``, zero-filled (so equal strings are equal keys), and
+        its status into ``v->slot_len``: STR_NULL for a NULL pointer, the helper's error for a failed read
+        (counted), else the bytes read with the NUL."""
+        return [
+            "{",
+            f"    u64 q_ = {ptr};",
+            f"    __builtin_memset(v->{slot}, 0, sizeof(v->{slot}));",
+            "    if (!q_) {",
+            f"        v->{slot}_len = {int(STR_NULL)};",
+            "    } else {",
+            f"        v->{slot}_len = bpf_probe_read_user_str(v->{slot}, sizeof(v->{slot}), (void *)q_);",
+            f"        if (v->{slot}_len < 0)",
+            f"            p{self.i}_stat(INGERO_S_READ_FAILED);",
+            "    }",
+            "}",
+        ]
 
     # -- expressions
     def vexpr(self, key: str) -> str:
@@ -178,6 +201,8 @@ class _ProbeEmitter:
             lit = ", ".join(str(int(b)) for b in data)
             n = len(data)
             test = f"({{ const char c_[{n}] = {{{lit}}}; ingero_streq({self.vexpr(left.key)}, c_, {n}); }})"
+            if self.p.value(left.key).kind == "string":  # NULL (and a failed read) equals no string
+                test = f"({self.vexpr(left.key)}_len > 0 && {test})"
             return test if e.op == "==" else f"(!{test})"
         lv = self.p.value(left.key)
         if isinstance(right, Const):
@@ -220,6 +245,9 @@ class _ProbeEmitter:
             if v.kind in ("string", "comm"):
                 arrs.append(LayoutField(name, "char", v.size, k))
                 lines.append(f"__builtin_memcpy({dest}{name}, {self.vexpr(k)}, {int(v.size)});")
+                if v.kind == "string":
+                    scal.append(LayoutField(f"{name}_len", "s64", 0, k, "len"))
+                    lines.append(f"{dest}{name}_len = {self.vexpr(k)}_len;")
             else:
                 scal.append(LayoutField(name, "s64" if v.signed else "u64", 0, k))
                 lines.append(f"{dest}{name} = {self.vexpr(k)};")
@@ -294,6 +322,7 @@ def compile_spec(
             "index": p.index,
             "vals_struct": em.vals.c_struct(),
             "needs_return": p.needs_return,
+            "stash": p.needs_return and em.stash,
             "entry_lines": _lines(em.entry_lines),
             "return_lines": _lines(em.return_lines),
             "filter": em.expr(p.filter) if p.filter is not None else "",
@@ -324,8 +353,8 @@ def compile_spec(
         compiled.append(
             CompiledProbe(
                 probe=p,
-                entry_fn=f"p{p.index}_entry",
-                return_fn=f"p{p.index}_return" if p.needs_return else None,
+                program=f"p{p.index}_session" if p.needs_return else f"p{p.index}_entry",
+                session=p.needs_return,
                 event=event,
                 agg_key=agg[0] if agg else None,
                 agg_val=agg[1] if agg else None,
@@ -349,7 +378,7 @@ def compile_spec(
             tree_filter=tree_filter,
         )
     )
-    return CompiledSpec(spec, text, tuple(compiled), any_stack)
+    return CompiledSpec(spec, text, tuple(compiled), any_stack, ringbuf_pages)
 
 
 def _lines(lines: list[str]) -> list[str]:

@@ -22,6 +22,7 @@ class LayoutField:
     ctype: str  # u64, s64, u32, s32, char
     length: int = 0  # > 0: an array
     key: str = ""  # the spec's name for it (a Value key or a header field)
+    role: str = ""  # "len": the read status of the string ``key`` (STR_NULL, < 0 failed, else its length)
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,11 @@ class Layout:
     def ctype(self) -> type[ct.Structure]:
         fields = [(f.name, _CT[f.ctype] * f.length if f.length else _CT[f.ctype]) for f in self.fields]
         return type(self.name, (ct.Structure,), {"_fields_": fields})
+
+    def struct_format(self) -> str:
+        """The layout as a :mod:`struct` format (no byte order or padding marks: add them)."""
+        codes = {"u64": "Q", "s64": "q", "u32": "I", "s32": "i"}
+        return "".join(f"{f.length}s" if f.ctype == "char" else codes[f.ctype] for f in self.fields)
 
     @property
     def size(self) -> int:
@@ -66,7 +72,12 @@ STATS = (
     "lost",  # the ring buffer was full
     "agg_overflow",  # an aggregation map was full: a new group was not added
     "inflight_full",  # too many calls in flight to stash their entry values
+    "unpaired",  # a return whose entry was not stashed (the in-flight map was full at its entry)
+    "read_failed",  # a read through a pointer (a string, *p, p->m) faulted: the value shows as a miss
 )
+
+#: the read status of a string whose pointer was NULL (a failed read is the helper's negative errno)
+STR_NULL = -1000
 
 
 def stats_enum() -> str:

@@ -25,6 +25,7 @@ SYS_bpf = 321  # x86-64
 BPF_LINK_CREATE = 28
 BPF_TRACE_UPROBE_MULTI = 48  # enum bpf_attach_type, Linux >= 6.6
 BPF_F_UPROBE_MULTI_RETURN = 1
+BPF_TRACE_UPROBE_SESSION = 57  # Linux >= 6.13: one program at entry and return (ingero.runtime.kfuncs)
 
 
 class _LinkCreateUprobeMulti(ct.Structure):
@@ -101,12 +102,15 @@ def attach_uprobe_multi(
     cookies: Sequence[int] | None = None,
     *,
     retprobe: bool = False,
+    session: bool = False,
     pid: int = 0,
 ) -> UprobeMultiLink:
     """Attach ``prog_fd`` at every file offset of ``path`` as one link (``pid`` 0 = every process).
 
     The program must have been loaded with attach type 48 (``BPF_TRACE_UPROBE_MULTI``), e.g.
-    ``bpf.load_func(name, BPF.KPROBE, attach_type=48)``. Raises a clear error for an empty or bad offset
+    ``bpf.load_func(name, BPF.KPROBE, attach_type=48)``. ``session``: the program was loaded with attach
+    type 57 (``BPF_TRACE_UPROBE_SESSION``, Linux 6.13+) and runs at entry and at return of each call (see
+    :mod:`ingero.runtime.kfuncs`). Raises a clear error for an empty or bad offset
     list, a missing file, a vanished pid, a permission problem or a kernel without uprobe_multi.
     """
     offsets = tuple(int(o) for o in offsets)
@@ -125,7 +129,7 @@ def attach_uprobe_multi(
     cpath = ct.create_string_buffer(os.fsencode(spath))
     attr = _LinkCreateUprobeMulti(
         prog_fd=prog_fd,
-        attach_type=BPF_TRACE_UPROBE_MULTI,
+        attach_type=BPF_TRACE_UPROBE_SESSION if session else BPF_TRACE_UPROBE_MULTI,
         path=ct.addressof(cpath),
         offsets=ct.addressof(offs),
         cookies=ct.addressof(cks) if cks is not None else 0,
@@ -136,7 +140,8 @@ def attach_uprobe_multi(
     fd = _libc.syscall(SYS_bpf, BPF_LINK_CREATE, ct.byref(attr), ct.sizeof(attr))
     if fd < 0:
         e = ct.get_errno()
-        what = f"uprobe_multi link on {spath} ({n} offset{'s' if n != 1 else ''}{', return' if retprobe else ''})"
+        kind = ", return" if retprobe else ", session" if session else ""
+        what = f"uprobe_multi link on {spath} ({n} offset{'s' if n != 1 else ''}{kind})"
         if e in (errno.EPERM, errno.EACCES):
             raise PermissionProblem(f"not allowed to attach {what}: {os.strerror(e)}", hint="run as root")
         if e == errno.ESRCH:

@@ -15,16 +15,28 @@ from __future__ import annotations
 
 import ctypes as ct
 import logging
+import mmap
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ingero.compiler import CompiledProbe, CompiledSpec
-from ingero.compiler.record import EVENT_HEADER, STATS
+from ingero.compiler.record import EVENT_HEADER, STATS, STR_NULL
 from ingero.errors import BpfUnavailable, IngeroError
-from ingero.runtime.links import BPF_TRACE_UPROBE_MULTI, UprobeMultiLink, attach_uprobe_multi
+from ingero.runtime.kfuncs import patch_kfunc_calls, session_problem
+from ingero.runtime.links import (
+    BPF_TRACE_UPROBE_MULTI,
+    BPF_TRACE_UPROBE_SESSION,
+    UprobeMultiLink,
+    attach_uprobe_multi,
+)
+from ingero.runtime.ring import RingReader
 
 log = logging.getLogger(__name__)
+
+#: how often a waiting read looks at the rings, which are filled without wakeups
+POLL_MS = 5
 
 
 @dataclass(frozen=True)
@@ -38,7 +50,7 @@ class ProbeEvent:
     pid: int
     tid: int
     ts_ns: int
-    latency_ns: int
+    latency_ns: int | None  # None: the probe has no return (entry only), so no latency
     fields: dict[str, object]
     names: dict[str, str] = field(default_factory=dict)
 
@@ -65,10 +77,37 @@ class ProbeStats:
     lost: int
     agg_overflow: int
     inflight_full: int
+    unpaired: int
+    read_failed: int
+
+
+@dataclass(frozen=True)
+class ReadMiss:
+    """A value read through a pointer that faulted (``errno`` from the kernel's helper): shown as a miss,
+    never as a number or an empty string."""
+
+    errno: int
+
+    def __str__(self) -> str:
+        return f"<unreadable: {self.errno}>"
 
 
 def _cstr(raw) -> str:
     return bytes(raw).split(b"\0", 1)[0].decode("utf-8", "replace")
+
+
+def string_value(raw: bytes, status: int) -> str | None | ReadMiss:
+    """A string read in the kernel, from its bytes and read status: None for a NULL pointer."""
+    if status == STR_NULL:
+        return None
+    if status < 0:
+        return ReadMiss(-status)
+    return _cstr(raw)
+
+
+#: the ring record of an event: the ring's 8-byte header, then the event header
+_HEADER_FORMAT = "<8x" + EVENT_HEADER.struct_format()
+HEADER_COLUMNS = len(EVENT_HEADER.fields)  # ts, latency, pid, tid, probe, cookie
 
 
 class _Probe:
@@ -77,10 +116,16 @@ class _Probe:
         self.name = cp.probe.name
         self.links: list[UprobeMultiLink] = []
         self.deadline: float | None = None
-        fields = [("h", EVENT_HEADER.ctype)]
-        if cp.event is not None:
-            fields += list(cp.event.ctype._fields_)
-        self.event_type = type(f"p{cp.index}_event", (ct.Structure,), {"_fields_": fields})
+        self.ring: RingReader | None = None
+        self.record = struct.Struct(_HEADER_FORMAT + (cp.event.struct_format() if cp.event else ""))
+        #: the spec's name of each recorded value -> its column in a record tuple (and its status column)
+        self.columns: dict[str, int] = {}
+        self.status_columns: dict[str, int] = {}
+        for j, f in enumerate(cp.event.fields if cp.event else ()):
+            (self.status_columns if f.role == "len" else self.columns)[f.key] = HEADER_COLUMNS + j
+        for j, f in enumerate(EVENT_HEADER.fields):
+            if f.key and f.key in cp.probe.record:
+                self.columns[f.key] = j
 
 
 class ProbeSession:
@@ -99,8 +144,6 @@ class ProbeSession:
         self.ended: dict[str, str] = {}
         self._bpf = None
         self._fns: dict[str, object] = {}
-        self._pending: list[ProbeEvent] = []
-        self._budget = 1 << 62
         self._enums: dict[str, dict[int, str]] = {}
         self.load_seconds = 0.0
         self.attach_seconds = 0.0
@@ -111,6 +154,8 @@ class ProbeSession:
         from ingero.runtime.kernel import uprobe_multi_problem
 
         problem = uprobe_multi_problem()
+        if not problem and any(p.cp.session for p in self.probes):
+            problem = session_problem()
         if problem:
             raise BpfUnavailable(problem)
         t0 = time.perf_counter()
@@ -121,9 +166,11 @@ class ProbeSession:
         try:
             self._bpf = BPF(text=self.compiled.c_text, cflags=self.compiled.cflags)
             for p in self.probes:
-                for fn in (p.cp.entry_fn, p.cp.return_fn):
-                    if fn:
-                        self._fns[fn] = self._bpf.load_func(fn, BPF.KPROBE, attach_type=BPF_TRACE_UPROBE_MULTI)
+                fn = p.cp.program
+                if p.cp.session:
+                    patch_kfunc_calls(self._bpf.module, fn.encode())
+                kind = BPF_TRACE_UPROBE_SESSION if p.cp.session else BPF_TRACE_UPROBE_MULTI
+                self._fns[fn] = self._bpf.load_func(fn, BPF.KPROBE, attach_type=kind)
         except Exception as e:
             self.close()
             if isinstance(e, IngeroError):
@@ -152,19 +199,16 @@ class ProbeSession:
                 offsets = [s.file_offset for s in rp.symbols]
                 cookies = list(range(len(offsets)))
                 pid = rp.pid if rp.pid is not None else (self.pid or 0)
+                fd = self._fns[p.cp.program].fd
                 p.links.append(
-                    attach_uprobe_multi(self._fns[p.cp.entry_fn].fd, lib.attach_path, offsets, cookies, pid=pid)
+                    attach_uprobe_multi(fd, lib.attach_path, offsets, cookies, session=p.cp.session, pid=pid)
                 )
-                if p.cp.return_fn:
-                    p.links.append(
-                        attach_uprobe_multi(
-                            self._fns[p.cp.return_fn].fd, lib.attach_path, offsets, cookies, retprobe=True, pid=pid
-                        )
-                    )
                 if rp.budgets.ttl_s is not None:
                     p.deadline = time.monotonic() + rp.budgets.ttl_s
-            if any(p.cp.event is not None for p in self.probes):
-                self._bpf["events"].open_ring_buffer(self._on_event)
+            for p in self.probes:
+                if p.cp.event is not None:
+                    size = self.compiled.ringbuf_pages * mmap.PAGESIZE
+                    p.ring = RingReader(self._bpf[f"p{p.cp.index}_events"].map_fd, size, p.record)
         except BaseException:
             self.close()
             raise
@@ -194,6 +238,9 @@ class ProbeSession:
         for p in self.probes:
             for link in p.links:
                 link.close()
+            if p.ring is not None:
+                p.ring.close()
+                p.ring = None
         if self._bpf is not None:
             self._bpf.cleanup()
             self._bpf = None
@@ -209,18 +256,47 @@ class ProbeSession:
         return [p.name for p in self.probes if p.name not in self.ended and p.links]
 
     # -- reading ---------------------------------------------------------------------------------
+    def read(self, max_events: int = 4096) -> list[tuple[_Probe, list[tuple]]]:
+        """The records each probe's ring holds now, in bulk (at most ``max_events`` per probe): one batch
+        of tuples per probe, in the probe's record layout (:attr:`_Probe.columns` says which column is
+        which). No waiting, no per-event object: the fast path of ``ingero probe run``."""
+        out = []
+        for p in self.probes:
+            if p.ring is not None:
+                rows = p.ring.read(max_events)
+                if rows:
+                    out.append((p, rows))
+        return out
+
+    def wait(self, timeout_ms: int) -> list[tuple[_Probe, list[tuple]]]:
+        """:meth:`read`, waiting up to ``timeout_ms`` for a first record (the rings are filled without
+        wakeups, so they are looked at every :data:`POLL_MS`)."""
+        batches = self.read()
+        deadline = time.monotonic() + timeout_ms / 1000
+        while not batches:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            time.sleep(min(left, POLL_MS / 1000))
+            batches = self.read()
+        return batches
+
     def poll(self, timeout_ms: int = 100, max_events: int = 20_000) -> list[ProbeEvent]:
         """Events decoded since the last poll (waits up to ``timeout_ms`` when there are none yet; about
-        ``max_events`` at most), after enforcing the events and ttl budgets."""
+        ``max_events`` at most), after enforcing the events and ttl budgets. Given ``on_event``, each is
+        passed to it instead."""
         if self._bpf is None:
             raise IngeroError("the probe session is not loaded")
-        self._budget = max_events
-        if any(p.cp.event is not None for p in self.probes) and any(p.links for p in self.probes):
-            self._bpf.ring_buffer_poll(timeout_ms)
-        elif timeout_ms > 0:
+        out = []
+        for p, rows in self.wait(timeout_ms) if any(p.links for p in self.probes) else self.read(max_events):
+            out += [self.event(p, r) for r in rows]
+        if timeout_ms > 0 and not any(p.ring for p in self.probes):
             time.sleep(timeout_ms / 1000)
         self.enforce_budgets()
-        out, self._pending = self._pending, []
+        if self.on_event is not None:
+            for ev in out:
+                self.on_event(ev)
+            return []
         return out
 
     def enforce_budgets(self) -> list[tuple[str, str]]:
@@ -237,9 +313,6 @@ class ProbeSession:
                 why = f"ttl {b.ttl_s:g}s elapsed"
             else:
                 continue
-            # drain what the kernel already wrote before closing
-            if p.cp.event is not None:
-                self._bpf.ring_buffer_consume()
             self.detach(p.name, why)
             done.append((p.name, why))
         return done
@@ -263,10 +336,13 @@ class ProbeSession:
             names: dict[str, str] = {}
             pid = rp.pid if rp.pid is not None else self.pid
             for f in cp.agg_key.fields:  # type: ignore[union-attr]
-                if not f.key:
+                if not f.key or f.role == "len":
                     continue
                 raw = getattr(k, f.name)
-                key[f.key] = self._decode(rp, f.key, raw, pid, names)
+                if rp.value(f.key).kind == "string":
+                    key[f.key] = string_value(raw, getattr(k, f.name + "_len"))
+                else:
+                    key[f.key] = self._decode(rp, f.key, raw, pid, names)
             values, hists = {}, {}
             for j, a in enumerate(rp.aggregates):
                 if a.func == "count":
@@ -287,46 +363,24 @@ class ProbeSession:
         raise IngeroError(f"no probe named {name!r} in this session")
 
     # -- decoding --------------------------------------------------------------------------------
-    def _on_event(self, ctx, data, size) -> int:
-        try:
-            hdr = ct.cast(data, ct.POINTER(EVENT_HEADER.ctype)).contents
-            p = self.probes[hdr.probe]
-            e = ct.cast(data, ct.POINTER(p.event_type)).contents
-            rp = p.cp.probe
-            fields: dict[str, object] = {}
-            names: dict[str, str] = {}
-            for key in rp.record:
-                if key == "ts":
-                    fields[key] = int(e.h.ts_ns)
-                elif key == "latency":
-                    fields[key] = int(e.h.latency_ns)
-                elif key in ("pid", "tid"):
-                    fields[key] = int(getattr(e.h, key))
-                elif key == "symbol":
-                    fields[key] = rp.symbols[e.h.cookie].name
-            for f in p.cp.event.fields if p.cp.event else ():
-                fields[f.key] = self._decode(rp, f.key, getattr(e, f.name), int(e.h.pid), names)
-            ev = ProbeEvent(
-                rp.name,
-                rp.symbols[e.h.cookie].name,
-                int(e.h.pid),
-                int(e.h.tid),
-                int(e.h.ts_ns),
-                int(e.h.latency_ns),
-                {k: fields[k] for k in rp.record},
-                names,
-            )
-        except Exception:  # never let a decoding bug kill the poll loop silently
-            log.exception("could not decode a probe event")
-            return 0
-        if self.on_event is not None:
-            self.on_event(ev)
-        else:
-            self._pending.append(ev)
-        # libbpf keeps consuming while the producer keeps writing: a negative return ends this poll (the
-        # record given is consumed), so a busy probe cannot keep poll() from returning
-        self._budget -= 1
-        return -1 if self._budget <= 0 else 0
+    def event(self, p: _Probe, row: tuple) -> ProbeEvent:
+        """One record tuple of probe ``p`` as a :class:`ProbeEvent`."""
+        rp = p.cp.probe
+        ts, latency, pid, tid, _probe, cookie = row[:HEADER_COLUMNS]
+        fields: dict[str, object] = {}
+        names: dict[str, str] = {}
+        for key in rp.record:
+            raw = row[p.columns[key]]
+            if key in ("ts", "latency", "pid", "tid"):
+                fields[key] = raw
+            elif key == "symbol":
+                fields[key] = rp.symbols[raw].name if 0 <= raw < len(rp.symbols) else raw
+            elif key in p.status_columns:
+                fields[key] = string_value(raw, row[p.status_columns[key]])
+            else:
+                fields[key] = self._decode(rp, key, raw, pid, names)
+        symbol = rp.symbols[cookie].name if 0 <= cookie < len(rp.symbols) else str(cookie)
+        return ProbeEvent(rp.name, symbol, pid, tid, ts, latency if rp.needs_return else None, fields, names)
 
     def _decode(self, rp, key: str, raw, pid: int | None, names: dict | None = None):
         v = rp.value(key)

@@ -211,10 +211,10 @@ class DynamicProbes:
                     lp = by_name.get(ev.probe)
                     if lp is None:
                         continue
-                    values = tuple(ev.fields.get(f) for f in lp.fields)
+                    values = tuple(_stored(ev.fields.get(f)) for f in lp.fields)
                     nums = [v for f, v in zip(lp.fields, values, strict=True)
                             if isinstance(v, int) and f not in ("latency", "retval", "ts", "pid", "tid")]
-                    rows.append(Event(ev.ts_ns, ev.pid, ev.tid, SOURCE_PROBE, lp._handle.op, ev.latency_ns, 0,
+                    rows.append(Event(ev.ts_ns, ev.pid, ev.tid, SOURCE_PROBE, lp._handle.op, ev.latency_ns or 0, 0,
                                       nums[0] if nums else 0, nums[1] if len(nums) > 1 else 0,
                                       _int(ev.fields.get("retval")), 0, "", 0, values))
                     lp.events += 1
@@ -275,3 +275,10 @@ def _field_type(v) -> str:
 
 def _int(v) -> int:
     return v if isinstance(v, int) else 0
+
+
+def _stored(v):
+    """A recorded value as the store keeps it: a failed read through a pointer as its text."""
+    from ingero.runtime.probes import ReadMiss
+
+    return str(v) if isinstance(v, ReadMiss) else v

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 from ingero.paths import data_dir
 from ingero.runtime.links import BPF_TRACE_UPROBE_MULTI, UprobeMultiLink, attach_uprobe_multi
+from ingero.runtime.ring import RingReader
 from ingero.store.schema import op_name
 from ingero.tracer.host import HOST_LAYOUT, HostEvent
 
@@ -65,97 +66,6 @@ LIB_OPEN_RECORD = struct.Struct("<8xI4x256s")
 
 #: how often a waiting poll looks at the CUDA ring, which is filled without wakeups
 CUDA_POLL_MS = 5
-
-_BUSY = 1 << 31
-_DISCARD = 1 << 30
-
-
-class RingReader:
-    """A BPF ring buffer map read in place, as libbpf does (``ring_buffer__consume``), in bulk.
-
-    The consumer page is mapped read-write, the producer page and the data area (mapped twice by the
-    kernel, so a record wrapping around the end is contiguous) read-only. :meth:`read` copies every
-    committed record since the last read with one slice and returns the decoded records of one fixed
-    layout (``record`` includes the 8-byte header; anything else in the ring -- a discarded or foreign
-    record -- is skipped). Stops at a record still being written (busy bit). Single consumer; relies on
-    x86-64 ordering (loads are not reordered with loads, nor stores with earlier loads), as the rest of
-    the probe set relies on x86-64 argument registers.
-    """
-
-    def __init__(self, map_fd: int, size: int, record: struct.Struct) -> None:
-        if size <= 0 or size & (size - 1) or size % mmap.PAGESIZE:
-            raise ValueError("a ring buffer's size is a power-of-two multiple of the page size")
-        self.fd = map_fd
-        self.size = size
-        self.record = record
-        self.stride = record.size
-        if self.stride % 8:
-            raise ValueError("ring records are 8-byte aligned")
-        self._payload = self.stride - 8
-        page = mmap.PAGESIZE
-        self._base = page
-        self._cons = mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
-        try:
-            self._data = mmap.mmap(map_fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
-        except BaseException:
-            self._cons.close()
-            raise
-        self._view = memoryview(self._data)
-        # the positions as one aligned 8-byte load or store each, through memoryviews: struct.pack_into
-        # zeroes its target before writing it, and the kernel seeing a consumer position of 0 for that
-        # instant fails a reservation ("ring full": a few events per million lost); '<Q' would also go
-        # byte by byte (a torn producer position)
-        self._cons_pos = memoryview(self._cons).cast("Q")
-        self._prod_pos = self._view[:8].cast("Q")
-        self._hdr = struct.Struct("@I")
-
-    def close(self) -> None:
-        for v in (self._cons_pos, self._prod_pos, self._view):
-            v.release()
-        for m in (self._cons, self._data):
-            try:
-                m.close()
-            except (BufferError, ValueError):
-                pass
-
-    def pending(self) -> int:
-        """Bytes committed or reserved and not read yet."""
-        return self._prod_pos[0] - self._cons_pos[0]
-
-    def read(self, max_records: int = 1 << 30) -> list[tuple]:
-        """The records committed since the last read (at most ``max_records``), decoded, in order."""
-        cons = self._cons_pos[0]
-        prod = self._prod_pos[0]
-        if prod <= cons:
-            return []
-        n = min((prod - cons) // self.stride, max_records)
-        if n:
-            start = self._base + (cons & (self.size - 1))
-            region = self._view[start:start + n * self.stride]
-            # the headers first, in place: a record whose header reads committed has its body written, so
-            # the copy taken after them holds it (x86-64: loads are not reordered with older loads)
-            if region.cast("I")[0::self.stride // 4].tolist().count(self._payload) == n:
-                chunk = region.tobytes()
-                self._cons_pos[0] = cons + n * self.stride
-                return list(self.record.iter_unpack(chunk))
-        return self._read_slow(cons, prod, max_records)
-
-    def _read_slow(self, cons: int, prod: int, max_records: int) -> list[tuple]:
-        """Record by record: stop at a busy one, skip discarded and foreign ones."""
-        out: list[tuple] = []
-        data, mask, base = self._data, self.size - 1, self._base
-        unpack, header = self.record.unpack_from, self._hdr.unpack_from
-        while cons < prod and len(out) < max_records:
-            off = base + (cons & mask)
-            length = header(data, off)[0]
-            if length & _BUSY:
-                break
-            size = (((length & ~(_BUSY | _DISCARD)) + 8) + 7) // 8 * 8
-            if not length & _DISCARD and size == self.stride:
-                out.append(unpack(data, off))
-            cons += size
-        self._cons_pos[0] = cons
-        return out
 
 
 @dataclass(frozen=True)
