@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
+import subprocess
 from contextlib import asynccontextmanager
 from pathlib import Path
+
+from tests.helpers import wait_for_port
 
 ROOT = Path(__file__).resolve().parents[1]
 DB_DIR = (ROOT.parent / "shared" / "data" / "ingero-dbs").resolve()
@@ -43,3 +47,19 @@ async def stdio_session(db: Path, audit_db: Path, *extra: str, env: dict[str, st
 def text_of(result) -> str:
     assert len(result.content) == 1, result
     return result.content[0].text
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_http(db: Path, audit_db: Path, port: int, token: str | None, *extra: str):
+    """``ingero mcp --db DB --http 127.0.0.1:PORT`` with ``token`` (None: the server makes one), serving."""
+    env = {k: v for k, v in os.environ.items() if k not in ("INGERO_MCP_TOKEN", "INGERO_MCP_BEARER_TOKEN")}
+    if token:
+        env["INGERO_MCP_TOKEN"] = token
+    proc = subprocess.Popen([ingero_cmd(), "mcp", "--db", str(db), "--audit-db", str(audit_db), "--http",
+                             f"127.0.0.1:{port}", *extra], env=env, stderr=subprocess.PIPE, text=True)
+    return wait_for_port(proc, port, 20)

@@ -14,6 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ingero.store import SqlFailed, SqlRefused, TraceReader, guard_connection, run_guarded
+from ingero.store.sqlguard import MAX_VALUE_BYTES
+from ingero.store.sqlworker import SqlRunner
 from tests.replay_helpers import DB_DIR
 
 SRC = DB_DIR / "sample-gpu-node-01.db"
@@ -69,7 +71,8 @@ HOSTILE: list[tuple[str, str]] = [
     ("WITH RECURSIVE r(x) AS (SELECT 1 UNION ALL SELECT x FROM r) SELECT MAX(x) FROM r", "time limit"),
     ("SELECT COUNT(*) FROM events a, events b, events c, events d", "time limit"),
     ("SELECT group_concat(a.id || b.id || a.timestamp) FROM events a, events b, ops", "exceeds|large"),
-    ("SELECT printf('%.*c', 3000000, 'x') FROM events", "too large"),
+    ("SELECT printf('%.*c', 900000, 'x') FROM events", "too large"),
+    ("SELECT length(printf('%.*c', 3000000, 'x')) + length(zeroblob(5))", "zeroblob"),
     ("", "empty query"),
     ("   \n\t ", "empty query"),
     ("SELECT 1\x00; DROP TABLE ops", "NUL"),
@@ -207,3 +210,51 @@ def test_sort_bomb_is_bounded_by_memory_or_time(tmp_path):
                           "SELECT x, printf('%0100d', x) FROM c ORDER BY random() LIMIT 1", timeout_s=5)
     assert "memory limit" in str(e.value) or "time limit" in str(e.value)
     assert time.monotonic() - t0 < 10
+
+
+# Single SQL function calls that run for minutes: SQLite's progress handler never runs inside one, so only
+# the query's process being killed at the deadline stops them.
+_A = "printf('%.*c', 1000000, 'a')"
+_NEEDLE = "printf('%.*c', 500000, 'a') || 'b'"
+_PATTERN = "printf('%.*c', 40000, 'a') || 'b'"  # under SQLite's LIKE/GLOB pattern length limit (50,000)
+CPU_BOMBS = [
+    f"SELECT instr({_A}, {_NEEDLE})",
+    f"SELECT {_A} LIKE '%' || {_PATTERN} || '%'",
+    f"SELECT {_A} GLOB '*' || {_PATTERN} || '*'",
+    f"SELECT length(replace({_A}, {_NEEDLE}, 'x'))",
+    f"SELECT instr(printf('%.*c', {MAX_VALUE_BYTES - 1}, 'a'), printf('%.*c', {MAX_VALUE_BYTES // 2}, 'a') || 'b')",
+]
+
+
+@pytest.mark.parametrize("query", CPU_BOMBS, ids=["instr", "like", "glob", "replace", "instr-max"])
+def test_single_call_cpu_bomb_ends_within_the_limit(reader, query):
+    before = _digest(reader.path.parent)
+    runner = SqlRunner(reader.uri, timeout_s=1.5, spare=False)
+    t0 = time.monotonic()
+    with pytest.raises(SqlRefused, match="1.5 s time limit"):
+        runner.run(query)
+    assert time.monotonic() - t0 < 1.5 + 1.0
+    assert _digest(reader.path.parent) == before
+
+
+def test_string_sizes_are_bounded_by_sqlite(conn):
+    """A generated string over the per-value limit is NULL (printf) or an error, never megabytes more."""
+    res = run_guarded(conn, f"SELECT printf('%.*c', {MAX_VALUE_BYTES + 1}, 'a') IS NULL AS n")
+    assert res.rows == ((1,),)
+    with pytest.raises(SqlRefused, match="exceeds"):
+        run_guarded(conn, f"SELECT printf('%.*c', {MAX_VALUE_BYTES // 2}, 'a') || printf('%.*c', "
+                          f"{MAX_VALUE_BYTES // 2 + 1}, 'a')")
+
+
+def test_runner_answers_as_the_guard_does(reader):
+    runner = SqlRunner(reader.uri, timeout_s=10)
+    try:
+        res = runner.run("SELECT COUNT(*) AS n, x'00ff' AS b, 1.5 AS f, NULL AS z FROM events")
+        assert res.columns == ("n", "b", "f", "z") and res.rows == ((200, b"\x00\xff", 1.5, None),)
+        assert runner.run("SELECT * FROM events", limit=7).truncated
+        with pytest.raises(SqlRefused, match="DELETE on events"):
+            runner.run("DELETE FROM events")
+        with pytest.raises(SqlFailed, match="no such column: nope"):
+            runner.run("SELECT nope FROM events")
+    finally:
+        runner.close()

@@ -234,15 +234,12 @@ def query(db: Path, sql: str, limit: int, timeout: float, as_json: bool) -> None
     Example:
       ingero query --db trace.db "SELECT source, op, COUNT(*) AS n FROM events GROUP BY 1, 2"
     """
-    from ingero.store import guard_connection, run_guarded
+    from ingero.store.sqlworker import SqlRunner
 
+    if timeout <= 0:
+        raise IngeroError("--timeout must be positive")
     with _open(db) as r:
-        conn = r.connect()
-        guard_connection(conn)
-        try:
-            res = run_guarded(conn, sql, limit=limit, timeout_s=timeout)
-        finally:
-            conn.close()
+        res = SqlRunner(r.uri, timeout_s=timeout, spare=False).run(sql, limit=limit)
     if as_json:
         click.echo(json.dumps({"columns": res.columns, "rows": res.rows, "truncated": res.truncated},
                               default=str))

@@ -9,7 +9,6 @@ are a single compact text block as upstream's. User errors reach the agent as ``
 import contextvars
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -30,8 +29,9 @@ from ingero.mcp.dslref import DSL_SUMMARY, DSL_URI, dsl_reference
 from ingero.mcp.live import ProbeTools
 from ingero.mcp.prompt import INVESTIGATE_DESCRIPTION, INVESTIGATE_TEXT, INVESTIGATE_TITLE
 from ingero.selftest import selftest_dir
-from ingero.store import TraceReader, guard_connection, run_guarded
-from ingero.store.sqlguard import DEFAULT_TIMEOUT_S, SqlFailed, SqlRefused
+from ingero.store import TraceReader
+from ingero.store.sqlguard import DEFAULT_TIMEOUT_S, MAX_OUTPUT_BYTES, MAX_VALUE_BYTES, SqlFailed, SqlRefused
+from ingero.store.sqlworker import SqlRunner
 
 log = logging.getLogger(__name__)
 
@@ -73,24 +73,21 @@ def _tsc(v: bool | None) -> bool:
 
 
 class _Backend:
-    """The reader plus its guarded run_sql connection; serialises access from worker threads."""
+    """The reader plus the run_sql runner. No lock: the reader gives each worker thread its own connection
+    and each run_sql query runs in its own process, so no client's call waits behind another's query."""
 
     def __init__(self, reader: TraceReader | None, sql_timeout_s: float, live: bool = False) -> None:
         self.reader = reader
         self.sql_timeout_s = sql_timeout_s
         self.live = live
-        self.lock = threading.Lock()
-        self._sql_conn = None
-        if reader is not None:
-            self._sql_conn = reader.connect()
-            guard_connection(self._sql_conn)
+        self._sql = SqlRunner(reader.uri, timeout_s=sql_timeout_s) if reader is not None else None
 
     def anchor(self) -> int | None:
         b = self.reader.time_bounds if self.reader else None
         return b[1] if b else None
 
     def sql(self, query: str, limit: int):
-        return run_guarded(self._sql_conn, query, limit=limit, timeout_s=self.sql_timeout_s)
+        return self._sql.run(query, limit=limit)
 
     def refresh(self) -> None:
         """A live database grows: forget what the reader cached about its events and ops."""
@@ -100,23 +97,23 @@ class _Backend:
 
 
 async def _call(backend: _Backend, fn: Callable[[], str]) -> str:
-    def locked() -> str:
-        with backend.lock:
-            backend.refresh()
-            return fn()
+    def work() -> str:
+        backend.refresh()
+        return fn()
     try:
-        return await anyio.to_thread.run_sync(locked)
+        return await anyio.to_thread.run_sync(work)
     except IngeroError as e:
         raise ToolError(str(e)) from None
 
 
-def run_sql_description(reader: TraceReader | None) -> str:
+def run_sql_description(reader: TraceReader | None, timeout_s: float = DEFAULT_TIMEOUT_S) -> str:
     text = (
         "Execute read-only SQL on the Ingero database. For ad-hoc analysis the fixed tools can't do: "
         "temporal bucketing, threshold queries, per-PID breakdowns, throughput calculations. One "
         "SELECT/WITH/EXPLAIN statement; writes, ATTACH, state-changing pragmas and extension loading are "
-        "refused by the SQLite engine. Limits: 30 s, 1000 rows by default "
-        "(limit up to 10000), 1 MiB of output.\n"
+        "refused by the SQLite engine. Limits (this server): "
+        f"{timeout_s:g} s wall clock (the query's process is killed at the limit), 1000 rows by default "
+        f"(limit up to 10000), {MAX_OUTPUT_BYTES >> 20} MiB of output, {MAX_VALUE_BYTES >> 20} MiB per value.\n"
         "JOINs: events.source=sources.id, events.(source,op)=ops.(source_id,op_id), "
         "events.stack_hash=stack_traces.hash, events.cgroup_id=cgroup_metadata.cgroup_id, "
         "events.pid=process_names.pid (qualify pid as e.pid when joining).\n"
@@ -241,7 +238,7 @@ def build_server(reader: TraceReader | None, audit: AuditLog | None,
     async def get_test_report(tsc: Annotated[bool | None, Field(description=TSC_DESC)] = None) -> str:
         return await anyio.to_thread.run_sync(lambda: test_report_text(_tsc(tsc)))
 
-    @server.tool(structured_output=False, description=run_sql_description(reader))
+    @server.tool(structured_output=False, description=run_sql_description(reader, options.sql_timeout_s))
     async def run_sql(
         query: Annotated[str, Field(description="Read-only SQL (SELECT/WITH/EXPLAIN). See tool description "
                                                 "for schema.")],
@@ -258,8 +255,8 @@ def build_server(reader: TraceReader | None, audit: AuditLog | None,
             except (SqlRefused, SqlFailed) as e:
                 raise ToolError(str(e)) from None
             text = fmt.sql_result_json(res, _tsc(tsc))
-            if len(text.encode()) > 1 << 20:
-                raise ToolError(f"SQL response too large ({len(text.encode())} bytes, max 1048576). "
+            if len(text.encode()) > MAX_OUTPUT_BYTES:
+                raise ToolError(f"SQL response too large ({len(text.encode())} bytes, max {MAX_OUTPUT_BYTES}). "
                                 "Add LIMIT or narrow the query.")
             return fmt.PREAMBLE + text
         return await _call(backend, work)

@@ -18,6 +18,7 @@ import logging
 import shutil
 import sqlite3
 import tempfile
+import threading
 import urllib.parse
 from dataclasses import dataclass
 from functools import cached_property
@@ -50,7 +51,22 @@ class TraceReader:
         self.path = mode.path
         self._uri = uri
         self._tmpdir = tmpdir
-        self.conn = self.connect()
+        self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []
+        self._conns_lock = threading.Lock()
+        self._first = self.connect()   # fails here, at open, for a file SQLite cannot read
+        self._local.conn = self._first
+        self._conns.append(self._first)
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """This thread's connection: tools of different clients read at once, none waits behind another."""
+        c = getattr(self._local, "conn", None)
+        if c is None:
+            c = self._local.conn = self.connect()
+            with self._conns_lock:
+                self._conns.append(c)
+        return c
 
     # -- opening -----------------------------------------------------------------------------------
     @classmethod
@@ -73,6 +89,11 @@ class TraceReader:
             return cls(OpenMode("wal-copy", p, copy), _uri(copy, mode="ro"), tmp)
         return cls(OpenMode("immutable", p, p), _uri(p, mode="ro", immutable="1"))
 
+    @property
+    def uri(self) -> str:
+        """The SQLite URI this reader opens (a run_sql worker process opens the same)."""
+        return self._uri
+
     def connect(self) -> sqlite3.Connection:
         """A new read-only connection to the same file (``run_sql`` gets its own, guarded one)."""
         try:
@@ -84,7 +105,10 @@ class TraceReader:
         return conn
 
     def close(self) -> None:
-        self.conn.close()
+        with self._conns_lock:
+            conns, self._conns = self._conns, []
+        for c in conns:
+            c.close()
         if self._tmpdir is not None:
             shutil.rmtree(self._tmpdir, ignore_errors=True)
             self._tmpdir = None

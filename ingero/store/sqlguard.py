@@ -12,6 +12,9 @@ The guard does not rely on keyword filtering. It stacks engine-level checks:
 4. limits: a time limit through a progress handler (a runaway recursive CTE is interrupted), a row
    limit with ``fetchmany``, a size limit on the output, and SQLite's own per-value length limit.
 
+The progress handler never runs inside one SQL function call (``instr()`` over two megabyte strings):
+:mod:`ingero.store.sqlworker` runs each query in a child process killed at the deadline, the hard limit.
+
 Each refusal raises :class:`SqlRefused` with a message that says what was refused and what to do.
 """
 
@@ -27,7 +30,7 @@ DEFAULT_ROWS = 1000
 MAX_ROWS = 10_000
 DEFAULT_TIMEOUT_S = 30.0
 MAX_OUTPUT_BYTES = 1 << 20
-MAX_VALUE_BYTES = 4 << 20
+MAX_VALUE_BYTES = 1 << 20
 MAX_SQL_CHARS = 100_000
 MAX_HEAP_BYTES = 512 << 20
 
@@ -161,10 +164,12 @@ def guard_connection(conn: sqlite3.Connection) -> None:
 
 
 def run_guarded(conn: sqlite3.Connection, sql: str, *, limit: int = DEFAULT_ROWS,
-                timeout_s: float = DEFAULT_TIMEOUT_S, max_bytes: int = MAX_OUTPUT_BYTES) -> QueryResult:
+                timeout_s: float = DEFAULT_TIMEOUT_S, max_bytes: int = MAX_OUTPUT_BYTES,
+                stated_timeout_s: float | None = None) -> QueryResult:
     """Run one read-only statement on a connection prepared by :func:`guard_connection`.
 
-    ``limit`` <= 0 means the default (1000); above 10000 it is capped (upstream's rules). Raises
+    ``limit`` <= 0 means the default (1000); above 10000 it is capped (upstream's rules). ``stated_timeout_s``:
+    the limit a refusal names when ``timeout_s`` is what is left of it (a worker process started late). Raises
     :class:`SqlRefused` for anything the guard stops and :class:`SqlFailed` for SQLite errors.
     """
     limit = DEFAULT_ROWS if limit <= 0 else min(limit, MAX_ROWS)
@@ -223,10 +228,7 @@ def run_guarded(conn: sqlite3.Connection, sql: str, *, limit: int = DEFAULT_ROWS
                          "add LIMIT, filter first, or aggregate") from None
     except sqlite3.DatabaseError as e:
         if timed_out:
-            raise SqlRefused(
-                f"query stopped after the {timeout_s:g} s time limit",
-                "add LIMIT, filter events by timestamp/source/op first, or query event_aggregates "
-                "or stack_traces; a recursive CTE needs a terminating WHERE") from None
+            raise time_limit_refusal(stated_timeout_s or timeout_s) from None
         if auth.reason:
             raise SqlRefused(auth.reason) from None
         msg = str(e)
@@ -248,6 +250,14 @@ def run_guarded(conn: sqlite3.Connection, sql: str, *, limit: int = DEFAULT_ROWS
         if conn.in_transaction:
             conn.rollback()
     return QueryResult(columns, tuple(rows), truncated, int((time.monotonic() - start) * 1000))
+
+
+def time_limit_refusal(timeout_s: float) -> SqlRefused:
+    """The refusal of a query stopped at its time limit (by the progress handler or by killing its process)."""
+    return SqlRefused(
+        f"query stopped after the {timeout_s:g} s time limit",
+        "add LIMIT, filter events by timestamp/source/op first, or query event_aggregates or stack_traces; a "
+        "recursive CTE needs a terminating WHERE; string functions over huge generated strings never finish")
 
 
 def _cell_size(v: object) -> int:

@@ -11,7 +11,6 @@ import json
 import math
 import os
 import shutil
-import socket
 import sqlite3
 import ssl
 import subprocess
@@ -25,13 +24,15 @@ import pytest
 
 from ingero.mcp.format import PREAMBLE
 from tests.conftest import skip_or_fail
-from tests.helpers import python_for, wait_for_port
+from tests.helpers import python_for
 from tests.replay_helpers import (
     DATALOADER,
     DB_DIR,
     DBS,
     folder_fingerprint,
+    free_port,
     ingero_cmd,
+    start_http,
     stdio_session,
     text_of,
 )
@@ -282,30 +283,15 @@ def test_test_report_newest(tmp_path: Path):
     assert json.loads(pretty) == {"status": "new", "tests": [1]} and "\n  " in pretty
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start_http(db: Path, audit_db: Path, port: int, token: str | None, *extra: str):
-    env = {k: v for k, v in os.environ.items() if k not in ("INGERO_MCP_TOKEN", "INGERO_MCP_BEARER_TOKEN")}
-    if token:
-        env["INGERO_MCP_TOKEN"] = token
-    proc = subprocess.Popen([ingero_cmd(), "mcp", "--db", str(db), "--audit-db", str(audit_db), "--http",
-                             f"127.0.0.1:{port}", *extra], env=env, stderr=subprocess.PIPE, text=True)
-    return wait_for_port(proc, port, 20)
-
-
 def test_http_with_token_and_refusal_without(tmp_path: Path):
     import httpx2
     from mcp import ClientSession
     from mcp.client.streamable_http import streamable_http_client
 
     audit_db = tmp_path / "audit.db"
-    port = _free_port()
+    port = free_port()
     token = "s3cret-token-for-tests"
-    proc = _start_http(DATALOADER, audit_db, port, token)
+    proc = start_http(DATALOADER, audit_db, port, token)
     url = f"http://127.0.0.1:{port}/mcp"
     try:
         body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
@@ -351,8 +337,8 @@ def test_https_with_a_certificate(tmp_path: Path):
     subprocess.run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
                     "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
                     "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"], check=True, capture_output=True)
-    port = _free_port()
-    proc = _start_http(DATALOADER, tmp_path / "audit.db", port, "tls-token", "--tls-cert", str(cert),
+    port = free_port()
+    proc = start_http(DATALOADER, tmp_path / "audit.db", port, "tls-token", "--tls-cert", str(cert),
                        "--tls-key", str(key))
     url = f"https://127.0.0.1:{port}/mcp"
     ctx = ssl.create_default_context(cafile=str(cert))
@@ -377,8 +363,8 @@ def test_https_with_a_certificate(tmp_path: Path):
 def test_http_generated_token_is_printed_and_required(tmp_path: Path):
     import httpx2
 
-    port = _free_port()
-    proc = _start_http(DATALOADER, tmp_path / "audit.db", port, None)
+    port = free_port()
+    proc = start_http(DATALOADER, tmp_path / "audit.db", port, None)
     try:
         r = httpx2.post(f"http://127.0.0.1:{port}/mcp", json={}, timeout=5)
         assert r.status_code == 401
