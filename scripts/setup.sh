@@ -24,7 +24,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 PKGS="python3-bpfcc linux-headers-amd64 bpftrace bpftool gcc g++ make libc6-dev binutils util-linux
-      python3-venv python3.11 ca-certificates openssl"
+      python3-venv python3.11 ca-certificates openssl prometheus"
 
 system_setup() {
   # Debian packages: install every time (a no-op when present); refresh the lists only if that fails.

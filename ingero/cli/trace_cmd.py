@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from ingero.cli.fleet_opts import fleet_options, start_export
+
 
 def _parse_size(text: str | None) -> int:
     if not text:
@@ -31,8 +33,9 @@ def _parse_size(text: str | None) -> int:
 @click.option("--selective", is_flag=True,
               help="Upstream's selective storage: count every event per minute, store only some (see docs).")
 @click.option("--quiet", is_flag=True, help="No live view; print the summary only.")
+@fleet_options
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
-def trace(pids, db, duration, stacks, max_db_size, probe_files, selective, quiet, command) -> None:
+def trace(pids, db, duration, stacks, max_db_size, probe_files, selective, quiet, command, **fleet) -> None:
     """Trace CUDA runtime/driver calls and host events of a process tree into DB.
 
     Give running processes with --pid, or a command after `--` (started, traced from its first
@@ -43,6 +46,7 @@ def trace(pids, db, duration, stacks, max_db_size, probe_files, selective, quiet
     Example:
         sudo ingero trace --db run.db -- python train.py
         sudo ingero trace --pid 4242 --duration 30s --probe examples/big_copies.probe
+        sudo RANK=3 INGERO_MCP_TOKEN=... ingero trace --metrics :9464 --label job=llama -- python train.py
         ingero mcp --db run.db
     """
     from ingero.analysis.window import parse_duration_ns
@@ -56,7 +60,14 @@ def trace(pids, db, duration, stacks, max_db_size, probe_files, selective, quiet
         selective=selective,
         probe_specs=tuple((str(f), f.read_text()) for f in probe_files),
     )
-    session = TraceSession(opts, pids=pids, command=command).start()
+    export = start_export(fleet, mcp_hint=f"ingero mcp --live --db {db.resolve()}")
+    try:
+        session = TraceSession(opts, pids=pids, command=command,
+                               metrics=export.metrics if export else None).start()
+    except BaseException:
+        if export:
+            export.close()
+        raise
     previous = {s: signal.signal(s, lambda *_: session.stop("interrupted")) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         if quiet:
@@ -75,6 +86,8 @@ def trace(pids, db, duration, stacks, max_db_size, probe_files, selective, quiet
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+        if export:
+            export.close()
     top = ", ".join(f"{op} {n}" for op, n in final.by_op.most_common(8))
     lost = sum(final.lost.values())
     click.echo(f"stopped: {final.stopped_because or 'done'}")

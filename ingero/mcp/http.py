@@ -40,15 +40,15 @@ class HttpAddress:
         return f"{'https' if tls else 'http'}://{host}:{self.port}/mcp"
 
 
-def parse_address(text: str) -> HttpAddress:
-    """``HOST:PORT``, ``:PORT`` (loopback) or ``[::1]:PORT``."""
+def parse_address(text: str, flag: str = "--http") -> HttpAddress:
+    """``HOST:PORT``, ``:PORT`` (loopback) or ``[::1]:PORT`` (``flag``: the option named in the error)."""
     t = text.strip()
     if t.startswith("["):
         host, sep, port = t[1:].partition("]:")
     else:
         host, sep, port = t.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise IngeroError(f'invalid --http address "{text}"', "use HOST:PORT, e.g. 127.0.0.1:8080 or :8080")
+        raise IngeroError(f'invalid {flag} address "{text}"', "use HOST:PORT, e.g. 127.0.0.1:8080 or :8080")
     return HttpAddress(host or "127.0.0.1", int(port))
 
 

@@ -35,6 +35,8 @@ class RingReader:
         if self.stride % 8:
             raise ValueError("ring records are 8-byte aligned")
         self._payload = self.stride - 8
+        #: the bytes of the records the last read returned when it took them in one piece, else None
+        self.last_chunk: bytes | None = None
         page = mmap.PAGESIZE
         self._base = page
         self._cons = mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
@@ -69,6 +71,7 @@ class RingReader:
         """The records committed since the last read (at most ``max_records``), decoded, in order."""
         cons = self._cons_pos[0]
         prod = self._prod_pos[0]
+        self.last_chunk = None
         if prod <= cons:
             return []
         n = min((prod - cons) // self.stride, max_records)
@@ -80,6 +83,7 @@ class RingReader:
             if region.cast("I")[0::self.stride // 4].tolist().count(self._payload) == n:
                 chunk = region.tobytes()
                 self._cons_pos[0] = cons + n * self.stride
+                self.last_chunk = chunk
                 return list(self.record.iter_unpack(chunk))
         return self._read_slow(cons, prod, max_records)
 

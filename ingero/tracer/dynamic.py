@@ -59,11 +59,13 @@ class LiveProbe:
 
 class DynamicProbes:
     def __init__(self, writer, *, pid: int | None, limits: ProbeLimits | None = None,
-                 tree_filter: bool = False) -> None:
+                 tree_filter: bool = False, metrics=None) -> None:
         """``pid``: the traced process (resolving libraries, and the attach filter without a tree);
         ``tree_filter``: filter in the kernel on the live trace's process tree instead (the standard probe
-        set must be loaded in this process), so forked workers are probed too."""
+        set must be loaded in this process), so forked workers are probed too; ``metrics``: an
+        :class:`ingero.fleet.metrics.FleetMetrics` counting each probe's events (once per tick)."""
         self.writer = writer
+        self.metrics = metrics
         self.pid = pid
         self.tree_filter = tree_filter
         self.limits = limits or ProbeLimits()
@@ -222,11 +224,20 @@ class DynamicProbes:
                 if rows:
                     self.writer.add_events(rows)
                     n += len(rows)
+                    if self.metrics is not None:
+                        self._count(rows, by_name)
                 for name, why in session.ended.items():
                     lp = by_name.get(name)
                     if lp is not None and lp.status == "active":
                         self._end(lp, why)
             return n
+
+    def _count(self, rows: list, by_name: dict[str, LiveProbe]) -> None:
+        """Each probe's events of this tick into the metrics, with latencies when the probe measures them."""
+        for lp in by_name.values():
+            lat = [r.duration for r in rows if r.op == lp._handle.op]
+            if lat:
+                self.metrics.observe_probe(lp.name, len(lat), lat if "return" in lp.direction else None)
 
     # -- reading ---------------------------------------------------------------------------------------
     def get(self, probe_id: int) -> LiveProbe:

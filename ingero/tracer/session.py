@@ -111,7 +111,7 @@ def spawn_gated(command: Sequence[str], stdout=None) -> tuple[subprocess.Popen, 
 
 class TraceSession:
     def __init__(self, options: TraceOptions, *, pids: Sequence[int] = (), command: Sequence[str] = (),
-                 command_stdout=None) -> None:
+                 command_stdout=None, metrics=None) -> None:
         if pids and command:
             raise IngeroError("trace either running processes (--pid) or a command (-- CMD ARGS), not both")
         if not pids and not command:
@@ -124,6 +124,7 @@ class TraceSession:
         self.pids = [int(p) for p in pids]
         self.command = list(command)
         self.command_stdout = command_stdout
+        self.metrics = metrics  # ingero.fleet.metrics.FleetMetrics fed once per batch, or None
         self.child: subprocess.Popen | None = None
         self.tracer = None
         self.writer = None
@@ -164,6 +165,8 @@ class TraceSession:
             )
             self.writer = EventWriter(self.options.db, session=info, max_db_size=self.options.max_db_size,
                                       defer_indexes=True)
+            if self.metrics is not None:
+                self.metrics.to_epoch = self.writer.clock.to_epoch
             self._symbolizer = StackSymbolizer()
             if self.options.selective:
                 from ingero.tracer.selective import SelectiveStorage
@@ -177,7 +180,8 @@ class TraceSession:
             from ingero.tracer.dynamic import DynamicProbes
 
             self.dynamic = DynamicProbes(self.writer, pid=self.pids[0] if len(self.pids) == 1 else None,
-                                         limits=self.options.probe_limits, tree_filter=True)
+                                         limits=self.options.probe_limits, tree_filter=True,
+                                         metrics=self.metrics)
             for name, text in self.options.probe_specs:
                 # a command has not loaded anything yet: resolve on the search paths, filter by its pid
                 self.dynamic.attach(text, name=name, owner="command line", in_process=not self.command)
@@ -270,6 +274,10 @@ class TraceSession:
         for h in host:
             if h.op_name == "process_fork":
                 self._symbolizer.inherit(h.pid, h.arg1)
+        if self.metrics is not None:  # per batch: the calls as numpy columns, host events by op
+            self.metrics.observe_calls(cuda, self.tracer.cuda_chunk())
+            if host:
+                self.metrics.observe_counts(Counter((h.source, h.op_name) for h in host))
 
         def build(first: int) -> list[tuple]:  # numbered rows: (seq, *Event fields)
             rows = self._cuda_rows(cuda, first) if cuda else []
@@ -339,7 +347,10 @@ class TraceSession:
         return h
 
     def _record_lost(self) -> None:
-        for ring, n in self.tracer.lost().items():
+        lost = self.tracer.lost()
+        if self.metrics is not None:
+            self.metrics.set_lost(lost)
+        for ring, n in lost.items():
             delta = n - self._lost_written.get(ring, 0)
             if delta > 0:
                 self.writer.add_lost(delta, f"{ring} ring buffer full")
@@ -375,6 +386,8 @@ class TraceSession:
         except Exception:  # noqa: BLE001 - a failed analysis must not stop the recording
             log.exception("causal chain analysis failed")
             return
+        if self.metrics is not None:
+            self.metrics.set_chains(chains)
         if chains:
             self.writer.record_chains(chains)
         else:

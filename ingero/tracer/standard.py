@@ -59,6 +59,9 @@ DRIVER_SYMBOLS: dict[str, int] = {
 CUDA_FIELDS = ("ts_ns", "duration_ns", "pid", "tid", "source", "op", "ret", "arg0", "arg1", "stack_id", "comm")
 #: ``struct cuda_event`` after the ring buffer's 8-byte record header, as CUDA_FIELDS (flags skipped)
 CUDA_RECORD = struct.Struct("<8xqqIIBB2xiqqq16s")
+#: the same record's columns the metrics read in bulk (ingero.fleet.metrics), as a numpy dtype spec: name ->
+#: (format, offset in the record, header included); a test checks them against CUDA_RECORD
+CUDA_RECORD_COLUMNS = {"duration": ("<i8", 16), "source": ("u1", 32), "op": ("u1", 33), "ret": ("<i4", 36)}
 #: ``struct host_event`` (bpf/host.bpf.c) after the record header: the fields of HostEvent
 HOST_RECORD = struct.Struct("<8x" + HOST_LAYOUT)
 #: ``struct lib_open_event`` after the record header: pid, path
@@ -382,6 +385,11 @@ class StandardTracer:
         host = [HostEvent(*t[:9], t[9].split(b"\0", 1)[0].decode(errors="replace"))
                 for t in rings["host"].read(max_events)]
         return rings["cuda"].read(max_events), host
+
+    def cuda_chunk(self) -> bytes | None:
+        """The raw records of the last poll's CUDA/driver calls (CUDA_RECORD each), when read in one piece."""
+        ring = self._rings.get("cuda") if self._rings else None
+        return ring.last_chunk if ring is not None else None
 
     def pending_bytes(self) -> int:
         """Bytes in the ring buffers not read yet (a backlog)."""

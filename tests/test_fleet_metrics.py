@@ -1,0 +1,95 @@
+"""ingero.fleet: per-batch aggregation against a per-event count, the exposition, the node labels."""
+
+from __future__ import annotations
+
+import bisect
+from collections import Counter
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from ingero.errors import IngeroError
+from ingero.fleet.labels import node_labels
+from ingero.fleet.metrics import BUCKETS_NS, BUCKETS_S, FleetMetrics, registry_for
+from ingero.store.schema import SOURCE_NAMES, op_name
+from ingero.tracer.standard import CUDA_FIELDS, CUDA_RECORD, CUDA_RECORD_COLUMNS
+
+call = st.tuples(st.integers(0, 1 << 40), st.integers(0, 20_000_000_000), st.integers(1, 1 << 22),
+                 st.integers(1, 1 << 22), st.sampled_from([1, 4]), st.integers(1, 12),
+                 st.sampled_from([0, 0, 35, 100, 2, -1]), st.integers(-(1 << 63), (1 << 63) - 1),
+                 st.integers(-(1 << 63), (1 << 63) - 1), st.integers(-1, 1000), st.just(b"python\0"))
+
+
+def _scrape(m: FleetMetrics) -> dict[str, list]:
+    out: dict[str, list] = {}
+    for fam in text_string_to_metric_families(generate_latest(registry_for(m)).decode()):
+        for s in fam.samples:
+            out.setdefault(s.name, []).append(s)
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.lists(call, min_size=0, max_size=60), min_size=1, max_size=4), st.booleans())
+def test_batches_count_as_every_event_would(batches, raw):
+    m = FleetMetrics(node_labels({}, hostname="n1"))
+    for b in batches:
+        chunk = b"".join(CUDA_RECORD.pack(*c) for c in b) if raw else None
+        m.observe_calls(b, chunk)
+    events = [c for b in batches for c in b]
+    s = m.snapshot()
+    key = lambda c: (SOURCE_NAMES[c[4]], op_name(c[4], c[5]))  # noqa: E731
+    assert s.calls == dict(Counter(map(key, events)))
+    for k, h in s.durations.items():
+        durs = [c[1] for c in events if key(c) == k]
+        want = Counter(bisect.bisect_left(list(BUCKETS_NS), d) for d in durs)
+        assert [int(x) for x in h.buckets] == [want.get(i, 0) for i in range(len(BUCKETS_S) + 1)]
+        assert h.sum_ns == sum(durs)
+    errors = Counter((*key(c), m.error_names.name(c[4], c[6])) for c in events if c[6])
+    assert s.errors == dict(errors)
+
+
+def test_record_columns_match_the_ring_record():
+    import struct
+
+    t = (1, 2, 3, 4, 5, 6, -7, 8, 9, 10, b"x")
+    buf = CUDA_RECORD.pack(*t)
+    for name, (fmt, off) in CUDA_RECORD_COLUMNS.items():
+        code = {"<i8": "<q", "u1": "<B", "<i4": "<i"}[fmt]
+        assert struct.unpack_from(code, buf, off)[0] == t[CUDA_FIELDS.index({"duration": "duration_ns"}.get(
+            name, name))]
+
+
+def test_exposition_carries_node_labels_and_no_per_process_label():
+    m = FleetMetrics(node_labels({"RANK": "3", "LOCAL_RANK": "1"}, ["job=llama", "zone=a"], hostname="gpu7"),
+                     mcp="http://gpu7:8765/mcp")
+    m.observe_calls([(0, 1500, 11, 12, 1, 5, 35, 0, 0, -1, b"p"), (0, 2500, 11, 13, 1, 5, 0, 0, 0, -1, b"p")])
+    m.observe_probe("gemms", 2, [1000, 3000])
+    m.set_chains([])
+    samples = _scrape(m)
+    calls = samples["ingero_calls_total"][0]
+    assert calls.labels == {"node": "gpu7", "rank": "3", "local_rank": "1", "job": "llama", "zone": "a",
+                            "source": "cuda", "op": "cudaStreamSync"} and calls.value == 2
+    err = samples["ingero_call_errors_total"][0]
+    assert err.labels["error"] == "cudaErrorInsufficientDriver" and err.value == 1
+    assert samples["ingero_probe_events_total"][0].value == 2
+    assert samples["ingero_probe_duration_seconds_count"][0].value == 2
+    assert samples["ingero_node_info"][0].labels["mcp"] == "http://gpu7:8765/mcp"
+    names = {k for ss in samples.values() for s in ss for k in s.labels}
+    assert not names & {"pid", "tid", "stream", "ptr", "comm"}
+    assert m.snapshot().series() == sum(len(v) for v in samples.values())
+
+
+@pytest.mark.parametrize("label, message", [
+    ("job", "expected NAME=VALUE"), ("9x=1", "not a Prometheus label name"), ("op=x", "ingero's metrics use"),
+    ("rank=first", "is not a number"), ("__x=1", "not a Prometheus label name")])
+def test_bad_labels_are_refused_clearly(label, message):
+    with pytest.raises(IngeroError, match=message):
+        node_labels({}, [label], hostname="n")
+
+
+def test_labels_from_the_environment_and_overrides():
+    lab = node_labels({"RANK": "5", "LOCAL_RANK": "1", "SLURM_JOB_ID": "77"}, ["node=gpu-a"], hostname="h")
+    assert lab.pairs == (("node", "gpu-a"), ("rank", "5"), ("local_rank", "1"), ("job", "77"))
