@@ -8,7 +8,7 @@ TORCH_VERSION ?= 2.14.1
 export TORCH_FIXTURE ?= /var/cache/ingero-fixtures/torch-$(TORCH_VERSION)-py3.11
 export TORCH_VERSION
 
-.PHONY: setup demo test bench lint catalogue catalogue-extra clean torch-fixture
+.PHONY: setup demo test bench lint catalogue catalogue-extra clean torch-fixture demo-recording
 
 setup:
 	VENV=$(VENV) scripts/setup.sh
@@ -18,6 +18,10 @@ torch-fixture:
 
 demo: setup
 	$(VENV)/bin/ingero demo
+
+# regenerate examples/demo-trace.db (live, as root) with no path of this machine in it
+demo-recording: setup
+	$(PY) scripts/record_demo.py
 
 test:
 	VENV=$(VENV) scripts/setup.sh test

@@ -35,6 +35,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchproc import notes_markdown, stop  # noqa: E402
 
 PACED = """
 import ctypes as ct, sys, time
@@ -138,12 +140,12 @@ def bpftrace_run(lib: str, pid: int, probe: str) -> tuple[float, float, int]:
             first = time.perf_counter() - t0
             break
     if first is None:
-        proc.wait()
+        stop(proc, "bpftrace")
         raise RuntimeError("bpftrace printed no event")
     t0 = time.perf_counter()
-    proc.send_signal(signal.SIGINT)
     proc.stdout.close()
-    proc.wait()
+    if stop(proc, "bpftrace", signal.SIGINT, grace=120.0):  # a glob's classic uprobes take ~1 min to go
+        raise RuntimeError("bpftrace did not exit within 120 s of SIGINT")
     return first, time.perf_counter() - t0, attached
 
 
@@ -186,7 +188,7 @@ def main() -> None:
                 bt[case] = ([r[0] for r in res], [r[1] for r in res], res[0][2])
     finally:
         child.kill()
-        child.wait()
+        child.wait(timeout=10)
         shutil.rmtree(tmp, ignore_errors=True)
 
     print("## Widening a live trace over MCP: attach_probe to first event, detach_probe to no probe left\n")
@@ -217,6 +219,7 @@ def main() -> None:
         print("- bpftrace's glob was not run (`--full` runs it 3 times: it needs ~44 s to release 400 probes)")
     elif bt_glob_runs < 3:
         print(f"- bpftrace's glob ran {bt_glob_runs} time (3 with `--full`: it needs ~44 s to release 400 probes)")
+    print(notes_markdown(), end="")
     print(f"\n_bench_mcp_attach.py took {time.monotonic() - t_start:.1f} s._")
 
 

@@ -28,18 +28,21 @@ import threading
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchproc import notes_markdown, stop  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 SYMBOL = "cudaGetLastError"
 
 
 def build(tmp: str) -> str:
     exe = os.path.join(tmp, "callloop")
-    subprocess.run(["gcc", "-O2", "-o", exe, str(HERE / "native" / "callloop.c"), "-ldl"], check=True)
+    subprocess.run(["gcc", "-O2", "-o", exe, str(HERE / "native" / "callloop.c"), "-ldl"], check=True, timeout=120)
     return exe
 
 
 def loop(exe: str, lib: str, n: int) -> float:
-    out = subprocess.run([exe, lib, SYMBOL, str(n)], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([exe, lib, SYMBOL, str(n)], capture_output=True, text=True, check=True, timeout=600).stdout
     return float(out.split()[0])
 
 
@@ -159,8 +162,7 @@ def with_bpftrace(exe: str, lib: str, n: int, program: str) -> float:
         drain.start()  # bpftrace's printf output goes somewhere, as ingero's events do
         return loop(exe, lib, n)
     finally:
-        bt.terminate()
-        bt.wait()
+        stop(bt, "bpftrace")
 
 
 def main() -> None:
@@ -242,6 +244,7 @@ def main() -> None:
         f"With user stacks: {(ns('std_stacks') - b) / 1000:.2f} µs. Command: "
         f"`python bench/bench_overhead.py{' --quick' if quick else ''}`."
     )
+    print(notes_markdown(), end="")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -34,7 +34,7 @@ print(t1 - t0, t2 - t1, t3 - t2, len(t))
 
 def wall(cmd: list[str], env=None) -> float:
     t0 = time.perf_counter()
-    subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True, env=env)
+    subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True, env=env, timeout=600)
     return time.perf_counter() - t0
 
 
@@ -54,10 +54,12 @@ def main() -> None:
     for _ in range(runs):
         with tempfile.TemporaryDirectory() as cache:
             env = dict(os.environ, INGERO_CACHE_DIR=cache)
-            out = subprocess.run([PY, "-c", TIMED_CALL, lib], env=env, capture_output=True, text=True, check=True)
+            out = subprocess.run([PY, "-c", TIMED_CALL, lib], env=env, capture_output=True, text=True, check=True,
+                                 timeout=600)
             _, c, _, n = out.stdout.split()
             cold.append(float(c))
-            out = subprocess.run([PY, "-c", TIMED_CALL, lib], env=env, capture_output=True, text=True, check=True)
+            out = subprocess.run([PY, "-c", TIMED_CALL, lib], env=env, capture_output=True, text=True, check=True,
+                                 timeout=600)
             i, w, again, _ = out.stdout.split()
             imp.append(float(i))
             warm_first.append(float(w))

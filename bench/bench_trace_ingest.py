@@ -85,7 +85,7 @@ def cpu_s(pid: int | None = None) -> float:
 
 def build(tmp: str) -> str:
     exe = os.path.join(tmp, "pacedcalls")
-    subprocess.run(["gcc", "-O2", "-o", exe, str(HERE / "native" / "pacedcalls.c"), "-ldl"], check=True)
+    subprocess.run(["gcc", "-O2", "-o", exe, str(HERE / "native" / "pacedcalls.c"), "-ldl"], check=True, timeout=120)
     return exe
 
 

@@ -11,13 +11,16 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+from benchproc import run_group  # noqa: E402
+
+TIMEOUT_S = 1800.0  # one benchmark; past it the benchmark is killed, reported, and the run goes on
 
 
 def machine() -> str:
@@ -36,30 +39,36 @@ def machine() -> str:
     )
 
 
+def run_benches(benches: list[Path], extra: list[str], timeout: float) -> tuple[list[str], list[str]]:
+    """Run each benchmark with a deadline; (Markdown sections, names that failed or timed out)."""
+    sections, failed = [], []
+    for b in benches:
+        print(f"== {b.stem}", flush=True)
+        r = run_group([sys.executable, str(b), *extra], timeout, cwd=ROOT)
+        print(r.stdout, end="")
+        if r.returncode != 0:
+            print(r.stderr, file=sys.stderr)
+            failed.append(b.stem)
+            why = r.note or f"exit {r.returncode}"
+            sections.append(f"## {b.stem}\n\nFAILED ({why}):\n\n```\n{(r.stdout + r.stderr)[-2000:]}\n```\n")
+        else:
+            text = r.stdout.strip()
+            if not text.startswith("## "):  # plain-text output: keep its layout
+                text = f"## {b.stem}\n\n```\n{text}\n```"
+            sections.append(text + f"\n\n_{b.name} took {r.seconds:.1f} s._\n")
+    return sections, failed
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
+    ap.add_argument("--timeout", type=float, default=TIMEOUT_S, help="seconds one benchmark may run")
     ap.add_argument("names", nargs="*")
     args = ap.parse_args()
     benches = sorted(HERE.glob("bench_*.py"))
     if args.names:
         benches = [b for b in benches if b.stem in args.names]
-    sections, failed = [], []
-    for b in benches:
-        print(f"== {b.stem}", flush=True)
-        t0 = time.perf_counter()
-        cmd = [sys.executable, str(b)] + (["--quick"] if args.quick else [])
-        r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-        print(r.stdout, end="")
-        if r.returncode != 0:
-            print(r.stderr, file=sys.stderr)
-            failed.append(b.stem)
-            sections.append(f"## {b.stem}\n\nFAILED (exit {r.returncode}):\n\n```\n{r.stderr[-2000:]}\n```\n")
-        else:
-            text = r.stdout.strip()
-            if not text.startswith("## "):  # plain-text output: keep its layout
-                text = f"## {b.stem}\n\n```\n{text}\n```"
-            sections.append(text + f"\n\n_{b.name} took {time.perf_counter() - t0:.1f} s._\n")
+    sections, failed = run_benches(benches, ["--quick"] if args.quick else [], args.timeout)
     out = ROOT / "docs" / "benchmarks.md"
     out.write_text(
         "# Benchmarks\n\n"

@@ -66,6 +66,100 @@ def python_for(uid: int) -> str | None:
     return None
 
 
+NOBODY = 65534
+# what a copy of the project needs beside the package: the data folders ingero.paths.data_dir reads,
+# the scripts and the test clients that run as the other user
+_PROJECT_PARTS = ("ingero", "grammar", "probe_templates", "bpf", "examples", "docs/dsl.md", "scripts",
+                  "tests/e2e/mcp_replay_ro_client.py")
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    """A hard link where the file system allows one (fast, no space), else a copy."""
+    import shutil
+
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+class OtherUser:
+    """Everything an unprivileged user needs to run ingero, given to it explicitly.
+
+    The checkout may sit where only root can enter (root's home is mode 700, so is a ``mktemp -d``
+    folder), and so may the venv. So this makes a folder of its own under /tmp (mode 755) with a copy of
+    the project's files (``root``), of the venv's site-packages (``site``) and a home the user owns
+    (``home``), and finds an interpreter of this Python version that the user can run. It checks that the
+    user can import ingero and its dependencies from there, and fails saying what it could not reach.
+    Use it as a context manager: the folder is removed on exit.
+    """
+
+    def __init__(self, uid: int = NOBODY):
+        import shutil
+        import site
+        import tempfile
+        from pathlib import Path
+
+        from tests.conftest import ROOT, skip_or_fail
+
+        self.uid = uid
+        python = python_for(uid)
+        if python is None:
+            skip_or_fail(f"no python{sys.version_info.major}.{sys.version_info.minor} runnable by uid {uid}")
+        self.python = python
+        self.base = Path(tempfile.mkdtemp(prefix="ingero-other-user-", dir="/tmp"))
+        os.chmod(self.base, 0o755)
+        self.root = self.base / "project"
+        for part in _PROJECT_PARTS:
+            src, dst = ROOT / part, self.root / part
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if src.is_dir():
+                shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.db-wal", "*.db-shm"))
+            else:
+                shutil.copy2(src, dst)
+        self.site = self.base / "site-packages"
+        # the venv's packages, without its .pth files (an editable install's finder points at the checkout)
+        venv_site = Path(next(p for p in site.getsitepackages() if p.endswith("site-packages")))
+        shutil.copytree(venv_site, self.site, symlinks=True, copy_function=_link_or_copy,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pth", "__editable__*", "ingero*"))
+        self.home = self.base / "home"
+        self.home.mkdir()
+        os.chown(self.home, uid, uid)
+        for d, _dirs, files in os.walk(self.base):
+            if d.startswith(str(self.home)):
+                continue
+            os.chmod(d, 0o755)
+            for f in files:
+                p = os.path.join(d, f)
+                if not os.path.islink(p):
+                    os.chmod(p, os.stat(p).st_mode | 0o444)
+        self.env = {"PATH": "/usr/bin:/bin", "HOME": str(self.home), "COLUMNS": "160",
+                    "PYTHONPATH": f"{self.root}{os.pathsep}{self.site}",
+                    "INGERO_STATE_DIR": str(self.home / "state"), "INGERO_CACHE_DIR": str(self.home / "cache")}
+        probe = self.run(["-c", "import ingero, ingero.cli, mcp, lark, click; print(ingero.__file__)"], timeout=60)
+        if probe.returncode != 0 or not probe.stdout.startswith(str(self.root)):
+            self.close()
+            raise AssertionError(f"uid {uid} cannot import ingero from {self.root} with {self.site} "
+                                 f"using {python}: {probe.stdout}{probe.stderr[-1500:]}")
+
+    def run(self, args: list[str], *, env: dict | None = None, cwd=None, timeout: float = 120):
+        """``python ARGS`` as the other user, in its home unless ``cwd`` is given."""
+        return subprocess.run([self.python, *args], capture_output=True, text=True, timeout=timeout,
+                              env={**self.env, **(env or {})}, cwd=str(cwd or self.home), user=self.uid,
+                              group=self.uid, extra_groups=[])
+
+    def close(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def __enter__(self) -> OtherUser:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def wait_for_port(proc: subprocess.Popen, port: int, timeout: float) -> subprocess.Popen:
     """Return ``proc`` once something listens on 127.0.0.1:``port``; fail with its stderr if it exits."""
     import socket

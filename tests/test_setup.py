@@ -11,7 +11,10 @@ import platform
 import subprocess
 import textwrap
 
+import pytest
+
 from tests.conftest import ROOT
+from tests.helpers import OtherUser
 
 
 def test_setup_repairs_a_fresh_machine(need_root, python):
@@ -42,13 +45,13 @@ def test_setup_repairs_a_fresh_machine(need_root, python):
     assert "system ready" in r.stderr
 
 
+@pytest.mark.other_user
 def test_setup_refuses_without_root(need_root):
-    r = subprocess.run(
-        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "bash", str(ROOT / "scripts/setup.sh")],
-        capture_output=True,
-        text=True,
-    )
-    assert r.returncode == 1
+    with OtherUser() as nobody:
+        script = nobody.root / "scripts" / "setup.sh"
+        r = subprocess.run(["setpriv", f"--reuid={nobody.uid}", f"--regid={nobody.uid}", "--clear-groups", "bash",
+                            str(script)], capture_output=True, text=True, cwd=nobody.home)
+    assert r.returncode == 1, r.stderr
     assert "must run as root" in r.stderr
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import site
 import sqlite3
 import subprocess
 import sys
@@ -12,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, skip_or_fail
-from tests.helpers import python_for
+from tests.conftest import ROOT
+from tests.helpers import OtherUser
 
 INGERO = str(Path(sys.executable).parent / "ingero")
 SHIPPED = ROOT / "examples" / "demo-trace.db"
@@ -44,35 +43,30 @@ def test_demo_live_path(need_bpf, tmp_path):
         conn.close()
 
 
-def _demo_as_nobody(tmp_path, ci: bool) -> subprocess.CompletedProcess:
-    nobody = 65534
-    python = python_for(nobody)
-    if python is None:
-        skip_or_fail("no interpreter of this Python version runnable by uid 65534")
-    path = os.pathsep.join([str(ROOT), *site.getsitepackages()])
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": path, "HOME": str(tmp_path), "COLUMNS": "160",
-           "INGERO_STATE_DIR": str(tmp_path), "INGERO_CACHE_DIR": str(tmp_path)}
-    if ci:
-        env["CI"] = "true"
-    os.chmod(tmp_path, 0o777)
-    return subprocess.run([python, "-c", "from ingero.cli import main; main(['demo'])"], capture_output=True,
-                          text=True, timeout=120, env=env, cwd=tmp_path, user=nobody, group=nobody)
+def _demo_as_nobody(ci: bool) -> tuple[subprocess.CompletedProcess, Path]:
+    """``ingero demo`` as uid 65534 from a copy of the project it can read; (result, its shipped recording)."""
+    with OtherUser() as nobody:
+        shipped = nobody.root / "examples" / SHIPPED.name
+        before = hashlib.sha256(shipped.read_bytes()).hexdigest()
+        r = nobody.run(["-c", "from ingero.cli import main; main(['demo'])"], env={"CI": "true"} if ci else {})
+        assert hashlib.sha256(shipped.read_bytes()).hexdigest() == before
+        assert sorted(p.name for p in shipped.parent.glob("demo-trace.db*")) == ["demo-trace.db"]
+    return r, shipped
 
 
-def test_without_bpf_the_demo_replays_the_shipped_recording(need_root, tmp_path):
-    before = hashlib.sha256(SHIPPED.read_bytes()).hexdigest()
-    r = _demo_as_nobody(tmp_path, ci=False)
+@pytest.mark.other_user
+def test_without_bpf_the_demo_replays_the_shipped_recording(need_root):
+    r, shipped = _demo_as_nobody(ci=False)
     assert r.returncode == 0, r.stdout + r.stderr
     lines = r.stdout.splitlines()
     [why] = [line for line in lines if line.startswith("live tracing is not possible here")]
     assert "BPF tracing needs root" in why and "demo-trace.db" in why
     assert "trace statistics (demo-trace.db:" in r.stdout and "cudaMalloc" in r.stdout
-    assert f"mcp --db {SHIPPED}" in r.stdout
-    assert hashlib.sha256(SHIPPED.read_bytes()).hexdigest() == before
-    assert sorted(p.name for p in SHIPPED.parent.glob("demo-trace.db*")) == ["demo-trace.db"]
+    assert f"mcp --db {shipped}" in r.stdout
 
 
-def test_under_ci_there_is_no_fallback(need_root, tmp_path):
-    r = _demo_as_nobody(tmp_path, ci=True)
+@pytest.mark.other_user
+def test_under_ci_there_is_no_fallback(need_root):
+    r, _ = _demo_as_nobody(ci=True)
     assert r.returncode == 1
     assert "no replay fallback under CI=true" in r.stderr and "Traceback" not in r.stderr

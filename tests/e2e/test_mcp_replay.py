@@ -14,8 +14,6 @@ import shutil
 import sqlite3
 import ssl
 import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -24,7 +22,7 @@ import pytest
 
 from ingero.mcp.format import PREAMBLE
 from tests.conftest import skip_or_fail
-from tests.helpers import python_for
+from tests.helpers import OtherUser
 from tests.replay_helpers import (
     DATALOADER,
     DB_DIR,
@@ -383,50 +381,34 @@ def test_http_refuses_remote_bind_without_tls(tmp_path: Path):
     assert r.returncode == 1 and "without TLS" in r.stderr
 
 
+@pytest.mark.other_user
 def test_read_only_copy_as_unprivileged_user(need_root):
     """A copy of every DB in a read-only folder, served as uid 65534 (nobody): every tool works."""
-    nobody = 65534
-    python = python_for(nobody)
-    if python is None:
-        skip_or_fail(f"no python{sys.version_info.major}.{sys.version_info.minor} runnable by uid {nobody}")
-    base = Path(tempfile.mkdtemp(prefix="ingero-ro-"))
-    try:
-        os.chmod(base, 0o755)
-        folder = base / "ro"
+    with OtherUser() as nobody:
+        folder = nobody.base / "ro"
         folder.mkdir()
         for db in DBS:
             shutil.copy(db, folder / db.name)
             os.chmod(folder / db.name, 0o444)
         os.chmod(folder, 0o555)
-        state = base / "state"
-        state.mkdir()
-        os.chown(state, nobody, nobody)
+        state = nobody.home
         before = folder_fingerprint(folder)
-        import mcp
+        server = [nobody.python, "-c", "from ingero.cli import main; main()"]
+        script = nobody.root / "tests" / "e2e" / "mcp_replay_ro_client.py"
+        try:
+            for db in sorted(folder.glob("*.db")):
+                r = nobody.run([str(script), json.dumps(server), str(db), str(state / "audit.db")],
+                               env={"INGERO_STATE_DIR": str(state)})
+                assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+                assert "ALL OK" in r.stdout
+            assert folder_fingerprint(folder) == before
+            assert sorted(p.name for p in folder.iterdir()) == sorted(d.name for d in DBS)
+            from ingero.audit import read_audit
 
-        import ingero
-
-        pkg_root = str(Path(ingero.__file__).resolve().parents[1])
-        site = str(Path(mcp.__file__).resolve().parents[1])
-        env = {"PATH": "/usr/bin:/bin", "HOME": str(state), "INGERO_STATE_DIR": str(state),
-               "PYTHONPATH": f"{pkg_root}:{site}"}
-        server = [python, "-c", "from ingero.cli import main; main()"]
-        script = Path(__file__).with_name("mcp_replay_ro_client.py")
-        for db in sorted(folder.glob("*.db")):
-            r = subprocess.run([python, str(script), json.dumps(server), str(db), str(state / "audit.db")],
-                               env=env, capture_output=True, text=True, timeout=120, user=nobody,
-                               group=nobody, cwd=str(state))
-            assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-            assert "ALL OK" in r.stdout
-        assert folder_fingerprint(folder) == before
-        assert sorted(p.name for p in folder.iterdir()) == sorted(d.name for d in DBS)
-        from ingero.audit import read_audit
-
-        calls = [r for r in read_audit(state / "audit.db", 0) if r.method == "tools/call"]
-        assert len(calls) == 7 * len(DBS) and all(r.outcome == "ok" for r in calls)
-    finally:
-        os.chmod(base / "ro", 0o755) if (base / "ro").exists() else None
-        shutil.rmtree(base, ignore_errors=True)
+            calls = [r for r in read_audit(state / "audit.db", 0) if r.method == "tools/call"]
+            assert len(calls) == 7 * len(DBS) and all(r.outcome == "ok" for r in calls)
+        finally:
+            os.chmod(folder, 0o755)
 
 
 def test_inspector_cli(tmp_path: Path):
