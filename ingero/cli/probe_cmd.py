@@ -153,7 +153,8 @@ def run(file: str, command: tuple[str, ...], pid: int | None, interval: float, a
         names = ", ".join(p.probe.name for p in compiled.probes)
         printer.status(
             f"attached {names} in {session.load_seconds + session.attach_seconds:.2f}s"
-            + (f" to pid {pid}" if pid else "")
+            + (f" to pid {pid}" if pid else
+               " to every process (any process calling these functions traps; --pid N or -- CMD limits it)")
             + "; Ctrl-C to stop"
         )
         if gate_w is not None:

@@ -158,3 +158,79 @@ def attach_uprobe_multi(
             )
         raise IngeroError(f"cannot attach {what}: {os.strerror(e)}")
     return UprobeMultiLink(fd=fd, path=spath, offsets=offsets, retprobe=retprobe, pid=pid)
+
+
+@dataclass(frozen=True)
+class LinkSpec:
+    """What one uprobe_multi link attaches: a loaded program at offsets of one file, entry or return."""
+
+    prog_fd: int
+    path: str
+    offsets: tuple[int, ...]
+    cookies: tuple[int, ...] | None = None
+    retprobe: bool = False
+    session: bool = False  # a uprobe session link (entry and return in one program)
+
+
+class ProcessLinks:
+    """The links of some :class:`LinkSpec` values, one per spec and traced process (the link's pid field).
+
+    A pid-filtered link plants its breakpoints only in that process's pages (the kernel's
+    ``uprobe_multi_link_filter``) and runs its program only there (``uprobe_prog_run`` checks
+    ``same_thread_group``), so other processes mapping the same file never trap. A forked child inherits
+    its parent's breakpoints with the copied pages but not the parent's link: it needs its own
+    (:meth:`add`, which the standard probe set calls while the new process is held at its first return to
+    user space, see ``bpf/follow.bpf.c``). Thread-safe."""
+
+    def __init__(self, specs: Sequence[LinkSpec]) -> None:
+        if not specs:
+            raise IngeroError("nothing to attach")
+        self.specs = tuple(specs)
+        self._by_pid: dict[int, list[UprobeMultiLink]] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def add(self, pid: int) -> bool:
+        """Attach every spec to process ``pid`` (nothing if it has them). False if the process is gone."""
+        with self._lock:
+            if self._closed or pid in self._by_pid:
+                return not self._closed
+            links: list[UprobeMultiLink] = []
+            try:
+                for s in self.specs:
+                    links.append(attach_uprobe_multi(s.prog_fd, s.path, s.offsets, s.cookies,
+                                                     retprobe=s.retprobe, session=s.session, pid=pid))
+            except NoSuchProcess:
+                for link in links:
+                    link.close()
+                return False
+            except BaseException:
+                for link in links:
+                    link.close()
+                raise
+            self._by_pid[pid] = links
+            return True
+
+    def drop(self, pid: int) -> None:
+        """Detach process ``pid``'s links (it exited, or stops being traced)."""
+        with self._lock:
+            links = self._by_pid.pop(pid, [])
+        for link in links:
+            link.close()
+
+    def pids(self) -> set[int]:
+        with self._lock:
+            return set(self._by_pid)
+
+    @property
+    def links(self) -> list[UprobeMultiLink]:
+        with self._lock:
+            return [link for links in self._by_pid.values() for link in links]
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            by_pid, self._by_pid = self._by_pid, {}
+        for links in by_pid.values():
+            for link in links:
+                link.close()

@@ -28,8 +28,9 @@ from ingero.runtime.kfuncs import patch_kfunc_calls, session_problem
 from ingero.runtime.links import (
     BPF_TRACE_UPROBE_MULTI,
     BPF_TRACE_UPROBE_SESSION,
+    LinkSpec,
+    ProcessLinks,
     UprobeMultiLink,
-    attach_uprobe_multi,
 )
 from ingero.runtime.ring import RingReader
 
@@ -114,7 +115,8 @@ class _Probe:
     def __init__(self, cp: CompiledProbe) -> None:
         self.cp = cp
         self.name = cp.probe.name
-        self.links: list[UprobeMultiLink] = []
+        self.per_process: ProcessLinks | None = None
+        self.attached = False
         self.deadline: float | None = None
         self.ring: RingReader | None = None
         self.record = struct.Struct(_HEADER_FORMAT + (cp.event.struct_format() if cp.event else ""))
@@ -127,18 +129,32 @@ class _Probe:
             if f.key and f.key in cp.probe.record:
                 self.columns[f.key] = j
 
+    @property
+    def links(self) -> list[UprobeMultiLink]:
+        return self.per_process.links if self.per_process is not None else []
+
+    def unlink(self) -> None:
+        if self.per_process is not None:
+            self.per_process.close()
+        self.attached = False
+
 
 class ProbeSession:
     """Load, attach, read and detach the probes of one compiled spec.
 
-    ``pid``: attach every probe to this process only (a probe's own ``pid N`` wins); None = every process.
+    ``pid``: attach every probe to this process only (a probe's own ``pid N`` wins); None = every process,
+    unless ``tree`` is given: a process tree that a live trace follows (its ``on_process(added, dropped)``
+    returns the processes now and reports those that join and leave; ``off_process(added)`` ends that),
+    each of which gets its own links, so no process outside it ever traps.
     ``on_event``: called with each :class:`ProbeEvent` as it is decoded (else they queue for ``poll``)."""
 
     def __init__(
-        self, compiled: CompiledSpec, *, pid: int | None = None, on_event: Callable[[ProbeEvent], None] | None = None
+        self, compiled: CompiledSpec, *, pid: int | None = None, on_event: Callable[[ProbeEvent], None] | None = None,
+        tree=None,
     ) -> None:
         self.compiled = compiled
         self.pid = pid
+        self.tree = tree
         self.on_event = on_event
         self.probes = [_Probe(cp) for cp in compiled.probes]
         self.ended: dict[str, str] = {}
@@ -196,15 +212,23 @@ class ProbeSession:
                         f"probe {rp.name}: {lib.name} is not installed on this machine",
                         hint="install the library, or attach by --pid to a process that loaded it",
                     )
-                offsets = [s.file_offset for s in rp.symbols]
-                cookies = list(range(len(offsets)))
-                pid = rp.pid if rp.pid is not None else (self.pid or 0)
+                offsets = tuple(s.file_offset for s in rp.symbols)
+                cookies = tuple(range(len(offsets)))
                 fd = self._fns[p.cp.program].fd
-                p.links.append(
-                    attach_uprobe_multi(fd, lib.attach_path, offsets, cookies, session=p.cp.session, pid=pid)
-                )
+                p.per_process = ProcessLinks([LinkSpec(fd, str(lib.attach_path), offsets, cookies,
+                                                       session=p.cp.session)])
+                p.attached = True
+                if rp.pid is not None or self.tree is None:
+                    pid = rp.pid if rp.pid is not None else (self.pid or 0)
+                    if not p.per_process.add(pid):
+                        from ingero.errors import NoSuchProcess
+
+                        raise NoSuchProcess(f"cannot attach probe {rp.name}: no process with pid {pid}")
                 if rp.budgets.ttl_s is not None:
                     p.deadline = time.monotonic() + rp.budgets.ttl_s
+            if self.tree is not None:
+                for pid in sorted(self.tree.on_process(self._process_added, self._process_dropped)):
+                    self._process_added(pid)
             for p in self.probes:
                 if p.cp.event is not None:
                     size = self.compiled.ringbuf_pages * mmap.PAGESIZE
@@ -218,12 +242,22 @@ class ProbeSession:
     def start(self) -> ProbeSession:
         return self.load().attach()
 
+    def _process_added(self, pid: int) -> None:
+        """A process joined the followed tree: attach its links (probes that name their own pid excepted)."""
+        for p in self.probes:
+            if p.attached and p.cp.probe.pid is None and p.per_process is not None:
+                p.per_process.add(pid)
+
+    def _process_dropped(self, pid: int) -> None:
+        for p in self.probes:
+            if p.per_process is not None:
+                p.per_process.drop(pid)
+
     def detach(self, name: str, reason: str = "detached") -> None:
         """Close one probe's links (its counts and aggregates stay readable)."""
         for p in self.probes:
             if p.name == name:
-                for link in p.links:
-                    link.close()
+                p.unlink()
                 if name not in self.ended:
                     self.ended[name] = reason
 
@@ -235,9 +269,10 @@ class ProbeSession:
         return time.perf_counter() - t0
 
     def close(self) -> None:
+        if self.tree is not None:
+            self.tree.off_process(self._process_added)
         for p in self.probes:
-            for link in p.links:
-                link.close()
+            p.unlink()
             if p.ring is not None:
                 p.ring.close()
                 p.ring = None
@@ -253,7 +288,7 @@ class ProbeSession:
 
     @property
     def active(self) -> list[str]:
-        return [p.name for p in self.probes if p.name not in self.ended and p.links]
+        return [p.name for p in self.probes if p.name not in self.ended and p.attached]
 
     # -- reading ---------------------------------------------------------------------------------
     def read(self, max_events: int = 4096) -> list[tuple[_Probe, list[tuple]]]:
@@ -288,7 +323,7 @@ class ProbeSession:
         if self._bpf is None:
             raise IngeroError("the probe session is not loaded")
         out = []
-        for p, rows in self.wait(timeout_ms) if any(p.links for p in self.probes) else self.read(max_events):
+        for p, rows in self.wait(timeout_ms) if any(p.attached for p in self.probes) else self.read(max_events):
             out += [self.event(p, r) for r in rows]
         if timeout_ms > 0 and not any(p.ring for p in self.probes):
             time.sleep(timeout_ms / 1000)
@@ -304,7 +339,7 @@ class ProbeSession:
         done = []
         now = time.monotonic()
         for p in self.probes:
-            if p.name in self.ended or not p.links:
+            if p.name in self.ended or not p.attached:
                 continue
             b = p.cp.probe.budgets
             if b.events is not None and self.stats(p.name).matched >= b.events:

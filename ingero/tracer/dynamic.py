@@ -59,15 +59,17 @@ class LiveProbe:
 
 class DynamicProbes:
     def __init__(self, writer, *, pid: int | None, limits: ProbeLimits | None = None,
-                 tree_filter: bool = False, metrics=None) -> None:
+                 tree_filter: bool = False, tree=None, metrics=None) -> None:
         """``pid``: the traced process (resolving libraries, and the attach filter without a tree);
-        ``tree_filter``: filter in the kernel on the live trace's process tree instead (the standard probe
-        set must be loaded in this process), so forked workers are probed too; ``metrics``: an
+        ``tree_filter``: follow the live trace's process tree instead (the standard probe set must be loaded
+        in this process, and be ``tree``): each process of the tree gets its own links, forked workers
+        included, and the programs also check the tree in the kernel; ``metrics``: an
         :class:`ingero.fleet.metrics.FleetMetrics` counting each probe's events (once per tick)."""
         self.writer = writer
         self.metrics = metrics
         self.pid = pid
         self.tree_filter = tree_filter
+        self.tree = tree
         self.limits = limits or ProbeLimits()
         self.probes: dict[int, LiveProbe] = {}
         self._sessions: list = []
@@ -102,7 +104,8 @@ class DynamicProbes:
                     hint="detach one first",
                 )
             compiled = compile_spec(spec, tree_filter=self.tree_filter)
-            session = ProbeSession(compiled, pid=None if self.tree_filter else self.pid).start()
+            session = ProbeSession(compiled, pid=None if self.tree_filter else self.pid,
+                                   tree=self.tree if self.tree_filter else None).start()
             self._sessions.append(session)
             out = []
             for rp in spec.probes:

@@ -50,7 +50,7 @@ class TraceOptions:
     scan_every_s: float = 0.1
     chains_every_s: float = 5.0
     max_db_size: int = 0
-    ringbuf_pages: int = 1024
+    ringbuf_pages: int = 4096  # 16 MiB: a 400 MiB allocation burst (102,400 page allocations) fits whole
     selective: bool = False  # upstream's selective storage (see ingero.tracer.selective)
     preattach: bool = True  # attach to every libcudart/libcuda on the search paths at start
     probe_specs: tuple[tuple[str, str], ...] = ()  # (name, DSL text) attached at start
@@ -181,7 +181,7 @@ class TraceSession:
 
             self.dynamic = DynamicProbes(self.writer, pid=self.pids[0] if len(self.pids) == 1 else None,
                                          limits=self.options.probe_limits, tree_filter=True,
-                                         metrics=self.metrics)
+                                         tree=self.tracer, metrics=self.metrics)
             for name, text in self.options.probe_specs:
                 # a command has not loaded anything yet: resolve on the search paths, filter by its pid
                 self.dynamic.attach(text, name=name, owner="command line", in_process=not self.command)

@@ -1,10 +1,13 @@
 """The standard probe set: CUDA runtime and driver calls plus host tracepoints, for one process tree.
 
-``StandardTracer`` compiles ``bpf/host.bpf.c`` + ``bpf/cuda.bpf.c`` once (host tracepoints + one generic entry/return
-handler pair for every CUDA symbol), follows the given pids (forks are added in the kernel), and attaches
-the CUDA handlers to every libcudart/libcuda file the traced processes map, as two uprobe_multi links per
-file whose cookies carry upstream's (source, op) codes. ``scan()`` looks at the traced processes' maps
-again, so a library loaded late with dlopen (as PyTorch does) is probed from then on.
+``StandardTracer`` compiles ``bpf/host.bpf.c`` + ``bpf/cuda.bpf.c`` + ``bpf/follow.bpf.c`` once (host
+tracepoints + one generic entry/return handler pair for every CUDA symbol), follows the given pids (forks
+are added in the kernel), and attaches the CUDA handlers to every libcudart/libcuda file the traced
+processes map, as two uprobe_multi links per file and traced process (the link's pid: no other process
+ever traps), whose cookies carry upstream's (source, op) codes. A new process of the tree is held at its
+first return to user space until its own links exist (a thread of the tracer attaches them and lets it
+go: see ``bpf/follow.bpf.c``); an exited one's links are closed. ``scan()`` looks at the traced processes'
+maps again, so a library loaded late with dlopen (as PyTorch does) is probed from then on.
 
 Events come out of :meth:`StandardTracer.poll` as plain tuples in :data:`CUDA_FIELDS` order (CUDA/driver
 calls; :meth:`CudaCall.of` wraps one) and :class:`~ingero.tracer.host.HostEvent` values (host/IO), with
@@ -23,17 +26,18 @@ import logging
 import mmap
 import os
 import select
+import signal
 import struct
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from ingero.paths import data_dir
-from ingero.runtime.links import BPF_TRACE_UPROBE_MULTI, UprobeMultiLink, attach_uprobe_multi
+from ingero.runtime.links import BPF_TRACE_UPROBE_MULTI, LinkSpec, ProcessLinks, UprobeMultiLink
 from ingero.runtime.ring import RingReader
 from ingero.store.schema import op_name
-from ingero.tracer.host import HOST_LAYOUT, HostEvent
+from ingero.tracer.host import HOST_LAYOUT, SOURCE_HOST, HostEvent
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +70,12 @@ CUDA_RECORD_COLUMNS = {"duration": ("<i8", 16), "source": ("u1", 32), "op": ("u1
 HOST_RECORD = struct.Struct("<8x" + HOST_LAYOUT)
 #: ``struct lib_open_event`` after the record header: pid, path
 LIB_OPEN_RECORD = struct.Struct("<8xI4x256s")
+#: ``struct hold_event`` (bpf/follow.bpf.c) after the record header: the pid of a new process held
+HOLD_RECORD = struct.Struct("<8xI4x")
+#: ``ingero_linked`` values (bpf/follow.bpf.c)
+HOLD_LINKED, HOLD_HELD = 1, 2
+_BPF_NOEXIST = 1
+_OP_EXEC, _OP_EXIT = 5, 6  # host op codes (bpf/host.bpf.c)
 
 #: how often a waiting poll looks at the CUDA ring, which is filled without wakeups
 CUDA_POLL_MS = 5
@@ -101,7 +111,11 @@ class AttachedLibrary:
     soname: str
     key: tuple[int, int]  # (st_dev, st_ino) of the file: probes attach to a file, not a path
     symbols: tuple[str, ...]
-    links: tuple[UprobeMultiLink, ...]
+    per_process: ProcessLinks  # entry + return links of every traced process
+
+    @property
+    def links(self) -> list[UprobeMultiLink]:
+        return self.per_process.links
 
 
 def _release_compiler_memory() -> None:
@@ -140,13 +154,22 @@ class StandardTracer:
         self._epoll: select.epoll | None = None
         self._opens: list[tuple[int, str]] = []
         self._detaching: threading.Thread | None = None
+        # per-process links: who is linked, who joins (DSL probes following the same tree), the holder thread
+        self._tree_lock = threading.RLock()
+        self._linked: set[int] = set()
+        self._listeners: list[tuple[Callable[[int], None], Callable[[int], None]]] = []
+        self._holder: threading.Thread | None = None
+        self._holder_stop = threading.Event()
+        #: new processes let go without their links (attaching failed): calls they made may be missing
+        self.unlinked: dict[int, str] = {}
+        self.held = 0  # new processes held until their links existed
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def start(self) -> StandardTracer:
         from bcc import BPF
 
         bpf_dir = data_dir("bpf")
-        text = (bpf_dir / "host.bpf.c").read_text() + "\n" + (bpf_dir / "cuda.bpf.c").read_text()
+        text = "\n".join((bpf_dir / f).read_text() for f in ("host.bpf.c", "cuda.bpf.c", "follow.bpf.c"))
         self._bpf = BPF(
             text=text,
             cflags=[f"-I{bpf_dir}", f"-DRINGBUF_PAGES={self.ringbuf_pages}",
@@ -166,9 +189,13 @@ class StandardTracer:
                 ring = RingReader(self._bpf[table].map_fd, pages * page, record)
                 self._rings[name] = ring
                 self._epoll.register(ring.fd, select.EPOLLIN)
+            self._holds = RingReader(self._bpf["holds"].map_fd, 16 * page, HOLD_RECORD)
             _release_compiler_memory()
             for pid in self._initial:
                 self.follow(pid)
+            self._set_holding(True)
+            self._holder = threading.Thread(target=self._hold_loop, name="ingero-holds", daemon=True)
+            self._holder.start()
             self.scan()
         except BaseException:
             self.close()
@@ -178,10 +205,16 @@ class StandardTracer:
     def detach(self) -> None:
         """Stop new events: close every uprobe_multi link at once, and detach the host tracepoints in the
         background (each perf-event tracepoint waits for an RCU grace period, ~75 ms apiece, serialised in
-        the kernel), so the ring buffers can be drained meanwhile. ``close()`` waits for it."""
+        the kernel), so the ring buffers can be drained meanwhile. ``close()`` waits for it. A new process
+        held at that moment is let go."""
+        if self._bpf is not None and self._holder is not None:
+            self._set_holding(False)
+            self._holder_stop.set()
+            self._holder.join()
+            self._holder = None
+            self._release_held()
         for lib in self.libraries.values():
-            for link in lib.links:
-                link.close()
+            lib.per_process.close()
         if self._bpf is not None and self._detaching is None:
             bpf = self._bpf
 
@@ -202,6 +235,9 @@ class StandardTracer:
         for ring in self._rings.values():
             ring.close()
         self._rings = {}
+        if getattr(self, "_holds", None) is not None:
+            self._holds.close()
+            self._holds = None
         if self._epoll is not None:
             self._epoll.close()
             self._epoll = None
@@ -220,6 +256,103 @@ class StandardTracer:
         """Trace process ``pid``, the processes it forks from now on, and the CUDA libraries it maps."""
         t = self._bpf["ingero_targets"]
         t[t.Key(int(pid))] = t.Leaf(1)
+        self.link_process(int(pid))
+
+    def on_process(self, added: Callable[[int], None], dropped: Callable[[int], None]) -> set[int]:
+        """Be told of each process that joins the traced tree (``added(pid)``, called while a new process is
+        held, before it runs) and leaves it (``dropped(pid)``); returns the processes linked now."""
+        with self._tree_lock:
+            self._listeners.append((added, dropped))
+            return set(self._linked)
+
+    def off_process(self, added: Callable[[int], None]) -> None:
+        """Stop telling ``added`` (see :meth:`on_process`)."""
+        with self._tree_lock:
+            self._listeners = [pair for pair in self._listeners if pair[0] != added]
+
+    def link_process(self, pid: int) -> None:
+        """Attach process ``pid``'s own links (every library, every listener), then let it go if held."""
+        with self._tree_lock:
+            problem = ""
+            try:
+                for lib in self.libraries.values():
+                    lib.per_process.add(pid)
+                for added, _ in self._listeners:
+                    added(pid)
+            except Exception as e:  # noqa: BLE001 - a held process must never stay stopped
+                log.warning("attaching the probes of process %d failed: %s", pid, e)
+                problem = str(e)
+            self._linked.add(pid)
+        if problem:
+            self.unlinked[pid] = problem
+        self._mark_linked(pid)
+
+    def _mark_linked(self, pid: int) -> None:
+        """The handshake of bpf/follow.bpf.c: insert LINKED; if the process got there first (HELD), it is
+        stopped waiting for us: continue it."""
+        from bcc import libbcc
+
+        t = self._bpf["ingero_linked"]
+        k, v = t.Key(pid), t.Leaf(HOLD_LINKED)
+        if libbcc.lib.bpf_update_elem(t.map_fd, ct.byref(k), ct.byref(v), _BPF_NOEXIST) == 0:
+            return
+        try:
+            state = t[k].value
+        except KeyError:
+            state = 0
+        if state == HOLD_HELD:
+            t[k] = v
+            self.held += 1
+            self._continue(pid)
+
+    @staticmethod
+    def _continue(pid: int) -> None:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+
+    def _drop_process(self, pid: int) -> None:
+        with self._tree_lock:
+            self._linked.discard(pid)
+            for lib in self.libraries.values():
+                lib.per_process.drop(pid)
+            for _, dropped in self._listeners:
+                try:
+                    dropped(pid)
+                except Exception:  # noqa: BLE001
+                    log.exception("dropping the probes of process %d failed", pid)
+        try:
+            t = self._bpf["ingero_linked"]
+            del t[t.Key(pid)]
+        except KeyError:
+            pass
+
+    def _set_holding(self, on: bool) -> None:
+        t = self._bpf["hold_enabled"]
+        t[ct.c_int(0)] = ct.c_uint32(int(on))
+
+    def _hold_loop(self) -> None:
+        """The holder thread: attach the links of each new process of the tree as it is held, let it go."""
+        ep = select.epoll()
+        try:
+            ep.register(self._holds.fd, select.EPOLLIN)
+            while not self._holder_stop.is_set():
+                ep.poll(0.05)
+                for (pid,) in self._holds.read():
+                    self.link_process(pid)
+        except Exception:  # noqa: BLE001 - held processes are let go in detach() whatever happens here
+            log.exception("the holder thread failed")
+        finally:
+            ep.close()
+
+    def _release_held(self) -> None:
+        """Let every process still held go (holding is off now)."""
+        t = self._bpf["ingero_linked"]
+        for k, v in list(t.items()):
+            if v.value == HOLD_HELD:
+                self.unlinked.setdefault(k.value, "the trace stopped while it was held")
+                self._continue(k.value)
 
     def followed(self) -> set[int]:
         """The traced processes (tgids) that are alive."""
@@ -236,12 +369,18 @@ class StandardTracer:
         return out
 
     def scan(self) -> list[AttachedLibrary]:
-        """Attach to CUDA libraries the traced processes have mapped since the last scan; returns them."""
+        """Attach to CUDA libraries the traced processes have mapped since the last scan (and close the
+        links of processes that exited); returns the new libraries."""
         from ingero.errors import IngeroError
         from ingero.symbols import find_libraries
 
+        alive = self.followed()
+        with self._tree_lock:
+            gone = self._linked - alive
+        for pid in gone:
+            self._drop_process(pid)
         new = []
-        for pid in sorted(self.followed()):
+        for pid in sorted(alive):
             try:
                 libs = find_libraries(pid=pid)
             except IngeroError:
@@ -255,8 +394,8 @@ class StandardTracer:
     def attach_known(self) -> list[AttachedLibrary]:
         """Attach now to every copy of libcudart/libcuda on this machine's search paths (pip wheels,
         LD_LIBRARY_PATH, CUDA_HOME, conda, ldconfig): a traced program that loads one of them and calls it
-        at once is caught from its first call, which no scan or open notification can promise. The
-        probes fire in other processes using the same files too, and are filtered out in the kernel."""
+        at once is caught from its first call, which no scan or open notification can promise. The links
+        carry the traced processes' pids: other processes using the same files never trap."""
         from ingero.errors import IngeroError
         from ingero.symbols import find_libraries
 
@@ -343,14 +482,19 @@ class StandardTracer:
         cookies = [source << 8 | op for _, op in chosen]
         entry, ret = self._fns
         path = str(lib.attach_path)
-        links = [attach_uprobe_multi(entry.fd, path, offsets, cookies)]
-        try:
-            links.append(attach_uprobe_multi(ret.fd, path, offsets, cookies, retprobe=True))
-        except BaseException:
-            links[0].close()
-            raise
+        per_process = ProcessLinks([LinkSpec(entry.fd, path, tuple(offsets), tuple(cookies)),
+                                    LinkSpec(ret.fd, path, tuple(offsets), tuple(cookies), retprobe=True)])
+        attached = AttachedLibrary(str(lib.path), lib.soname, key, tuple(n for n, _ in chosen), per_process)
+        with self._tree_lock:  # no process joins between linking the tree and registering the library
+            try:
+                for pid in sorted(self._linked):
+                    per_process.add(pid)
+            except BaseException:
+                per_process.close()
+                raise
+            self.libraries[key] = attached
         log.info("probing %d functions of %s", len(chosen), lib.path)
-        return AttachedLibrary(str(lib.path), lib.soname, key, tuple(n for n, _ in chosen), tuple(links))
+        return attached
 
     # -- events ----------------------------------------------------------------------------------------
     def poll(self, timeout_ms: int = 100, max_events: int = 4096) -> tuple[list[tuple], list[HostEvent]]:
@@ -384,6 +528,14 @@ class StandardTracer:
             self._opens.append((pid, path.split(b"\0", 1)[0].decode(errors="replace")))
         host = [HostEvent(*t[:9], t[9].split(b"\0", 1)[0].decode(errors="replace"))
                 for t in rings["host"].read(max_events)]
+        for h in host:
+            if h.source == SOURCE_HOST and h.op == _OP_EXIT:
+                self._drop_process(h.pid)
+            elif h.source == SOURCE_HOST and h.op == _OP_EXEC and h.arg1 != h.pid:
+                # a thread other than the leader ran exec: the links held the old leader's task, whose
+                # address space is gone; attach anew
+                self._drop_process(h.pid)
+                self.link_process(h.pid)
         return rings["cuda"].read(max_events), host
 
     def cuda_chunk(self) -> bytes | None:

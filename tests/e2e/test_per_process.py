@@ -1,0 +1,103 @@
+"""Only the traced tree pays: the standard probe set attaches one uprobe_multi link per traced process, so
+an untraced process calling the same function of the same file is never trapped -- the kernel plants no
+breakpoint in its pages (read back from /proc/PID/mem: the function's first byte is the file's own, not
+int3) -- while the traced tree, forked workers calling at once included, keeps exact counts. The same
+holds for a DSL probe added to the trace."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import sys
+import threading
+import time
+from collections import Counter
+
+import pytest
+
+from ingero import workload
+from ingero.symbols import read_symbols, resolve_library
+from ingero.tracer.session import TraceOptions, TraceSession
+from tests.helpers import Workload
+
+pytestmark = pytest.mark.bpf
+
+INT3 = 0xCC
+
+
+def text_byte(pid: int, path: str, file_offset: int) -> int | None:
+    """The byte process ``pid`` sees at ``file_offset`` of its mapping of ``path`` (None: not mapped)."""
+    st = os.stat(path)
+    with open(f"/proc/{pid}/maps") as maps:
+        for line in maps:
+            parts = line.split()
+            if len(parts) < 6 or int(parts[4]) != st.st_ino:
+                continue
+            lo, hi = (int(x, 16) for x in parts[0].split("-"))
+            start = int(parts[2], 16)
+            if start <= file_offset < start + (hi - lo):
+                with open(f"/proc/{pid}/mem", "rb") as mem:
+                    mem.seek(lo + file_offset - start)
+                    return mem.read(1)[0]
+    return None
+
+
+def wait_for(cond, timeout=20.0, what="condition"):
+    t0 = time.monotonic()
+    while not cond():
+        if time.monotonic() - t0 > timeout:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def test_untraced_process_is_not_trapped_and_forked_workers_are_exact(need_bpf, tmp_path):
+    lib = str(workload.wheel_libcudart(12))
+    symtab = read_symbols(resolve_library(lib))
+    malloc = symtab.get("cudaMalloc").file_offset
+    probed = symtab.get("cudaGetDeviceCount").file_offset  # only the DSL probe below attaches there
+    with open(lib, "rb") as f:
+        f.seek(malloc)
+        original = f.read(1)[0]
+    assert original != INT3
+    workers, repeat = 3, 4
+    db = tmp_path / "run.db"
+    # an untraced process that mapped the very file the trace probes
+    with Workload("--hold", "0.1") as bystander:
+        bystander.expect("waiting calls")
+        assert text_byte(bystander.pid, lib, malloc) == original
+        # the traced command forks DataLoader-style workers that call CUDA at once
+        spec = "probe devs = libcudart.so.12:cudaGetDeviceCount\n    record retval\n"
+        session = TraceSession(TraceOptions(db=db, chains_every_s=60, probe_specs=(("devs", spec),)), command=[
+            sys.executable, "-m", "ingero.workload", "--repeat", str(repeat), "--workers", str(workers),
+            "--wait-calls", "--hold", "1"]).start()
+        runner = threading.Thread(target=session.run)
+        runner.start()
+        try:
+            root = session.pids[0]
+            wait_for(lambda: text_byte(root, lib, malloc) is not None, what="the traced command to load libcudart")
+            # the kernel planted a breakpoint in the traced process and none in the bystander
+            assert text_byte(root, lib, malloc) == INT3
+            assert text_byte(root, lib, probed) == INT3
+            assert text_byte(bystander.pid, lib, malloc) == original
+            assert text_byte(bystander.pid, lib, probed) != INT3
+            os.kill(root, signal.SIGUSR1)
+            bystander.go()  # the bystander calls the probed functions while the trace runs
+            bystander.finish()
+            runner.join(timeout=60)
+            assert not runner.is_alive()
+        finally:
+            session.stop("test over")
+            runner.join(timeout=30)
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        per_pid = Counter(dict(conn.execute("SELECT pid, COUNT(*) FROM events WHERE source = 1 GROUP BY pid")))
+        ops = Counter(dict(conn.execute("SELECT op, COUNT(*) FROM events WHERE source = 1 GROUP BY op")))
+        lost = conn.execute("SELECT COALESCE(SUM(count), 0) FROM lost_events").fetchone()[0]
+    finally:
+        conn.close()
+    per_worker = sum(workload.expected_counts(repeat).values())
+    assert bystander.pid not in per_pid and root not in per_pid
+    assert len(per_pid) == workers and set(per_pid.values()) == {per_worker}, per_pid
+    assert sum(ops.values()) == workers * per_worker and lost == 0
+    assert session.tracer.unlinked == {}
