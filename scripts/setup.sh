@@ -27,7 +27,12 @@ PKGS="python3-bpfcc linux-headers-amd64 bpftrace bpftool gcc g++ make libc6-dev 
       python3-venv python3.11 ca-certificates openssl prometheus"
 
 system_setup() {
+  local t0=$SECONDS missing p
   # Debian packages: install every time (a no-op when present); refresh the lists only if that fails.
+  missing=""
+  # shellcheck disable=SC2086
+  for p in $PKGS; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=" $p"; done
+  [ -z "$missing" ] || say "installing Debian packages:$missing"
   # shellcheck disable=SC2086
   if ! apt-get install -y -qq --no-install-recommends $PKGS >/dev/null 2>&1; then
     say "apt-get install failed; refreshing package lists and retrying"
@@ -56,18 +61,19 @@ system_setup() {
     # shellcheck disable=SC2086
     apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
   fi
-  say "system ready (kernel $kv, headers $(basename "$h"), tracefs mounted)"
+  say "system ready in $((SECONDS - t0)) s (kernel $kv, headers $(basename "$h"), tracefs mounted)"
 }
 
 python_setup() {
-  [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+  local t0=$SECONDS
+  [ -x "$VENV/bin/python" ] || { say "creating the venv $VENV"; "$PY" -m venv "$VENV"; }
   local sp
   sp=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
   # Debian's bcc is pure Python over libbcc.so.0: link only that package into the venv.
   ln -sfn /usr/lib/python3/dist-packages/bcc "$sp/bcc"
   "$VENV/bin/python" -m pip install -qq --disable-pip-version-check -e '.[test]'
   "$VENV/bin/python" -c 'import bcc, ingero' 
-  say "venv ready ($VENV, $("$VENV/bin/python" -V), bcc linked)"
+  say "venv ready in $((SECONDS - t0)) s ($VENV, $("$VENV/bin/python" -V), bcc linked, ingero[test] installed)"
 }
 
 torch_setup() {
