@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from ingero.abi import place_arguments
 from ingero.catalogue import CType, Field, load_catalogue
 from ingero.compiler import compile_spec
-from ingero.compiler.abi import place_arguments
 from ingero.compiler.record import EVENT_HEADER, STATS
 from ingero.dsl import check, check_file
 from tests.conftest import ROOT

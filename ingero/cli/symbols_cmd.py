@@ -24,6 +24,8 @@ def _columns(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
 
 
 def _lib_dict(lib) -> dict:
+    from ingero.symbols import symbol_count
+
     return {
         "soname": lib.soname,
         "path": str(lib.path),
@@ -31,7 +33,7 @@ def _lib_dict(lib) -> dict:
         "mapped_path": str(lib.mapped_path) if lib.mapped_path else None,
         "version": lib.version,
         "build_id": lib.build_id,
-        "symbols": lib.symbol_count,
+        "symbols": symbol_count(lib),
         "source": lib.source,
         "chosen": lib.chosen,
         "deleted": lib.deleted,
@@ -54,7 +56,7 @@ def libs(pid: int | None, as_json: bool) -> None:
         ingero libs
         ingero libs --pid 4242
     """
-    from ingero.symbols import find_libraries
+    from ingero.symbols import find_libraries, symbol_count
 
     found = find_libraries(pid=pid)
     if as_json:
@@ -73,7 +75,7 @@ def libs(pid: int | None, as_json: bool) -> None:
             (
                 f"{mark} {lib.soname or '-'}",
                 lib.version or "-",
-                str(lib.symbol_count),
+                str(symbol_count(lib)),
                 (lib.build_id or "-")[:12],
                 lib.source,
                 f"{lib.path}{flags}",

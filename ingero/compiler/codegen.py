@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
+from ingero.abi import INT_REGS
 from ingero.compiler.record import EVENT_HEADER, STR_NULL, Layout, LayoutField, stats_enum
 from ingero.dsl.resolved import (
     COMM_LEN,
@@ -30,7 +31,7 @@ from ingero.dsl.resolved import (
 from ingero.paths import data_dir
 
 HEADER_KEYS = {f.key for f in EVENT_HEADER.fields if f.key}
-_REGS = {"di", "si", "dx", "cx", "r8", "r9"}
+_REGS = frozenset(INT_REGS)
 _CMP = {"==", "!=", "<", "<=", ">", ">="}
 
 

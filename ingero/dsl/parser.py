@@ -7,6 +7,7 @@ Syntax errors become one :class:`Diagnostic` each, located, with what was expect
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from functools import lru_cache
 
 from lark import Lark, Token, Transformer, v_args
@@ -51,6 +52,25 @@ _WORDS = {
 }
 
 
+@dataclass(frozen=True)
+class _Params:
+    """A target's declared parameter list, before it joins its :class:`ast.Target`."""
+
+    params: tuple[ast.ParamDecl, ...]
+    span: Span
+
+
+@dataclass(frozen=True)
+class _Pid:
+    pid: int
+    span: Span
+
+
+@dataclass(frozen=True)
+class _By:
+    fields: tuple[ast.FieldRef, ...]
+
+
 @lru_cache(maxsize=1)
 def _parser() -> Lark:
     text = (data_dir("grammar") / "probe.lark").read_text()
@@ -85,20 +105,20 @@ class _ToAst(Transformer):
         for it in items[1:]:
             if isinstance(it, ast.TypeRef):
                 returns = it
-            elif isinstance(it, tuple) and it and it[0] == "params":
-                params, params_span = it[1], it[2]
-            elif isinstance(it, tuple) and it and it[0] == "pid":
-                pid, pid_span = it[1], it[2]
+            elif isinstance(it, _Params):
+                params, params_span = it.params, it.span
+            elif isinstance(it, _Pid):
+                pid, pid_span = it.pid, it.span
         return ast.Target(lib, sym, lspan, sspan, params, params_span, returns, pid, pid_span, _sp(meta))
 
     def ret_type(self, meta, items):
         return ast.TypeRef(str(items[0]), (), _sp(items[0]))
 
     def target_pid(self, meta, items):
-        return ("pid", int(items[0]), _sp(items[0]))
+        return _Pid(int(items[0]), _sp(items[0]))
 
     def params(self, meta, items):
-        return ("params", tuple(items), _sp(meta))
+        return _Params(tuple(items), _sp(meta))
 
     def param(self, meta, items):
         t, name = items
@@ -121,13 +141,13 @@ class _ToAst(Transformer):
         return ast.Record(tuple(items), _sp(meta))
 
     def aggregate(self, meta, items):
-        by = ()
-        if items and isinstance(items[-1], tuple) and items[-1] and items[-1][0] == "by":
-            by = items.pop()[1]
+        by: tuple[ast.FieldRef, ...] = ()
+        if items and isinstance(items[-1], _By):
+            by = items.pop().fields
         return ast.Aggregate(tuple(items), by, _sp(meta))
 
     def by(self, meta, items):
-        return ("by", tuple(items))
+        return _By(tuple(items))
 
     def agg(self, meta, items):
         func = items[0]

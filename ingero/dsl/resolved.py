@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ingero.compiler.abi import Piece
+from ingero.abi import Piece
 
 #: Fields every probe has, whatever the function.
 BUILTINS = ("retval", "latency", "pid", "tid", "comm", "symbol", "stack", "ts")

@@ -40,6 +40,3 @@ class Span:
 
     def to(self, other: Span) -> Span:
         return Span(self.line, self.column, other.end_line, other.end_column)
-
-
-NOWHERE = Span(0, 0, 0, 0)

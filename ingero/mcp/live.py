@@ -163,7 +163,7 @@ class ProbeTools:
 
     # -- list_libraries ------------------------------------------------------------------------------
     def list_libraries(self, pid: int = 0, limit: int = 50, offset: int = 0) -> str:
-        from ingero.symbols import find_libraries
+        from ingero.symbols import find_libraries, symbol_count
 
         target = self._pid_for(pid)
         libs = find_libraries(pid=target)
@@ -175,7 +175,7 @@ class ProbeTools:
         shown = libs[off: off + lim]
         rows = []
         for lib in shown:
-            rows.append((lib_label(lib), lib.version or "", lib.symbol_count, (lib.build_id or "")[:16],
+            rows.append((lib_label(lib), lib.version or "", symbol_count(lib), (lib.build_id or "")[:16],
                          "yes" if self.allowed(lib.stem, lib.soname, lib.path) else "no",
                          "*" if lib.chosen else "", lib.path))
         head = (f"{len(libs)} CUDA libraries {where}; rows {off + 1}-{off + len(shown)}. "

@@ -57,7 +57,7 @@ from ingero.symbols.discovery import (
     resolve_library,
     search_dirs,
 )
-from ingero.symbols.table import Symbol, SymbolTable, read_symbols
+from ingero.symbols.table import Symbol, SymbolTable, read_symbols, symbol_count
 
 __all__ = [
     "CUDA_LIBRARY_STEMS",
@@ -69,4 +69,5 @@ __all__ = [
     "read_symbols",
     "resolve_library",
     "search_dirs",
+    "symbol_count",
 ]

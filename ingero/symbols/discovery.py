@@ -125,18 +125,6 @@ class Library:
         return self.mapped_path or self.path
 
     @property
-    def symbol_count(self) -> int:
-        """Number of function symbols (reads the table, through the cache); 0 if it has none or cannot be
-        read."""
-        from ingero.symbols.table import read_symbols
-
-        try:
-            return len(read_symbols(self))
-        except IngeroError as e:
-            log.debug("no symbol count for %s: %s", self.path, e)
-            return 0
-
-    @property
     def name(self) -> str:
         return self.soname or os.path.basename(self.path)
 

@@ -8,14 +8,11 @@ import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-from ingero.errors import NoSymbols, SymbolNotFound, suggestion
+from ingero.errors import IngeroError, NoSymbols, SymbolNotFound, suggestion
 from ingero.symbols import cache
+from ingero.symbols.discovery import Library, resolve_library
 from ingero.symbols.elf import RawSymbol, read_elf_info, read_function_symbols
-
-if TYPE_CHECKING:
-    from ingero.symbols.discovery import Library
 
 log = logging.getLogger(__name__)
 
@@ -218,8 +215,6 @@ def read_symbols(
     :mod:`ingero.symbols.elf`); ``use_cache=False`` reads the file and touches no cache.
     Raises LibraryNotFound, NotAnElf, PermissionProblem, NoSymbols.
     """
-    from ingero.symbols.discovery import Library, resolve_library
-
     if isinstance(lib, str) and "/" not in lib:
         lib = resolve_library(lib)
     path = lib.read_path if isinstance(lib, Library) else os.fspath(lib)
@@ -258,3 +253,12 @@ def read_symbols(
     if not table.symbols:
         raise _no_symbols(table)
     return table
+
+
+def symbol_count(lib: Library) -> int:
+    """Number of function symbols of a library (through the cache); 0 if it has none or cannot be read."""
+    try:
+        return len(read_symbols(lib))
+    except IngeroError as e:
+        log.debug("no symbol count for %s: %s", lib.path, e)
+        return 0

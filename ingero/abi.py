@@ -1,5 +1,8 @@
 """Where the x86-64 System V calling convention puts each C argument, from its type.
 
+This sits below both the checker (:mod:`ingero.dsl`, which places every argument a spec reads) and the
+code generator (:mod:`ingero.compiler`, which reads each :class:`Piece` from ``struct pt_regs``).
+
 Integer-class eightbytes take the next of rdi, rsi, rdx, rcx, r8, r9; float-class ones the next XMM
 register; an aggregate of up to 16 bytes is classified per eightbyte and goes in registers only if all
 of its eightbytes fit, otherwise (and for anything larger, or ``long double``) it is passed in memory, on
@@ -97,6 +100,14 @@ def place_arguments(params: Sequence[CType], ret: CType | None = None) -> list[P
         out.append(Place("stack", offset=stack))
         stack += ((t.size or 8) + 7) // 8 * 8
     return out
+
+
+def untyped_piece(index: int) -> Piece:
+    """Where integer argument ``index`` of a function without a known signature is (every argument
+    taken as one integer eightbyte)."""
+    if index < len(INT_REGS):
+        return Piece("reg", reg=INT_REGS[index])
+    return Piece("stack", offset=(index - len(INT_REGS)) * 8)
 
 
 def piece(place: Place, offset: int, size: int) -> Piece:

@@ -1,0 +1,96 @@
+"""Pass 4: what a probe outputs: the fields of its record clause, the aggregations of its aggregate
+clause and the fields it groups them by, each resolved to a :class:`Value`."""
+
+from __future__ import annotations
+
+from ingero.dsl import ast
+from ingero.dsl.context import ProbeContext, Report, a_kind
+from ingero.dsl.fields import Fields
+from ingero.dsl.resolved import RAgg
+from ingero.errors import suggestion
+
+#: Every aggregation the language has (the code generator accepts exactly these).
+AGG_FUNCS = ("count", "sum", "min", "max", "hist")
+MAX_BY = 6
+
+
+def outputs(ctx: ProbeContext, report: Report) -> ProbeContext:
+    fields = Fields(ctx, report)
+    record = _record(ctx.record_clause, fields, report) if ctx.record_clause is not None else ()
+    aggs: tuple[RAgg, ...] = ()
+    by: tuple[str, ...] = ()
+    if ctx.aggregate_clause is not None:
+        aggs = _aggregations(ctx.aggregate_clause, fields, report)
+        by = _by(ctx.aggregate_clause, fields, report)
+    return fields.done(record=record, aggregates=aggs, by=by)
+
+
+def _record(rec: ast.Record, fields: Fields, report: Report) -> tuple[str, ...]:
+    keys: list[str] = []
+    for f in rec.fields:
+        v = fields.field(f)
+        if v is None:
+            continue
+        if v.key in keys:
+            report.error(f.span, f"{f.text!r} is recorded twice", "list each field once")
+            continue
+        keys.append(v.key)
+    return tuple(keys)
+
+
+def _aggregations(agg: ast.Aggregate, fields: Fields, report: Report) -> tuple[RAgg, ...]:
+    aggs: list[RAgg] = []
+    for a in agg.aggs:
+        if a.func not in AGG_FUNCS:
+            report.error(
+                a.func_span,
+                f"unknown aggregation {a.func!r}",
+                suggestion(a.func, AGG_FUNCS) or f"aggregations: {', '.join(AGG_FUNCS)}",
+            )
+            continue
+        if a.func == "count":
+            if a.arg is not None:
+                report.error(a.arg.span, "count takes no field", "count counts calls: aggregate count")
+                continue
+            aggs.append(RAgg("count", None))
+            continue
+        if a.arg is None:
+            report.error(a.span, f"{a.func} needs a field", f"for example {a.func}(latency)")
+            continue
+        v = fields.field(a.arg)
+        if v is None:
+            continue
+        if v.kind not in ("int", "uint") or v.source in ("pid", "tid"):
+            report.error(
+                a.arg.span,
+                f"{a.func}() needs a number such as a size or latency; {a.arg.text} is {a_kind(v.kind)}",
+                "aggregate by it instead: ... by " + a.arg.text,
+            )
+            continue
+        if RAgg(a.func, v.key) in aggs:
+            report.error(a.span, f"{a.func}({a.arg.text}) is listed twice", "list it once")
+            continue
+        aggs.append(RAgg(a.func, v.key))
+    return tuple(aggs)
+
+
+def _by(agg: ast.Aggregate, fields: Fields, report: Report) -> tuple[str, ...]:
+    by: list[str] = []
+    for f in agg.by:
+        v = fields.field(f)
+        if v is None:
+            continue
+        if v.source in ("latency", "ts"):
+            report.error(
+                f.span,
+                f"aggregating by {f.text} would make one group per call",
+                f"use hist({f.text}) to see its distribution",
+            )
+            continue
+        if v.key in by:
+            report.error(f.span, f"{f.text!r} is listed twice after by", "list each field once")
+            continue
+        by.append(v.key)
+    if len(by) > MAX_BY:
+        report.error(agg.by[MAX_BY].span, f"at most {MAX_BY} fields after by")
+    return tuple(by)

@@ -1,0 +1,166 @@
+"""Pass 2: the target's library (installed here, or a catalogue family that is not) and its symbols
+(globs, demangled C++ names, aliases such as cuMemAlloc -> cuMemAlloc_v2, per-thread variants), within
+the symbol budget."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+
+from ingero.catalogue import Catalogue
+from ingero.dsl import ast
+from ingero.dsl.budgets import MAX_SYMBOLS
+from ingero.dsl.context import ProbeContext, Report
+from ingero.dsl.resolved import LibraryRef
+from ingero.errors import IngeroError, suggestion
+from ingero.symbols import Library, SymbolTable
+from ingero.symbols.discovery import stem_of
+
+#: Library stems whose signatures the catalogue holds, and the family name the catalogue uses.
+FAMILIES = {
+    "libcudart": "cudart",
+    "libcuda": "cuda",
+    "libcublas": "cublas",
+    "libcublasLt": "cublasLt",
+    "libnccl": "nccl",
+    "libcudnn": "cudnn",
+}
+_GLOB = re.compile(r"[*?\[]")
+
+
+def family_of(stem: str) -> str | None:
+    return FAMILIES.get(stem) or ("cudnn" if stem.startswith("libcudnn") else None)
+
+
+def target(ctx: ProbeContext, report: Report) -> ProbeContext:
+    t = ctx.probe.target
+    cat = ctx.lookups.catalogue
+    try:
+        lib = ctx.lookups.library(t.library, ctx.pid)
+    except IngeroError as e:
+        stem = stem_of(t.library if "/" not in t.library else t.library.rsplit("/", 1)[1])
+        family = family_of(stem if stem.startswith("lib") else "lib" + stem)
+        if family is None or ctx.pid is not None or "/" in t.library:
+            report.error(
+                t.library_span,
+                e.message,
+                e.hint or "give an existing path, a soname such as libcudart.so.12 or a name such as libcudart",
+            )
+            return ctx
+        ref = LibraryRef(t.library, None, None, None, None, None, False, _major(cat, None), family)
+        ctx = replace(
+            ctx,
+            library=ref,
+            notes=ctx.note(
+                f"{t.library} is not installed here: checked against the signature catalogue "
+                f"only; running this probe needs the library"
+            ),
+        )
+        names = cat.names(library=family, cuda_major=ref.cuda_major)
+        return _pick_symbols(ctx, report, names, {n: 0 for n in names}, None)
+    try:
+        table = ctx.lookups.symbols(lib)
+    except IngeroError as e:
+        report.error(t.library_span, e.message, e.hint)
+        return ctx
+    ref = LibraryRef(
+        t.library,
+        lib.path,
+        str(lib.attach_path),
+        lib.soname,
+        lib.build_id,
+        lib.version,
+        True,
+        _major(cat, lib),
+        family_of(lib.stem),
+    )
+    offsets: dict[str, int] = {}
+    for s in table:
+        if s.name not in offsets:
+            offsets[s.name] = table.get(s.name).file_offset
+    return _pick_symbols(replace(ctx, library=ref), report, list(offsets), offsets, table)
+
+
+def _major(cat: Catalogue, lib: Library | None) -> int | None:
+    majors = cat.cuda_majors
+    if lib is not None:
+        v = lib.version or ""
+        m = re.match(r"(\d+)", v)
+        if m and int(m.group(1)) in majors:
+            return int(m.group(1))
+        m = re.search(r"\.so\.(\d+)", lib.soname or "")
+        if m and int(m.group(1)) in majors:
+            return int(m.group(1))
+        return None
+    return majors[0] if majors else None
+
+
+def _pick_symbols(
+    ctx: ProbeContext,
+    report: Report,
+    names: Sequence[str],
+    offsets: Mapping[str, int],
+    table: SymbolTable | None,
+) -> ProbeContext:
+    t: ast.Target = ctx.probe.target
+    pattern = t.symbol
+    where = ctx.lib.soname or ctx.lib.name
+    notes: list[str] = []
+    chosen: list[str] = []
+    if _GLOB.search(pattern):
+        rx = re.compile(fnmatch.translate(pattern))
+        chosen = [n for n in names if rx.match(n)]
+        if table is not None:  # demangled C++ names match too
+            chosen += [s.name for s in table.match(pattern) if s.name not in chosen and s.name in offsets]
+        if not chosen:
+            stripped = _GLOB.sub("", pattern).strip("]!")
+            hint = suggestion(stripped, names) if stripped else None
+            report.error(
+                t.symbol_span,
+                f"the glob {pattern!r} matches no function of {where}",
+                (hint + " " if hint else "") + f"(list them with `ingero symbols {where}`)",
+            )
+            return ctx
+    else:
+        name = pattern
+        called = [n for n in ctx.lookups.catalogue.called_names(name, ctx.lib.cuda_major) if n in offsets]
+        if called:
+            chosen = called
+            if called[0] != name:
+                legacy = f" (the exported {name} is the legacy entry point for old binaries)" if name in offsets else ""
+                notes.append(f"{name} is called as {called[0]}: probing {called[0]}{legacy}")
+            if len(called) > 1:
+                notes.append(
+                    f"{called[0]} also has per-thread-stream variants: probing " + ", ".join(called[1:]) + " too"
+                )
+        elif name in offsets:
+            chosen = [name]
+        elif table is not None and ("@" in name or " " in name):
+            try:
+                chosen = [table.get(name).name]
+            except IngeroError as e:
+                report.error(t.symbol_span, e.message, e.hint)
+                return ctx
+        else:
+            hint = suggestion(name, names) or f"list them with `ingero symbols {where}`"
+            report.error(t.symbol_span, f"{where} has no function {name!r}", hint)
+            return ctx
+    # one uprobe per address: aliases at the same offset would fire twice
+    by_off: dict[int, str] = {}
+    for n in chosen:
+        off = offsets[n]
+        if off and off in by_off:
+            continue
+        by_off[off or -len(by_off) - 1] = n
+    chosen = list(by_off.values())
+    if len(chosen) > ctx.budgets.symbols:
+        report.error(
+            t.symbol_span,
+            f"{pattern!r} matches {len(chosen)} functions of {where}, more than the "
+            f"budget of {ctx.budgets.symbols}",
+            f"narrow the glob, or raise the budget: limit symbols {min(len(chosen), MAX_SYMBOLS)}",
+        )
+        return ctx
+    return replace(ctx, symbol_names=tuple(chosen), symbol_offsets=dict(offsets), notes=ctx.note(*notes))
