@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("ingero.cli.export_cmd", "export"),
     "selftest": ("ingero.cli.selftest_cmd", "selftest"),
     "trace": ("ingero.cli.trace_cmd", "trace"),
+    "fleet": ("ingero.cli.fleet_cmd", "fleet"),
 }
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from ingero.cli.fleet_opts import fleet_options, start_export
 from ingero.errors import IngeroError
 
 
@@ -43,13 +44,17 @@ from ingero.errors import IngeroError
               help="--live: most symbols one probe may match.")
 @click.option("--http-idle-timeout", type=float, default=300.0, show_default=True,
               help="HTTP: end a client session idle this long (its probes end with it), in seconds.")
+@click.option("--prometheus", envvar="INGERO_PROMETHEUS", metavar="URL",
+              help="Offer query_fleet: the fleet's metrics through this Prometheus server (env INGERO_PROMETHEUS).")
+@fleet_options(tls=False)
 @click.option("--log-level", default="WARNING", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def mcp(db: Path | None, http: str | None, tls_cert: Path | None, tls_key: Path | None,
         audit_db: Path | None, sql_timeout: float, live: bool, pid: int | None, allow_attach: bool,
         allow_libs: tuple[str, ...], max_probes: int, probe_ttl: str, probe_events: int, probe_symbols: int,
-        http_idle_timeout: float, log_level: str, command: tuple[str, ...]) -> None:
+        http_idle_timeout: float, log_level: str, command: tuple[str, ...], prometheus: str | None = None,
+        **fleet) -> None:
     """Serve the standard seven tools over a trace database, plus the probe tools.
 
     Replay (--db FILE): the database is never written: it opens read-only (a copy when a non-empty -wal
@@ -65,6 +70,7 @@ def mcp(db: Path | None, http: str | None, tls_cert: Path | None, tls_key: Path 
       INGERO_MCP_TOKEN=secret ingero mcp --db trace.db --http 127.0.0.1:8765
       sudo ingero mcp --live --allow-attach --pid 4242
       sudo ingero mcp --live --allow-attach --db run.db -- python train.py
+      ingero mcp --prometheus http://127.0.0.1:9090        # query_fleet only
     """
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -93,8 +99,11 @@ def mcp(db: Path | None, http: str | None, tls_cert: Path | None, tls_key: Path 
         limits = ProbeLimits(ttl_s=parse_duration_ns(probe_ttl) / 1e9, events=probe_events,
                              max_probes=max_probes, max_symbols=probe_symbols)
         opts = LiveOptions(allow_attach=allow_attach, allow_libs=tuple(allow_libs), limits=limits)
-        _serve_live(db, pid, command, opts, audit_db, http, tls_cert, tls_key, sql_timeout, http_idle_timeout)
+        _serve_live(db, pid, command, opts, audit_db, http, tls_cert, tls_key, sql_timeout, http_idle_timeout,
+                    prometheus or "", fleet)
         return
+    if fleet.get("metrics") or fleet.get("otlp"):
+        raise IngeroError("--metrics and --otlp export a live trace: add --live and --pid N (or -- CMD ARGS)")
     if live and not db:
         raise IngeroError("--live needs --pid N or a command to trace (or --db FILE being written by "
                           "`ingero trace`)")
@@ -102,10 +111,10 @@ def mcp(db: Path | None, http: str | None, tls_cert: Path | None, tls_key: Path 
     audit = AuditLog(audit_db)
     try:
         if not http:
-            server = build_server(reader, audit, ServerOptions("stdio", sql_timeout, live))
+            server = build_server(reader, audit, ServerOptions("stdio", sql_timeout, live, prometheus or ""))
             server.run("stdio")
             return
-        _serve_http(reader, audit, http, tls_cert, tls_key, sql_timeout, live_db=live)
+        _serve_http(reader, audit, http, tls_cert, tls_key, sql_timeout, live_db=live, prometheus=prometheus or "")
     finally:
         if reader is not None:
             reader.close()
@@ -113,7 +122,8 @@ def mcp(db: Path | None, http: str | None, tls_cert: Path | None, tls_key: Path 
 
 
 def _serve_http(reader, audit, http: str, tls_cert: Path | None, tls_key: Path | None,
-                sql_timeout: float, probes=None, idle_timeout: float | None = None, live_db: bool = False) -> None:
+                sql_timeout: float, probes=None, idle_timeout: float | None = None, live_db: bool = False,
+                prometheus: str = "") -> None:
     import uvicorn
 
     from ingero.mcp.http import TOKEN_ENV, BearerGuard, parse_address, resolve_token
@@ -125,7 +135,7 @@ def _serve_http(reader, audit, http: str, tls_cert: Path | None, tls_key: Path |
                           "network in clear", "add --tls-cert and --tls-key, or bind loopback (:PORT)")
     token, generated = resolve_token(dict(os.environ))
     live = probes is not None and probes.live
-    server = build_server(reader, audit, ServerOptions("http", sql_timeout, live or live_db), probes)
+    server = build_server(reader, audit, ServerOptions("http", sql_timeout, live or live_db, prometheus), probes)
     if idle_timeout:
         app = server.streamable_http_app(host=addr.host, session_idle_timeout=idle_timeout)
     else:
@@ -155,7 +165,7 @@ def _serve_http(reader, audit, http: str, tls_cert: Path | None, tls_key: Path |
 
 def _serve_live(db: Path | None, pid: int | None, command: tuple[str, ...], opts, audit_db: Path | None,
                 http: str | None, tls_cert: Path | None, tls_key: Path | None, sql_timeout: float,
-                idle_timeout: float) -> None:
+                idle_timeout: float, prometheus: str = "", fleet: dict | None = None) -> None:
     """Trace the process tree in a thread and serve its database as it grows, with the probe tools."""
     import signal
     import threading
@@ -174,8 +184,20 @@ def _serve_live(db: Path | None, pid: int | None, command: tuple[str, ...], opts
         db = folder / f"trace-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.db"
     audit = AuditLog(audit_db)
     # the command's stdout is not ours to share: over stdio it is the MCP channel
-    session = TraceSession(TraceOptions(db=db, probe_limits=opts.limits), pids=[pid] if pid else (),
-                           command=command, command_stdout=2).start()
+    if http:
+        from ingero.mcp.http import parse_address
+
+        hint = parse_address(http).url(bool(tls_cert))
+    else:
+        hint = f"stdio: ingero mcp --live (on this node; database {db})"
+    export = start_export(fleet or {}, mcp_hint=hint, tls_cert=tls_cert, tls_key=tls_key)
+    try:
+        session = TraceSession(TraceOptions(db=db, probe_limits=opts.limits), pids=[pid] if pid else (),
+                               command=command, command_stdout=2, metrics=export.metrics if export else None).start()
+    except BaseException:
+        if export:
+            export.close()
+        raise
     runner = threading.Thread(target=session.run, name="ingero-trace", daemon=True)
     runner.start()
     reader = None
@@ -193,12 +215,13 @@ def _serve_live(db: Path | None, pid: int | None, command: tuple[str, ...], opts
                    f"{'attach allowed' if opts.allow_attach else 'validate only (no --allow-attach)'}; "
                    f"audit log {audit.path}", err=True)
         if not http:
-            server = build_server(reader, audit, ServerOptions("stdio", sql_timeout, True), probes)
+            server = build_server(reader, audit, ServerOptions("stdio", sql_timeout, True, prometheus), probes)
             server.run("stdio")
             reason = "the MCP client session ended (stdio closed)"
             probes.end_owner_prefix("stdio", reason)
         else:
-            _serve_http(reader, audit, http, tls_cert, tls_key, sql_timeout, probes, idle_timeout)
+            _serve_http(reader, audit, http, tls_cert, tls_key, sql_timeout, probes, idle_timeout,
+                        prometheus=prometheus)
     except KeyboardInterrupt:
         reason = "the MCP server was stopped (signal)"
     finally:
@@ -214,3 +237,5 @@ def _serve_live(db: Path | None, pid: int | None, command: tuple[str, ...], opts
         if reader is not None:
             reader.close()
         audit.close()
+        if export:
+            export.close()

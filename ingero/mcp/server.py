@@ -57,6 +57,7 @@ class ServerOptions:
     transport: str = "stdio"           # stdio | http
     sql_timeout_s: float = DEFAULT_TIMEOUT_S
     live: bool = False                 # the database is being written: re-read its bounds on every call
+    prometheus: str = ""               # query_fleet asks this Prometheus server (empty: no query_fleet)
 
 
 def _version() -> str:
@@ -288,6 +289,10 @@ def build_server(reader: TraceReader | None, audit: AuditLog | None,
         return INVESTIGATE_TEXT
 
     _add_probe_tools(server, probes, attach)
+    if options.prometheus:
+        from ingero.mcp.fleet import add_fleet_tool
+
+        add_fleet_tool(server, options.prometheus)
     return server
 
 
