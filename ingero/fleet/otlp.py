@@ -192,5 +192,6 @@ def metrics_data(s: MetricsSnapshot, resource):
         gauge(CHAINS, "Causal chains of the latest analysis.", ("severity", "op"), s.chains),
         gauge(NODE_INFO, "This node's ingero.", ("mcp", "version"), {(s.info["mcp"], s.info["version"]): 1}),
     ]
+    metrics = [m for m in metrics if m.data.data_points]  # as /metrics: a family without series shows none
     scope = InstrumentationScope("ingero")
     return MetricsData([ResourceMetrics(resource, [ScopeMetrics(scope, metrics, "")], "")])

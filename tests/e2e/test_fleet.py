@@ -307,3 +307,147 @@ def test_ingero_fleet_cli_twin(fleet):
     r = subprocess.run([ingero_cmd(), "fleet", "promql", "sum(", "--prometheus", fleet["url"]],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "not a PromQL query" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+class _Collector:
+    """A test OTLP/HTTP endpoint: keeps every request body it receives, by path."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.bodies: dict[str, list[bytes]] = {"/v1/metrics": [], "/v1/traces": []}
+        lock = threading.Lock()
+        bodies = self.bodies
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                import gzip
+
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if self.headers.get("Content-Encoding") == "gzip":
+                    body = gzip.decompress(body)
+                with lock:
+                    bodies.setdefault(self.path, []).append(body)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *a) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _scrape(port: int) -> dict[tuple, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        text = r.read().decode()
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def _otlp_samples(body: bytes) -> dict[tuple, float]:
+    """An ExportMetricsServiceRequest as Prometheus-style samples (cumulative buckets, _count, _sum, _total)."""
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+
+    req = ExportMetricsServiceRequest()
+    req.ParseFromString(body)
+    out = {}
+    for rm in req.resource_metrics:
+        for sm in rm.scope_metrics:
+            for m in sm.metrics:
+                kind = m.WhichOneof("data")
+                assert kind, f"{m.name}: a metric without data"
+                if kind == "histogram":
+                    for p in m.histogram.data_points:
+                        labels = {a.key: a.value.string_value for a in p.attributes}
+                        cum = 0
+                        for bound, n in zip([*p.explicit_bounds, math.inf], p.bucket_counts, strict=True):
+                            cum += n
+                            le = "+Inf" if bound == math.inf else f"{bound:g}"
+                            out[(m.name + "_bucket", tuple(sorted({**labels, "le": le}.items())))] = cum
+                        out[(m.name + "_count", tuple(sorted(labels.items())))] = p.count
+                        out[(m.name + "_sum", tuple(sorted(labels.items())))] = p.sum
+                else:
+                    suffix = "_total" if kind == "sum" else ""
+                    for p in getattr(m, kind).data_points:
+                        labels = {a.key: a.value.string_value for a in p.attributes}
+                        out[(m.name + suffix, tuple(sorted(labels.items())))] = p.as_int or p.as_double
+    return out
+
+
+def test_otlp_payloads_hold_the_counts_of_metrics(need_bpf, tmp_path):
+    """The exporter's real protobuf payloads, decoded with opentelemetry-proto, against a /metrics scrape; a
+    span for every call over the threshold (counted in the node's database)."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    shim = tmp_path / "slow_once.so"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-O2", "-o", str(shim), str(NATIVE / "slow_once.c")], check=True)
+    collector = _Collector()
+    [port] = _free_ports(1)
+    db = tmp_path / "otlp.db"
+    threshold_ns = 150_000
+    cmd = [ingero_cmd(), "trace", "--quiet", "--db", str(db), "--metrics", f"127.0.0.1:{port}", "--label", "rank=7",
+           "--otlp", f"http://127.0.0.1:{collector.port}", "--otlp-interval", "1s", "--span-threshold", "150us",
+           "--", "env", f"LD_PRELOAD={shim}", "INGERO_TEST_ONCE_DELAY_US=50", sys.executable, "-m", "ingero.workload",
+           "--duration", "1.5", "--hold", "300"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "INGERO_MCP_TOKEN": TOKEN})
+    workload_pid = None
+    try:
+        for line in proc.stdout:
+            if line.startswith("done "):
+                workload_pid = json.loads(line[5:])["pid"]
+                break
+        else:
+            raise AssertionError(proc.stderr.read())
+        calls_key = ("ingero_call_duration_seconds_count",)
+        deadline = time.monotonic() + 20
+        while True:  # the trace has stored and counted every call
+            scrape = _scrape(port)
+            counted = sum(v for k, v in scrape.items() if k[0] == calls_key[0])
+            if counted == _calls_in_db(db) and counted:
+                break
+            assert time.monotonic() < deadline, (counted, _calls_in_db(db))
+            time.sleep(0.3)
+        assert len(collector.bodies["/v1/metrics"]) >= 1  # pushed every second meanwhile
+        proc.send_signal(signal.SIGINT)  # the last push at close holds the final totals
+        proc.wait(30)
+    finally:
+        if workload_pid:
+            os.kill(workload_pid, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        collector.close()
+    pushed = _otlp_samples(collector.bodies["/v1/metrics"][-1])
+    # the CUDA calls ended before the scrape: their series must agree exactly (host events go on meanwhile)
+    cuda = {k: v for k, v in scrape.items() if k[0].startswith(("ingero_call_", "ingero_probe_", "ingero_lost_"))
+            or (k[0] == "ingero_calls_total" and ("source", "cuda") in k[1])}
+    assert cuda and {k: pushed.get(k) for k in cuda} == pytest.approx(cuda), \
+        sorted(set(cuda.items()) ^ set((k, pushed.get(k)) for k in cuda))
+    assert ("ingero_node_info", tuple(sorted({"node": os.uname().nodename, "rank": "7", "version": "0.1.0",
+                                              "mcp": f"ingero mcp --live --db {db.resolve()}"}.items()))) in pushed
+    spans = []
+    for body in collector.bodies["/v1/traces"]:
+        req = ExportTraceServiceRequest()
+        req.ParseFromString(body)
+        spans += [s for rs in req.resource_spans for ss in rs.scope_spans for s in ss.spans]
+    with _ro(db) as c:
+        slow = c.execute("SELECT count(*) FROM events WHERE source IN (1, 4) AND duration > ?",
+                         (threshold_ns,)).fetchone()[0]
+    assert slow > 0 and len(spans) == slow
+    assert all(s.end_time_unix_nano - s.start_time_unix_nano > threshold_ns for s in spans)
