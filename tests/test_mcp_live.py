@@ -126,3 +126,13 @@ def test_replay_server_lists_probe_tools_and_explains_absent_attach(tmp_path: Pa
     assert attach.is_error and "this server replays a stored database" in text_of(attach)
     assert detach.is_error and "detach_probe is not available" in text_of(detach)
     assert doc.contents[0].text.startswith("# Probe specs: the DSL")
+
+
+def test_probe_name_and_spec_size_bounds(tools, cudart12):
+    ok = tools.validate(f"probe {'n' * 64} = {cudart12}:cudaMalloc\n")[0]
+    assert ok.startswith("VALID: 1 probe"), ok
+    long = tools.validate(f"probe {'n' * 65} = {cudart12}:cudaMalloc\n")[0]
+    assert long.startswith("INVALID: 1 error") and ":1:7-71:" in long
+    assert "the probe name is 65 characters, more than the 64 allowed" in long
+    huge = tools.validate(f"probe {'n' * 100_000} = {cudart12}:cudaMalloc\n")[0]
+    assert huge.startswith("INVALID") and "more than the 65536 allowed" in huge

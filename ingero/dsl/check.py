@@ -34,7 +34,7 @@ from ingero.dsl.outputs import outputs
 from ingero.dsl.parser import parse
 from ingero.dsl.resolved import RAgg, ResolvedProbe, ResolvedSpec
 from ingero.dsl.signatures import signatures
-from ingero.dsl.source import Source
+from ingero.dsl.source import Source, Span
 from ingero.dsl.target import target
 
 Pass = Callable[[ProbeContext, Report], ProbeContext]
@@ -61,6 +61,12 @@ class CheckResult:
         return self.spec
 
 
+#: bounds of what a spec author (an agent over MCP) controls: the probe name (it becomes ops.name and the
+#: view probe_NAME) and the whole spec text
+MAX_PROBE_NAME_CHARS = 64
+MAX_SPEC_CHARS = 64 * 1024
+
+
 def check(text: str, name: str = "<spec>", *, pid: int | None = None, lookups: Lookups = MACHINE) -> CheckResult:
     """Parse and check a spec against this machine's libraries and the signature catalogue.
 
@@ -69,6 +75,10 @@ def check(text: str, name: str = "<spec>", *, pid: int | None = None, lookups: L
     ``CheckResult.errors`` (each with line, column, message, hint).
     """
     source = Source(text, name)
+    if len(text) > MAX_SPEC_CHARS:
+        return CheckResult(source, None, (Diagnostic(
+            Span(1, 1, 1, 2), f"the spec is {len(text)} characters, more than the {MAX_SPEC_CHARS} allowed",
+            "split it into several specs, or match symbols with a glob instead of listing them"),))
     try:
         tree = parse(text, name)
     except SpecError as e:
@@ -78,6 +88,10 @@ def check(text: str, name: str = "<spec>", *, pid: int | None = None, lookups: L
     seen: dict[str, ast.Probe] = {}
     lines = text.splitlines()
     for i, p in enumerate(tree.probes):
+        if len(p.name) > MAX_PROBE_NAME_CHARS:
+            report.error(p.name_span, f"the probe name is {len(p.name)} characters, more than the "
+                         f"{MAX_PROBE_NAME_CHARS} allowed", "give it a shorter name")
+            continue
         if p.name in seen:
             report.error(
                 p.name_span,

@@ -23,14 +23,23 @@ from ingero.analysis import causal_chains, make_window, top_stacks, trace_stats
 from ingero.analysis.check import format_checks, run_all_checks
 from ingero.analysis.demo import SCENARIOS, find_scenario, run_scenario
 from ingero.audit import AuditLog, AuditRecord, dumps_args, now_ns, token_fingerprint
+from ingero.dsl.check import MAX_SPEC_CHARS
 from ingero.errors import IngeroError
 from ingero.mcp import format as fmt
 from ingero.mcp.dslref import DSL_SUMMARY, DSL_URI, dsl_reference
 from ingero.mcp.live import ProbeTools
 from ingero.mcp.prompt import INVESTIGATE_DESCRIPTION, INVESTIGATE_TEXT, INVESTIGATE_TITLE
+from ingero.mcp.strict import MAX_ARG_CHARS, MAX_PATH_CHARS, MAX_SYMBOL_CHARS, StrictArgsMiddleware, make_strict
 from ingero.selftest import selftest_dir
 from ingero.store import TraceReader
-from ingero.store.sqlguard import DEFAULT_TIMEOUT_S, MAX_OUTPUT_BYTES, MAX_VALUE_BYTES, SqlFailed, SqlRefused
+from ingero.store.sqlguard import (
+    DEFAULT_TIMEOUT_S,
+    MAX_OUTPUT_BYTES,
+    MAX_SQL_CHARS,
+    MAX_VALUE_BYTES,
+    SqlFailed,
+    SqlRefused,
+)
 from ingero.store.sqlworker import SqlRunner
 
 log = logging.getLogger(__name__)
@@ -159,6 +168,8 @@ def build_server(reader: TraceReader | None, audit: AuditLog | None,
     db_label = str(reader.path) if reader else ""
     middleware: list = [_AuditMiddleware(audit, options.transport, db_label)] if audit else []
     middleware.append(_AbsentToolMiddleware(probes))
+    strict = StrictArgsMiddleware()
+    middleware.append(strict)
     if probes.live:
         intro = ("Investigate a live CUDA process: start with get_trace_stats and get_causal_chains. When the "
                  "standard trace is not enough, list_libraries -> list_symbols -> describe_symbol -> "
@@ -169,6 +180,7 @@ def build_server(reader: TraceReader | None, audit: AuditLog | None,
                  "omit 'since'.")
     server = MCPServer(name="ingero", title=SERVER_TITLE, version=_version(), middleware=middleware,
                        instructions=intro)
+    strict.server = server
 
     @server.tool(structured_output=False, description="Run system diagnostics: kernel version, BTF support, "
                  "NVIDIA driver, CUDA libraries, running GPU processes")
@@ -180,9 +192,9 @@ def build_server(reader: TraceReader | None, audit: AuditLog | None,
         "share of the trace's wall time and anomalies (> 3x p50) per operation. Works with both live and "
         "saved/offline databases. Omit 'since' for saved DBs."))
     async def get_trace_stats(
-        since: Annotated[str, Field(description=SINCE_DESC)] = "",
+        since: Annotated[str, Field(description=SINCE_DESC, max_length=MAX_ARG_CHARS)] = "",
         tsc: Annotated[bool | None, Field(description=TSC_DESC)] = None,
-        until: Annotated[str, Field(description=UNTIL_DESC)] = "",
+        until: Annotated[str, Field(description=UNTIL_DESC, max_length=MAX_ARG_CHARS)] = "",
     ) -> str:
         def work() -> str:
             if reader is None:
@@ -197,13 +209,13 @@ def build_server(reader: TraceReader | None, audit: AuditLog | None,
         "AI-first: TSC-compressed by default. Works with both live and saved/offline databases. "
         "Omit 'since' for saved DBs."))
     async def get_causal_chains(
-        since: Annotated[str, Field(description=SINCE_DESC)] = "",
+        since: Annotated[str, Field(description=SINCE_DESC, max_length=MAX_ARG_CHARS)] = "",
         pid: Annotated[int, Field(description=PID_DESC)] = 0,
         pids: Annotated[list[int] | None, Field(description="filter by process ID(s). Takes precedence over "
                                                             "pid.")] = None,
         tsc: Annotated[bool | None, Field(description=TSC_DESC)] = None,
         top_n: Annotated[int, Field(description=TOP_N_DESC)] = 10,
-        until: Annotated[str, Field(description=UNTIL_DESC)] = "",
+        until: Annotated[str, Field(description=UNTIL_DESC, max_length=MAX_ARG_CHARS)] = "",
     ) -> str:
         def work() -> str:
             if reader is None:
@@ -220,7 +232,8 @@ def build_server(reader: TraceReader | None, audit: AuditLog | None,
 
     @server.tool(structured_output=False, description="Run a synthetic demo scenario and return the stats "
                  "snapshot and causal chains of its generated events. No GPU or root needed.")
-    async def run_demo(scenario: Annotated[str, Field(description=f"scenario name: {names}")] = "") -> str:
+    async def run_demo(scenario: Annotated[str, Field(description=f"scenario name: {names}",
+                                                      max_length=MAX_ARG_CHARS)] = "") -> str:
         def work() -> str:
             try:
                 find_scenario(scenario)
@@ -242,7 +255,7 @@ def build_server(reader: TraceReader | None, audit: AuditLog | None,
     @server.tool(structured_output=False, description=run_sql_description(reader, options.sql_timeout_s))
     async def run_sql(
         query: Annotated[str, Field(description="Read-only SQL (SELECT/WITH/EXPLAIN). See tool description "
-                                                "for schema.")],
+                                                "for schema.", max_length=MAX_SQL_CHARS)],
         limit: Annotated[int, Field(description="max rows returned (default 1000, max 10000)")] = 0,
         tsc: Annotated[bool | None, Field(description=TSC_DESC)] = None,
     ) -> str:
@@ -268,12 +281,13 @@ def build_server(reader: TraceReader | None, audit: AuditLog | None,
         "For older DBs without resolved symbols, falls back to raw IPs (hex addresses)."))
     async def get_stacks(
         source: Annotated[int, Field(description="Source filter: 1=CUDA, 3=HOST, 4=DRIVER")] = 0,
-        op: Annotated[str, Field(description="Operation name (e.g. cudaMalloc, cuLaunchKernel)")] = "",
+        op: Annotated[str, Field(description="Operation name (e.g. cudaMalloc, cuLaunchKernel)",
+                                  max_length=MAX_ARG_CHARS)] = "",
         pid: Annotated[int, Field(description="Process ID filter")] = 0,
-        since: Annotated[str, Field(description=SINCE_DESC)] = "",
+        since: Annotated[str, Field(description=SINCE_DESC, max_length=MAX_ARG_CHARS)] = "",
         limit: Annotated[int, Field(description="Max stacks returned (default 10, max 100)")] = 10,
         tsc: Annotated[bool | None, Field(description=TSC_DESC)] = None,
-        until: Annotated[str, Field(description=UNTIL_DESC)] = "",
+        until: Annotated[str, Field(description=UNTIL_DESC, max_length=MAX_ARG_CHARS)] = "",
     ) -> str:
         def work() -> str:
             if reader is None:
@@ -293,6 +307,7 @@ def build_server(reader: TraceReader | None, audit: AuditLog | None,
         from ingero.mcp.fleet import add_fleet_tool
 
         add_fleet_tool(server, options.prometheus)
+    make_strict(server)
     return server
 
 
@@ -358,8 +373,10 @@ def _add_probe_tools(server: MCPServer, probes: ProbeTools, attach: bool) -> Non
         "total count and whether the signature catalogue knows their typed arguments (sig=yes: fields by "
         "name in a spec). Paginated; a large result suggests how to narrow it; no match gives a did-you-mean."))
     async def list_symbols(
-        library: Annotated[str, Field(description="soname stem (libcudart), soname (libcudart.so.12) or path")],
-        pattern: Annotated[str, Field(description="shell glob on the name, e.g. cudaMemcpy* (default *)")] = "*",
+        library: Annotated[str, Field(description="soname stem (libcudart), soname (libcudart.so.12) or path",
+                                       max_length=MAX_PATH_CHARS)],
+        pattern: Annotated[str, Field(description="shell glob on the name, e.g. cudaMemcpy* (default *)",
+                                       max_length=MAX_ARG_CHARS)] = "*",
         limit: Annotated[int, Field(description="rows per page (default 100, max 500)")] = 100,
         offset: Annotated[int, Field(description="first row (for the next page)")] = 0,
     ) -> str:
@@ -369,8 +386,10 @@ def _add_probe_tools(server: MCPServer, probes: ProbeTools, attach: bool) -> Non
         "Describe one function of a library: its C signature from the catalogue, the fields a probe spec can "
         "use (arguments by name, retval, latency, built-ins), enum values, and an example spec."))
     async def describe_symbol(
-        library: Annotated[str, Field(description="soname stem (libcudart), soname or path")],
-        symbol: Annotated[str, Field(description="exact function name, e.g. cudaMemcpyAsync")],
+        library: Annotated[str, Field(description="soname stem (libcudart), soname or path",
+                                       max_length=MAX_PATH_CHARS)],
+        symbol: Annotated[str, Field(description="exact function name, e.g. cudaMemcpyAsync",
+                                      max_length=MAX_SYMBOL_CHARS)],
     ) -> str:
         return await _probe_call(lambda: probes.describe_symbol(library, symbol))
 
@@ -381,7 +400,8 @@ def _add_probe_tools(server: MCPServer, probes: ProbeTools, attach: bool) -> Non
         "stated window (or a plain statement that there is no basis). Errors come with line, column and a "
         "did-you-mean hint: fix and validate again.\n" + DSL_SUMMARY))
     async def validate_probe(
-        spec: Annotated[str, Field(description="the probe spec text (one or more probes)")],
+        spec: Annotated[str, Field(description="the probe spec text (one or more probes)",
+                                    max_length=MAX_SPEC_CHARS)],
         window_s: Annotated[float, Field(description="estimate window in seconds, counted back from now "
                                                      "(live) or the end of the trace (default 10)")] = 10.0,
     ) -> str:
@@ -428,7 +448,8 @@ def _add_probe_tools(server: MCPServer, probes: ProbeTools, attach: bool) -> Non
         "ends at its budget, when the target exits, on detach_probe, or when this client session ends. Its "
         "events land in the trace database next to the standard ops."))
     async def attach_probe(
-        spec: Annotated[str, Field(description="the probe spec text (see validate_probe's description)")],
+        spec: Annotated[str, Field(description="the probe spec text (see validate_probe's description)",
+                                    max_length=MAX_SPEC_CHARS)],
         ctx: Context,
     ) -> str:
         owner = session_owner(ctx)

@@ -78,3 +78,88 @@ def test_cpu_bomb_of_one_client_stalls_no_other(tmp_path: Path):
     assert not b.is_error and "cudaMalloc" in b.content[0].text
     assert b_s < 1.0, b_s
     assert _sha(db) == before
+
+
+# one valid value per required argument, so that only the key under test is wrong
+_REQUIRED = {"query": "SELECT 1", "library": "libcudart", "symbol": "cudaMalloc", "probe_id": 1,
+             "spec": "probe x = libcudart:cudaMalloc"}
+# a string holding the JSON of a right-typed value ("false", "7") is read as it (the MCP Inspector CLI sends
+# every argument as a string), so the wrong values here are not such strings
+_WRONG = {"string": 5, "integer": "seven", "number": "fast", "boolean": "yes", "array": "[1, 2"}
+
+
+def _json_type(prop: dict) -> str:
+    for s in prop.get("anyOf", [prop]):
+        if s.get("type") not in (None, "null"):
+            return s["type"]
+    raise AssertionError(prop)
+
+
+async def _refusals(call, tools) -> list[tuple[str, str, str]]:
+    """(tool, key, refusal message) for an unknown key and a wrong type of every argument of every tool."""
+    from mcp.shared.exceptions import MCPError
+    from mcp.types import INVALID_PARAMS
+
+    out = []
+    for t in tools:
+        props = t.input_schema.get("properties", {})
+        assert t.input_schema.get("additionalProperties") is False, t.name
+        base = {k: _REQUIRED[k] for k in t.input_schema.get("required", [])}
+        cases = [("severity", {**base, "severity": "HIGH"})]
+        cases += [(k, {**base, k: _WRONG[_json_type(p)]}) for k, p in props.items()]
+        for key, args in cases:
+            try:
+                r = await call(t.name, args)
+            except MCPError as e:
+                assert e.error.code == INVALID_PARAMS, (t.name, key, e)
+                out.append((t.name, key, e.error.message))
+            else:
+                raise AssertionError(f"{t.name} {args} was accepted: {r}")
+    return out
+
+
+def test_unknown_keys_and_wrong_types_refused_for_every_replay_tool(tmp_path: Path):
+    import sqlite3
+
+    from tests.replay_helpers import stdio_session
+
+    audit_db = tmp_path / "audit.db"
+
+    async def main():
+        async with stdio_session(DATALOADER, audit_db) as s:
+            tools = (await s.list_tools()).tools
+            return tools, await _refusals(s.call_tool, tools)
+    tools, refused = anyio.run(main)
+    assert len(tools) == 13
+    for tool, key, msg in refused:
+        assert msg.startswith(f"invalid arguments for {tool}: "), msg
+        if key == "severity":
+            assert 'unknown argument "severity"' in msg, msg
+        else:
+            assert f'argument "{key}" must be ' in msg, msg
+    assert {t for t, _, _ in refused} == {t.name for t in tools}
+    rows = sqlite3.connect(audit_db).execute(
+        "SELECT tool, outcome, error FROM calls WHERE method = 'tools/call'").fetchall()
+    assert len(rows) == len(refused) and all(r[1] == "rejected" and "invalid arguments" in r[2] for r in rows)
+
+
+def test_unknown_keys_and_wrong_types_refused_for_the_attach_tools():
+    """attach_probe and detach_probe exist only on a live --allow-attach server: an in-process one (the
+    refusal comes before any tool runs, so no trace session is needed)."""
+    from types import SimpleNamespace
+
+    from mcp import Client
+
+    from ingero.mcp.live import LiveOptions, ProbeTools
+    from ingero.mcp.server import build_server
+
+    probes = ProbeTools(None, session=SimpleNamespace(pids=[1]), options=LiveOptions(allow_attach=True))
+    server = build_server(None, None, probes=probes)
+
+    async def main():
+        async with Client(server) as c:
+            tools = [t for t in (await c.list_tools()).tools if t.name in ("attach_probe", "detach_probe")]
+            return await _refusals(c.call_tool, tools)
+    refused = anyio.run(main)
+    assert {(t, k) for t, k, _ in refused} == {("attach_probe", "severity"), ("attach_probe", "spec"),
+                                               ("detach_probe", "severity"), ("detach_probe", "probe_id")}
