@@ -1,8 +1,9 @@
 """Strict tool inputs: every tool's input schema says ``additionalProperties: false`` (as upstream's do), and
 every ``tools/call`` is checked against it before the tool runs. An unknown key, a value of the wrong type,
-a missing required key or a value over its bound is an invalid-params error (JSON-RPC -32602) naming the key,
-never silently ignored or coerced (only a string holding the JSON text of a right-typed value is read as it) (``get_causal_chains {"severity": "HIGH"}`` would otherwise return all
-chains as if the filter had been applied)."""
+a missing required key or a value over its bound is an invalid-params error (JSON-RPC -32602) naming the
+key, never silently ignored (``get_causal_chains {"severity": "HIGH"}`` would otherwise return all chains
+as if the filter had been applied) nor coerced: only a string holding the JSON text of a right-typed value
+is read as that value, as the SDK does for clients that send every argument as a string."""
 
 from __future__ import annotations
 
