@@ -43,4 +43,31 @@ static __always_inline int ingero_streq(const char *a, const char *b, const int 
     return 1;
 }
 
+/* integer arithmetic of probe specs (ingero.dsl.exprs): division by zero gives 0; shifts by 64 or more
+ * give 0 (an arithmetic right shift of a negative value gives -1); + - * wrap in 64 bits */
+static __always_inline u64 ingero_udiv(u64 a, u64 b) {
+    return b ? a / b : 0;
+}
+
+static __always_inline s64 ingero_sdiv(s64 a, s64 b) {
+    if (!b)
+        return 0;
+    u64 ua = a < 0 ? -(u64)a : (u64)a;
+    u64 ub = b < 0 ? -(u64)b : (u64)b;
+    u64 q = ua / ub;
+    return (a < 0) != (b < 0) ? (s64)(0 - q) : (s64)q;
+}
+
+static __always_inline u64 ingero_shl(u64 a, u64 n) {
+    return n < 64 ? a << n : 0;
+}
+
+static __always_inline u64 ingero_shr(u64 a, u64 n) {
+    return n < 64 ? a >> n : 0;
+}
+
+static __always_inline s64 ingero_sar(s64 a, u64 n) {
+    return n < 64 ? a >> n : (a < 0 ? -1 : 0);
+}
+
 #endif

@@ -94,7 +94,7 @@ def _probe_json(p) -> dict:
         "symbols": [{"name": s.name, "file_offset": s.file_offset, "typed_by": s.typed_by} for s in p.symbols],
         "direction": p.direction,
         "record": list(p.record),
-        "aggregate": [a.func + (f"({a.value})" if a.value else "") for a in p.aggregates],
+        "aggregate": [a.label for a in p.aggregates],
         "by": list(p.by),
         "budgets": {
             "ttl_s": p.budgets.ttl_s,
@@ -344,7 +344,7 @@ class _Printer:
                 click.echo(f"    {frame}")
 
     def aggregates(self, session, final: bool) -> None:
-        from ingero.runtime.format import hist_lines, value_text
+        from ingero.runtime.format import ABSENT, hist_lines, lhist_lines, value_text
 
         out = {}
         if not final and not self.as_json:
@@ -368,12 +368,19 @@ class _Printer:
             )
             for r in rows:
                 key = ", ".join(f"{k}={value_text(rp, k, v, r.names, session.enum_name)}" for k, v in r.key.items())
-                vals = ", ".join(f"{k} {v}" for k, v in r.values.items())
+                vals = ", ".join(f"{k} {ABSENT if v is None else v}" for k, v in r.values.items())
                 where = f"[{key}]" if key else ""
                 click.echo(f"@{rp.name}{where}: count {r.count}" + (f", {vals}" if vals else ""))
+                lin = {a.label: a for a in rp.aggregates if a.func == "lhist"}
                 for hname, buckets in r.hists.items():
                     click.echo(f"{hname}" + (f" [{key}]" if key else "") + ":")
-                    for line in hist_lines(buckets, time="latency" in hname or "(ts)" in hname):
+                    is_time = "latency" in hname or "(ts" in hname
+                    if hname in lin:
+                        lo, hi, step = lin[hname].params
+                        lines = lhist_lines(buckets, lo, hi, step, time=is_time)
+                    else:
+                        lines = hist_lines(buckets, time=is_time)
+                    for line in lines:
                         click.echo(line)
         if self.as_json and final:
             click.echo(json.dumps({"final": out}))

@@ -17,6 +17,7 @@ from ingero.dsl.resolved import (
     STR_CAP,
     Const,
     RAnd,
+    RArith,
     RCompare,
     ResolvedProbe,
     ResolvedSpec,
@@ -119,6 +120,15 @@ class _ProbeEmitter:
                 arrs.append(LayoutField("sret", "char", STR_CAP, "retval"))
                 scal.append(LayoutField("sret_len", "s64", 0, "retval", "len"))
                 self.return_lines += self._string_lines("(u64)PT_REGS_RC(ctx)", "sret")
+        for v in p.values:  # reads through pointers, once every pointer has its slot
+            if v.source == "deref" and v.deref is not None:
+                name = f"d{n}"
+                n += 1
+                scal.append(LayoutField(name, "s64" if v.signed else "u64", 0, v.key))
+                scal.append(LayoutField(f"{name}_len", "s64", 0, v.key, "len"))
+                lines = self._read_through(v, name)
+                (self.return_lines if v.deref.at_return else self.entry_lines).extend(lines)
+                self.slot[v.key] = name
         self.vals = Layout(f"p{self.i}_vals", tuple(scal + arrs))
         #: entry values kept for the return in the in-flight map (else the return needs only the cookie)
         self.stash = bool(self.entry_lines)
@@ -150,6 +160,44 @@ class _ProbeEmitter:
         lines += ["    " + x for x in self._string_lines("p_", slot)]
         return lines + ["}"]
 
+    def _read_through(self, v: Value, slot: str) -> list[str]:
+        """``v->slot`` = the ``size`` bytes at ``pointer + offset`` (sign-extended if signed), with its
+        status in ``v->slot_len``: STR_NULL for a NULL pointer, the helper's error (counted), else the size."""
+        d = v.deref
+        assert d is not None
+        ty = _int_type(d.size, v.signed)
+        return [
+            "{",
+            f"    u64 q_ = (u64){self.vexpr(d.pointer)};",
+            f"    {ty} t_ = 0;",
+            "    if (!q_) {",
+            f"        v->{slot}_len = {int(STR_NULL)};",
+            "    } else {",
+            f"        long r_ = bpf_probe_read_user(&t_, sizeof(t_), (void *)(q_ + {int(d.offset)}));",
+            f"        v->{slot}_len = r_ ? r_ : {int(d.size)};",
+            "        if (r_)",
+            f"            p{self.i}_stat(INGERO_S_READ_FAILED);",
+            "    }",
+            f"    v->{slot} = t_;",
+            "}",
+        ]
+
+    def status(self, key: str) -> str | None:
+        """C for the read status of a value (``> 0``: read) when it was read through a pointer or computed
+        from such values; None when it cannot miss."""
+        v = self.p.value(key)
+        if v.kind == "string" or v.source == "deref":
+            return f"{self.vexpr(key)}_len"
+        if v.expr is not None:
+            parts = [st for k in dict.fromkeys(v.expr.keys()) if (st := self.status(k)) is not None]
+            if not parts:
+                return None
+            out = "8"
+            for st in reversed(parts):
+                out = f"({st} <= 0 ? {st} : {out})"
+            return out
+        return None
+
     def _string_lines(self, ptr: str, slot: str) -> list[str]:
         """Read the string at ``ptr`` into ``v->slot``, zero-filled (so equal strings are equal keys), and
         its status into ``v->slot_len``: STR_NULL for a NULL pointer, the helper's error for a failed read
@@ -171,8 +219,10 @@ class _ProbeEmitter:
     # -- expressions
     def vexpr(self, key: str) -> str:
         v = self.p.value(key)
-        if v.source == "arg":
+        if v.source in ("arg", "deref"):
             return f"v->{self.slot[key]}"
+        if v.expr is not None:
+            return self.arith(v.expr)
         return {
             "retval": "v->sret" if v.kind == "string" else "retval",
             "latency": "latency",
@@ -183,6 +233,27 @@ class _ProbeEmitter:
             "comm": "v->comm",
             "stack": "v->stack_id",
         }[v.source]
+
+    def arith(self, e: RArith) -> str:
+        """C for integer arithmetic in 64 bits: + - * wrap (computed unsigned, then typed); / and shifts
+        through the helpers of ingero_probe.h, which define x / 0 = 0 and shifts by 64 or more."""
+        ty = "s64" if e.signed else "u64"
+
+        def term(t) -> str:
+            if isinstance(t, Const):
+                c = int(t.value)
+                return f"((s64){c}LL)" if e.signed or c < 0 else f"((u64){c & 0xFFFFFFFFFFFFFFFF}ULL)"
+            if isinstance(t, RArith):
+                return f"(({ty}){self.arith(t)})"
+            return f"(({ty}){self.vexpr(t.key)})"
+
+        left, right = term(e.left), term(e.right)
+        if e.op in ("+", "-", "*"):
+            return f"(({ty})((u64){left} {e.op} (u64){right}))"
+        helper = {("/", True): "ingero_sdiv", ("/", False): "ingero_udiv", ("<<", True): "ingero_shl",
+                  ("<<", False): "ingero_shl", (">>", True): "ingero_sar", (">>", False): "ingero_shr"}[
+            (e.op, e.signed)]
+        return f"(({ty}){helper}({left}, {right}))"
 
     def expr(self, e: RExpr) -> str:
         if isinstance(e, RAnd):
@@ -211,11 +282,18 @@ class _ProbeEmitter:
             c = int(right.value)
             rc = f"{c}LL" if signed else f"{c & 0xFFFFFFFFFFFFFFFF}ULL"
             cast = "s64" if signed else "u64"
-            return f"(({cast}){self.vexpr(left.key)} {e.op} ({cast}){rc})"
+            return self._read_ok([left.key], f"(({cast}){self.vexpr(left.key)} {e.op} ({cast}){rc})")
         assert isinstance(right, ValueRef)
         rv = self.p.value(right.key)
         cast = "s64" if (lv.signed and rv.signed) else "u64"
-        return f"(({cast}){self.vexpr(left.key)} {e.op} ({cast}){self.vexpr(right.key)})"
+        test = f"(({cast}){self.vexpr(left.key)} {e.op} ({cast}){self.vexpr(right.key)})"
+        return self._read_ok([left.key, right.key], test)
+
+    def _read_ok(self, keys: list[str], test: str) -> str:
+        """A comparison of values read through pointers holds only when they were read (a miss matches
+        nothing, whatever the operator)."""
+        sts = [st for k in keys if (st := self.status(k)) is not None]
+        return f"({' && '.join(f'{st} > 0' for st in sts)} && {test})" if sts else test
 
     def retval_expr(self) -> str:
         try:
@@ -252,6 +330,10 @@ class _ProbeEmitter:
             else:
                 scal.append(LayoutField(name, "s64" if v.signed else "u64", 0, k))
                 lines.append(f"{dest}{name} = {self.vexpr(k)};")
+                st = self.status(k)
+                if st is not None:
+                    scal.append(LayoutField(f"{name}_len", "s64", 0, k, "len"))
+                    lines.append(f"{dest}{name}_len = {st};")
         return scal, arrs, lines
 
     def agg(self) -> tuple[Layout, Layout, list[str], list[str]] | None:
@@ -269,13 +351,45 @@ class _ProbeEmitter:
             ty = "s64" if v.signed else "u64"
             x = f"(({ty}){self.vexpr(a.value)})"  # type: ignore[arg-type]
             name = f"{a.func}{j}"
+            st = self.status(a.value)  # type: ignore[arg-type]
+            if st is not None:  # a value that was not read is not aggregated (the miss is counted)
+                upd.append(f"if ({st} > 0) {{")
             if a.func == "sum":
                 fields.append(LayoutField(name, ty))
                 upd.append(f"__sync_fetch_and_add(&a->{name}, {x});")
+            elif a.func == "avg":
+                fields += [LayoutField(f"{name}_sum", ty), LayoutField(f"{name}_n", "u64")]
+                upd += [f"__sync_fetch_and_add(&a->{name}_sum, {x});", f"__sync_fetch_and_add(&a->{name}_n, 1);"]
+            elif a.func == "lhist":
+                lo, hi, step = (int(x_) for x_ in a.params)
+                nb = a.lhist_buckets
+                fields.append(LayoutField(name, "u64", nb))
+                below = f"x_ < {lo}LL" if v.signed else (f"x_ < {lo}ULL" if lo > 0 else "0")
+                above = f"x_ >= {hi}LL" if v.signed else (f"x_ >= {hi}ULL" if hi > 0 else "1")
+                upd += [
+                    "{",
+                    f"    {ty} x_ = {x};",
+                    "    u32 b_;",
+                    f"    if ({below})",
+                    "        b_ = 0;",
+                    f"    else if ({above})",
+                    f"        b_ = {nb - 1};",
+                    "    else",
+                    f"        b_ = 1 + (u32)(((u64)x_ - (u64){lo}LL) / {step}ULL);",
+                    f"    if (b_ > {nb - 1})",
+                    f"        b_ = {nb - 1};",
+                    f"    __sync_fetch_and_add(&a->{name}[b_], 1);",
+                    "}",
+                ]
             elif a.func in ("min", "max"):
                 fields.append(LayoutField(name, ty))
                 cmp = "<" if a.func == "min" else ">"
-                upd.append(f"if (!seen || {x} {cmp} a->{name}) a->{name} = {x};")
+                if st is None:
+                    upd.append(f"if (!seen || {x} {cmp} a->{name}) a->{name} = {x};")
+                else:  # calls whose value was not read do not count as seen
+                    fields.append(LayoutField(f"{name}_n", "u64"))
+                    upd.append(f"if (!a->{name}_n || {x} {cmp} a->{name}) a->{name} = {x};")
+                    upd.append(f"__sync_fetch_and_add(&a->{name}_n, 1);")
             else:
                 fields.append(LayoutField(name, "u64", 65))
                 neg = f"{x} < 0 ? 0 : " if v.signed else ""
@@ -287,6 +401,8 @@ class _ProbeEmitter:
                     f"    __sync_fetch_and_add(&a->{name}[b_], 1);",
                     "}",
                 ]
+            if st is not None:
+                upd.append("}")
         # the key must be fully initialised: scalars first, then byte arrays padded to 8
         karrs = [LayoutField(f.name, f.ctype, (f.length + 7) // 8 * 8, f.key) for f in karrs]
         return (

@@ -10,15 +10,20 @@ from ingero.dsl.source import Span
 
 @dataclass(frozen=True)
 class FieldRef:
-    """``count``, ``arg3``, ``latency``, ``gridDim.x``: a name and an optional member."""
+    """``count``, ``arg3``, ``latency``, ``gridDim.x``: a name and an optional member; ``p->m`` (``via``
+    ``->``) reads a member through a pointer; ``*p`` (``star``) reads what a pointer points to."""
 
     name: str
     member: str | None
     span: Span
+    via: str = "."
+    star: bool = False
 
     @property
     def text(self) -> str:
-        return f"{self.name}.{self.member}" if self.member else self.name
+        if self.star:
+            return f"*{self.name}"
+        return f"{self.name}{self.via}{self.member}" if self.member else self.name
 
 
 @dataclass(frozen=True)
@@ -38,7 +43,29 @@ class String:
     span: Span
 
 
-Operand = FieldRef | Number | String
+@dataclass(frozen=True)
+class Arith:
+    """``left op right`` over integers: ``+ - * / << >>``."""
+
+    op: str
+    left: Operand
+    right: Operand
+    span: Span
+
+    @property
+    def text(self) -> str:
+        def side(x, right: bool) -> str:
+            t = x.text if not isinstance(x, String) else repr(x.value)
+            if isinstance(x, Arith) and (_PREC[x.op] < _PREC[self.op] or (right and _PREC[x.op] == _PREC[self.op])):
+                return f"({t})"
+            return t
+
+        return f"{side(self.left, False)} {self.op} {side(self.right, True)}"
+
+
+_PREC = {"<<": 0, ">>": 0, "+": 1, "-": 1, "*": 2, "/": 2}
+
+Operand = FieldRef | Number | String | Arith
 
 
 @dataclass(frozen=True)
@@ -93,6 +120,7 @@ class ParamDecl:
     name: str
     span: Span
     name_span: Span
+    pointer: bool = False  # ``i32 *count``: a pointer to the type
 
 
 @dataclass(frozen=True)
@@ -117,23 +145,24 @@ class Where:
 
 @dataclass(frozen=True)
 class Record:
-    fields: tuple[FieldRef, ...]
+    fields: tuple[Operand, ...]
     span: Span
 
 
 @dataclass(frozen=True)
 class Agg:
     func: str
-    arg: FieldRef | None
+    arg: Operand | None
     span: Span
     func_span: Span
     parens: bool
+    more: tuple[Operand, ...] = ()  # lhist(x, min, max, step): min, max, step
 
 
 @dataclass(frozen=True)
 class Aggregate:
     aggs: tuple[Agg, ...]
-    by: tuple[FieldRef, ...]
+    by: tuple[Operand, ...]
     span: Span
 
 

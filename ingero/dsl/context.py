@@ -52,6 +52,7 @@ class Sig:
     ret: CType | None
     places: tuple[Place, ...] = ()
     func_is_code: bool = False
+    pointees: tuple[tuple[str, str, CType], ...] = ()  # declared ``T *name``: (name, T's spelling, T)
 
     def names(self) -> list[str]:
         return [n for n, _ in self.params or ()]

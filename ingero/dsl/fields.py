@@ -15,6 +15,7 @@ from ingero.abi import Piece, piece, untyped_piece
 from ingero.catalogue import CType
 from ingero.dsl import ast
 from ingero.dsl.context import ProbeContext, Report, Sig
+from ingero.dsl.exprs import ValueExprs
 from ingero.dsl.resolved import BUILTINS, COMM_LEN, STR_CAP, Value
 from ingero.dsl.signatures import scalar
 from ingero.errors import IngeroError, suggestion
@@ -27,7 +28,7 @@ def is_positional(name: str) -> bool:
     return _ARGN.fullmatch(name) is not None
 
 
-class Fields:
+class Fields(ValueExprs):
     def __init__(self, ctx: ProbeContext, report: Report) -> None:
         self.ctx = ctx
         self.report = report
@@ -103,7 +104,12 @@ class Fields:
             return None
         ret = sigs[0].ret if sigs else None
         if ret is None:
-            return Value("retval", "retval", "int", 8, True, "s64 (rax; no declared type)", at_return=True)
+            self.report.error(
+                f.span,
+                f"the return type of {first} is not known, so retval cannot be read",
+                f"declare it after the arguments: ...:{first}(...) -> i32 (or i64, u64, ptr)",
+            )
+            return None
         kind = ret.kind
         if kind == "void":
             self.report.error(f.span, f"{first} returns void: there is no retval")

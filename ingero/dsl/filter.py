@@ -80,6 +80,8 @@ class _Filter:
 
     def _operand(self, o: ast.Operand, other: Value | None) -> Operand | None:
         """A field operand: a Value, else an enum value or constant name, else an error (None)."""
+        if isinstance(o, ast.Arith) or (isinstance(o, ast.FieldRef) and (o.star or o.via == "->")):
+            return self.fields.value(o)
         if not isinstance(o, ast.FieldRef):
             return o
         if o.name in BUILTINS or o.member is not None or is_positional(o.name):
@@ -134,7 +136,7 @@ class _Filter:
     def _typed(
         self, c: ast.Compare, v: Value, other: Operand, op: str, vnode: ast.Operand, onode: ast.Operand
     ) -> RExpr | None:
-        name = vnode.text if isinstance(vnode, ast.FieldRef) else v.key
+        name = vnode.text if isinstance(vnode, (ast.FieldRef, ast.Arith)) else v.key
         if v.kind == "stack":
             self.report.error(vnode.span, "stack cannot be compared", "record it, or aggregate by it")
             return None
@@ -144,7 +146,7 @@ class _Filter:
                 return None
             ptrs = (v.kind in ("pointer", "code"), other.kind in ("pointer", "code"))
             if not (v.numeric and other.numeric and ptrs[0] == ptrs[1]):
-                otext = onode.text if isinstance(onode, (ast.FieldRef, ast.Number)) else other.key
+                otext = onode.text if isinstance(onode, (ast.FieldRef, ast.Number, ast.Arith)) else other.key
                 self.report.error(
                     c.span, f"{name} ({a_kind(v.kind)}) cannot be compared with {otext} ({a_kind(other.kind)})"
                 )
@@ -196,7 +198,7 @@ class _Filter:
                 "a pointer compares with another pointer or an address such as 0x7f0000000000",
             )
             return None
-        if unit in TIME_UNITS and v.source not in ("latency", "ts"):
+        if unit in TIME_UNITS and v.source not in ("latency", "ts", "expr"):  # computed values take any unit
             self.report.error(
                 other.span,
                 f"{other.text} is a time but {name} is not (only latency and ts are times)",
@@ -216,11 +218,14 @@ class _Filter:
             )
             return None
         limit = 1 << (8 * min(v.size, 8))
-        if v.kind in ("int", "uint", "enum") and v.size < 8:
-            lo, hi = (-(limit >> 1), (limit >> 1) - 1) if v.signed else (0, limit - 1)
-            if not lo <= value <= hi:
-                self.report.error(other.span, f"{other.text} is out of range for {name} ({v.ctype}, {v.size} bytes)")
-                return None
+        lo, hi = (-(limit >> 1), (limit >> 1) - 1) if v.signed else (0, limit - 1)
+        if not lo <= value <= hi:
+            self.report.error(
+                other.span,
+                f"{other.text} is out of range for {name} ({v.ctype}, {v.size} bytes: {lo} to {hi})",
+                "compare with a value the field can hold",
+            )
+            return None
         return RCompare(op, ValueRef(v.key), Const(value, other.text))
 
     def _string_compare(self, c: ast.Compare, v: Value, s: ast.String, op: str, name: str) -> RExpr | None:

@@ -7,10 +7,13 @@ from ingero.dsl import ast
 from ingero.dsl.context import ProbeContext, Report, a_kind
 from ingero.dsl.fields import Fields
 from ingero.dsl.resolved import RAgg
+from ingero.dsl.units import number
 from ingero.errors import suggestion
 
 #: Every aggregation the language has (the code generator accepts exactly these).
-AGG_FUNCS = ("count", "sum", "min", "max", "hist")
+AGG_FUNCS = ("count", "sum", "min", "max", "avg", "hist", "lhist")
+#: lhist: at most this many buckets
+MAX_LHIST_BUCKETS = 1000
 MAX_BY = 6
 
 
@@ -28,7 +31,7 @@ def outputs(ctx: ProbeContext, report: Report) -> ProbeContext:
 def _record(rec: ast.Record, fields: Fields, report: Report) -> tuple[str, ...]:
     keys: list[str] = []
     for f in rec.fields:
-        v = fields.field(f)
+        v = fields.value(f, what="a field to record")
         if v is None:
             continue
         if v.key in keys:
@@ -55,9 +58,13 @@ def _aggregations(agg: ast.Aggregate, fields: Fields, report: Report) -> tuple[R
             aggs.append(RAgg("count", None))
             continue
         if a.arg is None:
-            report.error(a.span, f"{a.func} needs a field", f"for example {a.func}(latency)")
+            example = "lhist(latency, 0, 1ms, 100us)" if a.func == "lhist" else f"{a.func}(latency)"
+            report.error(a.span, f"{a.func} needs a field", f"for example {example}")
             continue
-        v = fields.field(a.arg)
+        params = _lhist_params(a, report)
+        if params is None:
+            continue
+        v = fields.value(a.arg, what="a number to aggregate")
         if v is None:
             continue
         if v.kind not in ("int", "uint") or v.source in ("pid", "tid"):
@@ -67,17 +74,17 @@ def _aggregations(agg: ast.Aggregate, fields: Fields, report: Report) -> tuple[R
                 "aggregate by it instead: ... by " + a.arg.text,
             )
             continue
-        if RAgg(a.func, v.key) in aggs:
+        if RAgg(a.func, v.key, params) in aggs:
             report.error(a.span, f"{a.func}({a.arg.text}) is listed twice", "list it once")
             continue
-        aggs.append(RAgg(a.func, v.key))
+        aggs.append(RAgg(a.func, v.key, params))
     return tuple(aggs)
 
 
 def _by(agg: ast.Aggregate, fields: Fields, report: Report) -> tuple[str, ...]:
     by: list[str] = []
     for f in agg.by:
-        v = fields.field(f)
+        v = fields.value(f, what="a key to aggregate by")
         if v is None:
             continue
         if v.source in ("latency", "ts"):
@@ -94,3 +101,33 @@ def _by(agg: ast.Aggregate, fields: Fields, report: Report) -> tuple[str, ...]:
     if len(by) > MAX_BY:
         report.error(agg.by[MAX_BY].span, f"at most {MAX_BY} fields after by")
     return tuple(by)
+
+
+def _lhist_params(a: ast.Agg, report: Report) -> tuple[int, ...] | None:
+    """lhist's (min, max, step): whole-number literals, step > 0, max > min, a bounded bucket count;
+    () for every other aggregation, which takes exactly one value."""
+    if a.func != "lhist":
+        if a.more:
+            report.error(a.more[0].span, f"{a.func} takes one value", f"{a.func}({a.arg.text})")  # type: ignore[union-attr]
+            return None
+        return ()
+    if len(a.more) != 3 or not all(isinstance(x, ast.Number) for x in a.more):
+        report.error(a.span, "lhist takes a value and three numbers: lhist(x, min, max, step)",
+                     "for example lhist(latency, 0, 1ms, 100us)")
+        return None
+    nums = [number(x, report) for x in a.more]  # type: ignore[arg-type]
+    if any(n is None for n in nums):
+        return None
+    lo, hi, step = (n[0] for n in nums)  # type: ignore[index]
+    if step <= 0 or hi <= lo:
+        report.error(a.span, f"lhist needs min < max and step > 0 (here min {lo}, max {hi}, step {step})")
+        return None
+    if lo <= -(1 << 63) or hi >= 1 << 63:
+        report.error(a.span, "lhist bounds must fit in a signed 64-bit integer")
+        return None
+    n = (hi - lo + step - 1) // step + 2
+    if n > MAX_LHIST_BUCKETS:
+        report.error(a.span, f"lhist would have {n} buckets; at most {MAX_LHIST_BUCKETS}",
+                     f"raise the step to at least {(hi - lo) // (MAX_LHIST_BUCKETS - 2) + 1}")
+        return None
+    return (lo, hi, step)

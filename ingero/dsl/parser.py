@@ -47,6 +47,11 @@ _WORDS = {
     "SLASH": "'/'",
     "DOT": "'.'",
     "MINUS": "'-'",
+    "SHIFT": "a shift (<<, >>)",
+    "ADDOP": "'+' or '-'",
+    "MULOP": "'*' or '/'",
+    "STAR": "'*'",
+    "__ANON_1": "'->'",
     "__ANON_0": "'->'",
     "$END": "the end of the spec",
 }
@@ -121,8 +126,8 @@ class _ToAst(Transformer):
         return _Params(tuple(items), _sp(meta))
 
     def param(self, meta, items):
-        t, name = items
-        return ast.ParamDecl(t, str(name), _sp(meta), _sp(name))
+        t, name = items[0], items[-1]
+        return ast.ParamDecl(t, str(name), _sp(meta), _sp(name), len(items) == 3)
 
     def type_name(self, meta, items):
         return ast.TypeRef(str(items[0]), (), _sp(items[0]))
@@ -153,7 +158,7 @@ class _ToAst(Transformer):
         func = items[0]
         arg = items[1] if len(items) > 1 else None
         parens = meta.end_pos > func.end_pos
-        return ast.Agg(str(func), arg, _sp(meta), _sp(func), parens)
+        return ast.Agg(str(func), arg, _sp(meta), _sp(func), parens, tuple(items[2:]))
 
     def limit(self, meta, items):
         return ast.Limit(tuple(items), _sp(meta))
@@ -181,6 +186,16 @@ class _ToAst(Transformer):
     def field(self, meta, items):
         return ast.FieldRef(str(items[0]), str(items[1]) if len(items) > 1 else None, _sp(meta))
 
+    def arrow(self, meta, items):
+        return ast.FieldRef(str(items[0]), str(items[1]), _sp(meta), via="->")
+
+    def deref(self, meta, items):
+        return ast.FieldRef(str(items[0]), None, _sp(meta), star=True)
+
+    def arith(self, meta, items):
+        left, op, right = items
+        return ast.Arith(str(op), left, right, _sp(meta))
+
     def number(self, meta, items):
         return _num(items[0])
 
@@ -207,9 +222,9 @@ def _token_span(tok: Token) -> Span:
 def _syntax_error(e: UnexpectedInput, source: Source) -> Diagnostic:
     if isinstance(e, UnexpectedEOF) or (isinstance(e, UnexpectedToken) and e.token.type == "$END"):
         exp = e.expected
-        return Diagnostic(
-            source.end_span(), f"the spec ends too early: expected {_expected_words(exp)}", _hint_for(exp, None)
-        )
+        words = [w for w in source.text.split() if w in ("probe", *CLAUSE_WORDS)]
+        hint = _hint_for(exp, None, bool(words) and words[-1] == "where")
+        return Diagnostic(source.end_span(), f"the spec ends too early: expected {_expected_words(exp)}", hint)
     if isinstance(e, UnexpectedCharacters):
         ch = source.text[e.pos_in_stream] if 0 <= e.pos_in_stream < len(source.text) else "?"
         span = Span(e.line, e.column, e.line, e.column + 1)
@@ -269,14 +284,14 @@ def _syntax_error(e: UnexpectedInput, source: Source) -> Diagnostic:
             span, f"unexpected {word!r}: expected a clause (where, record, aggregate, limit) or a new probe", hint
         )
     found = "a comparison" if tok.type == "CMP" else repr(word)
-    return Diagnostic(span, f"unexpected {found}: expected {_expected_words(exp)}", _hint_for(exp, word))
+    return Diagnostic(span, f"unexpected {found}: expected {_expected_words(exp)}", _hint_for(exp, word, in_where))
 
 
-def _hint_for(expected, found) -> str | None:
+def _hint_for(expected, found, in_where: bool = True) -> str | None:
     exp = set(expected or ())
     if "CMP" in exp:
         return "a condition compares a field with a value: count >= 1MiB"
-    if exp == {"NAME"} or exp == {"NAME", "RPAR"}:
+    if exp == {"NAME"} or exp == {"NAME", "RPAR"} or ("NAME" in exp and not in_where):
         return "a field name such as count, latency or arg2"
     if "NUMBER" in exp and "STRING" in exp:
         return 'compare with a number (1MiB, 5ms, 0x10), an enum value name or a "string"'

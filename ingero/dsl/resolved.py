@@ -22,10 +22,11 @@ COMM_LEN = 16
 class Value:
     """One value a probe reads, named as the spec names it.
 
-    ``source``: arg, retval, latency, pid, tid, comm, symbol, stack or ts. ``kind``: int, uint, enum,
-    pointer, code (a host function pointer, shown as the demangled symbol), string, comm, symbol, stack.
-    ``piece`` (arguments only) says where it is at entry; ``size`` is the C size in bytes (the cap for
-    strings)."""
+    ``source``: arg, retval, latency, pid, tid, comm, symbol, stack, ts, deref (read through a pointer
+    argument: ``deref`` says where, ``piece`` where the pointer is) or expr (arithmetic: ``expr``).
+    ``kind``: int, uint, enum, pointer, code (a host function pointer, shown as the demangled symbol),
+    string, comm, symbol, stack. ``piece`` (arguments only) says where it is at entry; ``size`` is the C
+    size in bytes (the cap for strings)."""
 
     key: str
     source: str
@@ -36,10 +37,29 @@ class Value:
     piece: Piece | None = None
     enum: str | None = None
     at_return: bool = False
+    deref: Deref | None = None
+    expr: RArith | None = None
 
     @property
     def numeric(self) -> bool:
         return self.kind in ("int", "uint", "enum", "pointer", "code")
+
+    @property
+    def has_status(self) -> bool:
+        """Read through a pointer (a string, ``*p``, ``p->m``): it may be NULL or fail, so it has a read
+        status beside it (``> 0`` read; STR_NULL; a negative errno), and a miss is never shown as a value."""
+        return self.kind == "string" or self.source == "deref"
+
+
+@dataclass(frozen=True)
+class Deref:
+    """``size`` bytes at ``offset`` from the pointer argument ``pointer`` (a Value key), read at entry or
+    at return (``at_return``: an out-parameter the function writes)."""
+
+    pointer: str
+    offset: int
+    size: int
+    at_return: bool
 
 
 @dataclass(frozen=True)
@@ -90,9 +110,42 @@ RExpr = RCompare | RSymbolIn | RAnd | ROr | RNot
 
 
 @dataclass(frozen=True)
+class RArith:
+    """Integer arithmetic over 64 bits (wrapping), signed when both sides are: ``+ - * / << >>``.
+    Division by zero gives 0; a shift by 64 or more gives 0 (or -1 for ``>>`` of a negative value)."""
+
+    op: str
+    left: ValueRef | Const | RArith
+    right: ValueRef | Const | RArith
+    signed: bool
+
+    def keys(self) -> list[str]:
+        out = []
+        for side in (self.left, self.right):
+            if isinstance(side, ValueRef):
+                out.append(side.key)
+            elif isinstance(side, RArith):
+                out += side.keys()
+        return out
+
+
+@dataclass(frozen=True)
 class RAgg:
-    func: str  # count, sum, min, max, hist
+    func: str  # count, sum, min, max, avg, hist, lhist
     value: str | None  # a Value key
+    params: tuple[int, ...] = ()  # lhist: min, max, step
+
+    @property
+    def label(self) -> str:
+        if self.value is None:
+            return self.func
+        return f"{self.func}({', '.join([self.value, *map(str, self.params)])})"
+
+    @property
+    def lhist_buckets(self) -> int:
+        """lhist: below min, then one per step up to max, then max and above."""
+        lo, hi, step = self.params
+        return (hi - lo + step - 1) // step + 2
 
 
 @dataclass(frozen=True)
@@ -171,6 +224,8 @@ def _expr_text(e) -> str:
         return e.text if e.text == str(e.value) else f"{e.text} ({e.value})"
     if isinstance(e, StrConst):
         return repr(e.value.decode(errors="replace"))
+    if isinstance(e, RArith):
+        return f"({_expr_text(e.left)} {e.op} {_expr_text(e.right)})"
     if isinstance(e, RSymbolIn):
         return f"symbol {'not ' if e.negate else ''}in cookies {list(e.cookies)}"
     if isinstance(e, RAnd):
@@ -197,7 +252,7 @@ def describe(p: ResolvedProbe, full: bool = True) -> str:
     if p.record:
         lines.append("  record: " + ", ".join(p.record))
     if p.aggregates:
-        aggs = ", ".join(a.func + (f"({a.value})" if a.value else "") for a in p.aggregates)
+        aggs = ", ".join(a.label for a in p.aggregates)
         lines.append(f"  aggregate: {aggs}" + (f" by {', '.join(p.by)}" if p.by else ""))
     b = p.budgets
     lim = [f"symbols {b.symbols}"]
@@ -210,7 +265,14 @@ def describe(p: ResolvedProbe, full: bool = True) -> str:
     lines.append("  limits: " + ", ".join(lim))
     if full:
         for v in p.values:
-            if v.source == "arg":
+            if v.source == "deref" and v.deref is not None:
+                d = v.deref
+                at = "return" if d.at_return else "entry"
+                where = f"at {d.pointer}+{d.offset}, read at {at}"
+                lines.append(f"  value {v.key}: {v.ctype} ({v.kind}, {v.size} bytes) {where}")
+            elif v.source == "expr":
+                lines.append(f"  value {v.key}: {v.ctype} (computed{', at return' if v.at_return else ''})")
+            elif v.source == "arg":
                 pc = v.piece
                 loc = (
                     (f"register {pc.reg}" + (f" >> {pc.shift}" if pc.shift else ""))

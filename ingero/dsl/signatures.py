@@ -113,8 +113,12 @@ def _declared_type(tr: ast.TypeRef, cat: Catalogue, report: Report) -> CType | N
 def _declared(t: ast.Target, cat: Catalogue, report: Report) -> Sig:
     params = []
     names: set[str] = set()
+    pointees = []
     for d in t.params or ():
         ct = _declared_type(d.type, cat, report)
+        if ct is not None and d.pointer:
+            pointees.append((d.name, ct.name, ct))
+            ct = CType(name=f"{ct.name} *", kind="pointer", size=8, align=8, pointee=ct.name)
         if d.name in names:
             report.error(d.name_span, f"argument {d.name!r} declared twice", "give each argument its own name")
         if d.name in BUILTINS or re.fullmatch(r"arg\d+", d.name):
@@ -129,4 +133,4 @@ def _declared(t: ast.Target, cat: Catalogue, report: Report) -> Sig:
     ret = _declared_type(t.returns, cat, report) if t.returns is not None else None
     if t.params is None:
         return Sig(None, ret)
-    return Sig(tuple(params), ret, tuple(place_arguments([c for _, c in params], ret)))
+    return Sig(tuple(params), ret, tuple(place_arguments([c for _, c in params], ret)), pointees=tuple(pointees))

@@ -18,6 +18,9 @@ def number(n: ast.Number, report: Report) -> tuple[int, str] | None:
         if unit:
             report.error(n.span, f"a hex number takes no unit: {n.text!r}")
             return None
+        if base >= 1 << 64:
+            report.error(n.span, f"{n.text!r} does not fit in 64 bits", "the largest value is 0xffffffffffffffff")
+            return None
         return (-base if n.negative else base), ""
     scale = 1
     if unit:

@@ -124,3 +124,26 @@ def _enum_text(enum: str, enum_name):
         return f"{name}({x})" if name else str(x)
 
     return conv
+
+
+def lhist_lines(buckets: list[int], lo: int, hi: int, step: int, *, time: bool = False, width: int = 40) -> list[str]:
+    """Linear histogram rows in bpftrace's shape: ``(..., lo)``, ``[lo, lo+step)`` ... ``[hi, ...)``."""
+    used = [i for i, c in enumerate(buckets) if c]
+    if not used:
+        return []
+    top = max(buckets)
+    fmt = human_ns if time else str
+    last = len(buckets) - 1
+    out = []
+    for i in range(used[0], used[-1] + 1):
+        c = buckets[i]
+        if i == 0:
+            label = f"(..., {fmt(lo)})"
+        elif i == last:
+            label = f"[{fmt(hi)}, ...)"
+        else:
+            a = lo + (i - 1) * step
+            label = f"[{fmt(a)}, {fmt(min(a + step, hi))})"
+        bar = "@" * (round(c * width / top) if top else 0)
+        out.append(f"{label:<20} {c:>8} |{bar:<{width}}|")
+    return out

@@ -93,6 +93,26 @@ class ReadMiss:
         return f"<unreadable: {self.errno}>"
 
 
+def _avg(total: int, n: int) -> int | None:
+    """avg as an integer, rounded toward zero (as C and bpftrace divide); None with no value."""
+    if not n:
+        return None
+    q = abs(total) // n
+    return -q if total < 0 else q
+
+
+def read_value(v, raw, status: int, session=None, pid=None, names=None):
+    """A value read through a pointer, from its raw value and read status: None for NULL, a
+    :class:`ReadMiss` for a failed read, else the value (decoded as its kind)."""
+    if v.kind == "string":
+        return string_value(raw, status)
+    if status == STR_NULL:
+        return None
+    if status <= 0:
+        return ReadMiss(-status if status < 0 else 0)
+    return int(raw)
+
+
 def _cstr(raw) -> str:
     return bytes(raw).split(b"\0", 1)[0].decode("utf-8", "replace")
 
@@ -370,23 +390,29 @@ class ProbeSession:
             key: dict[str, object] = {}
             names: dict[str, str] = {}
             pid = rp.pid if rp.pid is not None else self.pid
+            status = {f.key for f in cp.agg_key.fields if f.role == "len"}  # type: ignore[union-attr]
             for f in cp.agg_key.fields:  # type: ignore[union-attr]
                 if not f.key or f.role == "len":
                     continue
                 raw = getattr(k, f.name)
-                if rp.value(f.key).kind == "string":
-                    key[f.key] = string_value(raw, getattr(k, f.name + "_len"))
+                if f.key in status:
+                    key[f.key] = read_value(rp.value(f.key), raw, getattr(k, f.name + "_len"), self, pid, names)
                 else:
                     key[f.key] = self._decode(rp, f.key, raw, pid, names)
             values, hists = {}, {}
             for j, a in enumerate(rp.aggregates):
+                name = f"{a.func}{j}"
                 if a.func == "count":
                     continue
-                raw = getattr(v, f"{a.func}{j}")
-                if a.func == "hist":
-                    hists[f"hist({a.value})"] = [int(x) for x in raw]
+                if a.func in ("hist", "lhist"):
+                    hists[a.label] = [int(x) for x in getattr(v, name)]
+                elif a.func == "avg":
+                    total, n = int(getattr(v, name + "_sum")), int(getattr(v, name + "_n"))
+                    values[a.label] = _avg(total, n)
+                elif hasattr(v, name + "_n") and not getattr(v, name + "_n"):
+                    values[a.label] = None  # min/max of values none of which could be read
                 else:
-                    values[f"{a.func}({a.value})"] = int(raw)
+                    values[a.label] = int(getattr(v, name))
             rows.append(AggregateRow(key, int(v.count), values, hists, names))
         rows.sort(key=lambda r: (r.count, str(r.key)))
         return rows
@@ -411,7 +437,7 @@ class ProbeSession:
             elif key == "symbol":
                 fields[key] = rp.symbols[raw].name if 0 <= raw < len(rp.symbols) else raw
             elif key in p.status_columns:
-                fields[key] = string_value(raw, row[p.status_columns[key]])
+                fields[key] = read_value(rp.value(key), raw, row[p.status_columns[key]])
             else:
                 fields[key] = self._decode(rp, key, raw, pid, names)
         symbol = rp.symbols[cookie].name if 0 <= cookie < len(rp.symbols) else str(cookie)
