@@ -34,7 +34,7 @@ CREATE TABLE IF NOT EXISTS calls (
   tool TEXT NOT NULL DEFAULT '',
   args TEXT NOT NULL DEFAULT '',       -- JSON
   duration_ms REAL NOT NULL DEFAULT 0,
-  outcome TEXT NOT NULL,               -- ok | error | rejected | unauthorized
+  outcome TEXT NOT NULL,               -- ok | error | rejected | unauthorized | refused (HTTP)
   error TEXT NOT NULL DEFAULT '',
   bytes_out INTEGER NOT NULL DEFAULT 0,
   db TEXT NOT NULL DEFAULT ''          -- the database being served

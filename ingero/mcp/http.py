@@ -2,7 +2,9 @@
 
 Every request must carry ``Authorization: Bearer <token>``; a missing or wrong token gets ``401`` with
 ``WWW-Authenticate: Bearer error="invalid_token"`` and the body ``unauthorized`` (upstream's reply),
-and the refusal is written to the audit log. Tokens are compared as SHA-256 digests in constant time.
+and the refusal is written to the audit log, as is every request the transport refuses after the token
+(bad Host or Origin, malformed JSON, no or unknown session...), with its status and reason. Tokens are
+compared as SHA-256 digests in constant time.
 """
 
 from __future__ import annotations
@@ -11,7 +13,10 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import logging
+import re
 import secrets
+import time
 from dataclasses import dataclass
 
 from ingero.audit import AuditLog, AuditRecord, now_ns, token_fingerprint
@@ -19,6 +24,8 @@ from ingero.errors import IngeroError
 
 TOKEN_ENV = "INGERO_MCP_TOKEN"
 UPSTREAM_TOKEN_ENV = "INGERO_MCP_BEARER_TOKEN"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -86,14 +93,63 @@ class BearerGuard:
                 break
         got = auth[7:].strip() if auth[:7].lower() == "bearer " else None
         if got and hmac.compare_digest(_digest(got), self._want):
-            await self.app(scope, receive, send)
+            await self._serve_recording_refusals(scope, receive, send, token_fingerprint(got))
             return
-        if self.audit is not None:
-            args = json.dumps({"http_method": scope.get("method", ""), "path": scope.get("path", "")})
-            self.audit.record(AuditRecord(
-                now_ns(), "", "", "http", token_fingerprint(got or ""), "http", "", args, 0.0, "unauthorized",
-                "missing or invalid bearer token", 13, self.db))
+        self._record(scope, token_fingerprint(got or ""), "unauthorized", "missing or invalid bearer token", 13, 0.0)
         await send({"type": "http.response.start", "status": 401, "headers": [
             (b"content-type", b"text/plain; charset=utf-8"),
             (b"www-authenticate", b'Bearer error="invalid_token"')]})
         await send({"type": "http.response.body", "body": b"unauthorized\n"})
+
+    async def _serve_recording_refusals(self, scope, receive, send, token_fp: str) -> None:
+        """Pass an authorized request on; if the transport refuses it (bad Host 421, bad Origin 403, malformed
+        JSON or no session 400, unknown session 404, wrong Accept 406 or content type 415, ...) before any
+        MCP handler saw it, record the refusal with its status and the reason the transport gave."""
+        status = 0
+        body = bytearray()
+        t0 = time.perf_counter()
+
+        async def watch(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message.get("status", 0))
+            elif message["type"] == "http.response.body" and status >= 400 and len(body) < _REASON_BYTES:
+                body.extend(message.get("body", b"")[:_REASON_BYTES - len(body)])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        finally:
+            if status >= 400:
+                self._record(scope, token_fp, "refused", f"HTTP {status}: {_reason(bytes(body))}", len(body),
+                             (time.perf_counter() - t0) * 1000)
+
+    def _record(self, scope, token_fp: str, outcome: str, reason: str, nbytes: int, ms: float) -> None:
+        if self.audit is None:
+            return
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])
+                   if k in (b"host", b"origin", b"mcp-session-id", b"content-type", b"accept")}
+        args = json.dumps({"http_method": scope.get("method", ""), "path": scope.get("path", ""), **headers})
+        try:
+            self.audit.record(AuditRecord(now_ns(), "", "", "http", token_fp, "http", "", args, ms, outcome,
+                                          reason, nbytes, self.db))
+        except Exception:  # noqa: BLE001 - never fail a request because the log could not be written
+            log.exception("could not write the audit record")
+
+
+#: how much of a refusal's body is kept as its reason
+_REASON_BYTES = 2000
+
+
+def _reason(body: bytes) -> str:
+    """The reason a refusal's body gives: a JSON-RPC error's message, else its text."""
+    text = body.decode("utf-8", "replace").strip()
+    try:
+        doc = json.loads(text)
+    except ValueError:  # not JSON, or a JSON-RPC error cut at _REASON_BYTES: its message's first line
+        m = re.search(r'"message":\s*"((?:[^"\\]|\\.)*)', text)
+        return m.group(1).split("\\n")[0] if m else (text or "(no body)")
+    err = doc.get("error") if isinstance(doc, dict) else None
+    if isinstance(err, dict) and err.get("message"):
+        return str(err["message"])
+    return text

@@ -163,3 +163,55 @@ def test_unknown_keys_and_wrong_types_refused_for_the_attach_tools():
     refused = anyio.run(main)
     assert {(t, k) for t, k, _ in refused} == {("attach_probe", "severity"), ("attach_probe", "spec"),
                                                ("detach_probe", "severity"), ("detach_probe", "probe_id")}
+
+
+def test_every_refused_http_request_is_audited_with_its_reason(tmp_path: Path):
+    import sqlite3
+
+    import httpx2
+
+    audit_db = tmp_path / "audit.db"
+    port = free_port()
+    proc = start_http(DATALOADER, audit_db, port, TOKEN)
+    url = f"http://127.0.0.1:{port}/mcp"
+    auth = {"Authorization": f"Bearer {TOKEN}", "Accept": "application/json, text/event-stream",
+            "Content-Type": "application/json"}
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+    listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
+    # kind: (request, status, outcome, reason the audit row must give)
+    cases = {
+        "bad token": (dict(method="POST", headers={**auth, "Authorization": "Bearer wrong"}, json=init), 401,
+                      "unauthorized", "missing or invalid bearer token"),
+        "no token": (dict(method="POST", headers={k: v for k, v in auth.items() if k != "Authorization"},
+                          json=init), 401, "unauthorized", "missing or invalid bearer token"),
+        "bad host": (dict(method="POST", headers={**auth, "Host": "evil.example:80"}, json=init), 421, "refused",
+                     "HTTP 421: Invalid Host header"),
+        "bad origin": (dict(method="POST", headers={**auth, "Origin": "http://evil.example"}, json=init), 403,
+                       "refused", "HTTP 403: Invalid Origin header"),
+        "malformed json": (dict(method="POST", headers=auth, content=b"{not json"), 400, "refused",
+                           "HTTP 400: Parse error"),
+        "not json-rpc": (dict(method="POST", headers=auth, json={"hello": 1}), 400, "refused",
+                         "HTTP 400: Validation error"),
+        "no session": (dict(method="POST", headers=auth, json=listing), 400, "refused",
+                       "HTTP 400: Bad Request: Missing session ID"),
+        "unknown session": (dict(method="POST", headers={**auth, "mcp-session-id": "nope"}, json=listing), 404,
+                            "refused", "HTTP 404: Session not found"),
+        "bad accept": (dict(method="POST", headers={**auth, "Accept": "text/html"}, json=init), 406, "refused",
+                       "HTTP 406: Not Acceptable"),
+        "bad content type": (dict(method="POST", headers={**auth, "Content-Type": "text/plain"}, content=b"{}"),
+                             400, "refused", "HTTP 400: Invalid Content-Type header"),
+        "bad method": (dict(method="PUT", headers=auth, json=init), 405, "refused", "HTTP 405: Method Not Allowed"),
+    }
+    try:
+        for kind, (req, status, _, _) in cases.items():
+            r = httpx2.request(url=url, timeout=10, **req)
+            assert r.status_code == status, (kind, r.status_code, r.text)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    rows = sqlite3.connect(audit_db).execute("SELECT outcome, error, args FROM calls ORDER BY id").fetchall()
+    assert len(rows) == len(cases), rows
+    for (kind, (_, _, outcome, reason)), (got_outcome, got_reason, args) in zip(cases.items(), rows, strict=True):
+        assert got_outcome == outcome and got_reason.startswith(reason), (kind, got_outcome, got_reason)
+        assert '"path": "/mcp"' in args, (kind, args)
