@@ -19,7 +19,8 @@
  *   DRIVER 2 cuMemcpy / 3 cuMemcpyAsync     arg0 = bytes
  *   DRIVER 4 cuCtxSynchronize()
  *   DRIVER 5 cuMemAlloc / 6 cuMemAllocManaged  arg0 = bytes, arg1 = the returned pointer (when ret == 0)
- * The return value is the call's cudaError_t / CUresult. STACKS=1 captures the user stack at entry. */
+ * The return value is the call's cudaError_t / CUresult. STACKS=1 captures the user stack at entry, and
+ * INGERO_PY=1 the calling thread's Python stack (ingero_py.h, included by host.bpf.c). */
 #define SRC_CUDA 1
 #define SRC_DRIVER 4
 
@@ -35,6 +36,7 @@ struct cuda_event {
     u64 arg0;
     u64 arg1;
     s64 stack_id;       /* into `stacks`, or < 0 */
+    u64 py_stack;       /* into `ingero_py_stacks`, or 0 */
     char comm[16];
 };
 
@@ -44,6 +46,7 @@ struct cuda_entry {
     u64 arg1;
     u64 out_ptr;        /* where the callee writes an allocated pointer */
     s64 stack_id;
+    u64 py_stack;
 };
 
 struct cuda_key {
@@ -102,6 +105,9 @@ int on_cuda_entry(struct pt_regs *ctx) {
 #if STACKS
     e.stack_id = stacks.get_stackid(ctx, BPF_F_USER_STACK);
 #endif
+#if INGERO_PY
+    e.py_stack = ingero_py_capture();
+#endif
     struct cuda_key k = {.pid_tgid = id, .cookie = cookie};
     cuda_inflight.update(&k, &e);
     return 0;
@@ -142,6 +148,7 @@ int on_cuda_return(struct pt_regs *ctx) {
         e->arg0 = s->arg0;
         e->arg1 = arg1;
         e->stack_id = s->stack_id;
+        e->py_stack = s->py_stack;
         bpf_get_current_comm(&e->comm, sizeof(e->comm));
         /* BPF_RB_NO_WAKEUP (1): no wakeup of the reader per record (an irq_work, a self-IPI: microseconds
          * per call whenever the reader has caught up); the reader polls this ring every few ms instead */

@@ -8,7 +8,8 @@
  *   mm_page_alloc arg0 = bytes (4096 << order)
  *   process_exec / process_exit / process_fork (arg1 = child), oom_kill (arg1 = victim)
  *   block_read / block_write / block_discard: issue -> complete, arg0 = sectors, arg1 = sector
- * RINGBUF_PAGES is set by the loader. */
+ * RINGBUF_PAGES is set by the loader; INGERO_PY=1 (with ingero_py.h's text joined
+ * before this one: bcc rewrites map calls only in the main text) adds the Python frame walker: forks inherit a Python parent's entry, exec and exit drop it. */
 #include <uapi/linux/ptrace.h>
 
 #define SRC_HOST 3
@@ -139,6 +140,9 @@ TRACEPOINT_PROBE(sched, sched_process_fork) {
     /* a new thread's tid is never another live process's tgid, so adding it is harmless; a new
      * process's pid becomes its tgid, so its own calls and its children are traced from now on */
     ingero_targets.update(&child, &one);
+#if INGERO_PY
+    ingero_py_fork(tgid, child);
+#endif
     struct host_event *e = reserve(SRC_HOST, OP_FORK);
     if (e) {
         current_ids(e);
@@ -152,6 +156,9 @@ TRACEPOINT_PROBE(sched, sched_process_exec) {
     u32 tgid = bpf_get_current_pid_tgid() >> 32;
     if (!traced(tgid))
         return 0;
+#if INGERO_PY
+    ingero_py_forget(tgid);  /* a new program: user space looks at it again */
+#endif
     struct host_event *e = reserve(SRC_HOST, OP_EXEC);
     if (e) {
         current_ids(e);
@@ -169,6 +176,9 @@ TRACEPOINT_PROBE(sched, sched_process_exit) {
     offcpu.delete(&tid);
     if (tid != tgid) {
         ingero_targets.delete(&tid);  /* the entry a thread's creation added */
+#if INGERO_PY
+        ingero_py_forget(tid);
+#endif
         return 0;
     }
     if (!args->group_dead)
@@ -179,6 +189,9 @@ TRACEPOINT_PROBE(sched, sched_process_exit) {
         host_events.ringbuf_submit(e, 0);
     }
     ingero_targets.delete(&tgid);
+#if INGERO_PY
+    ingero_py_forget(tgid);
+#endif
     return 0;
 }
 

@@ -194,3 +194,27 @@ def torch_python():
     if not (root / ".ready").exists():
         skip_or_fail(f"the PyTorch fixture is not built at {root} (run: make torch-fixture)")
     return root / "bin" / "python"
+
+
+#: the CPython versions the Python-frame tests need (issue 12); pyenv provides them, scripts/setup.sh checks
+PYFRAMES_VERSIONS = ((3, 10), (3, 11), (3, 12), (3, 13))
+
+
+def cpythons() -> dict[str, str]:
+    """Every CPython 3.10+ interpreter on this machine, by label: pyenv's builds (shared libpython) as
+    ``3.X``, and Debian's ``/usr/bin/python3.X`` (a static libpython) as ``3.X-debian``."""
+    import glob
+    import re
+
+    root = os.environ.get("PYENV_ROOT") or os.path.expanduser("~/.pyenv")
+    out: dict[str, str] = {}
+    for d in sorted(glob.glob(f"{root}/versions/3.*"), key=lambda p: [int(x) for x in re.findall(r"\d+", p)]):
+        m = re.fullmatch(r"3\.(\d+)\.\d+", os.path.basename(d))
+        exe = f"{d}/bin/python3.{m.group(1)}" if m else ""
+        if m and int(m.group(1)) >= 10 and os.access(exe, os.X_OK):
+            out[f"3.{m.group(1)}"] = exe  # the newest patch release of each minor wins
+    for exe in sorted(glob.glob("/usr/bin/python3.[0-9]*")):
+        m = re.fullmatch(r"/usr/bin/python3\.(\d+)", exe)
+        if m and int(m.group(1)) >= 10:
+            out[f"3.{m.group(1)}-debian"] = exe
+    return out

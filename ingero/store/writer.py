@@ -267,10 +267,10 @@ def frames_json(frames: Sequence[Frame]) -> str:
         if not f.resolved:
             continue
         d: dict[str, Any] = {}
-        if not f.symbol:
-            d["i"] = f"0x{f.ip:x}"
-        else:
+        if f.symbol:
             d["s"] = f.symbol
+        elif f.ip or not (f.py_file or f.py_func):  # a Python frame has no address (upstream's shape)
+            d["i"] = f"0x{f.ip:x}"
         if f.file:
             d["f"] = os.path.basename(f.file)
         if f.line:

@@ -46,6 +46,7 @@ class TraceOptions:
     db: Path
     duration_s: float | None = None
     stacks: bool = True
+    python_frames: bool = True  # with stacks: the calling thread's Python frames too (ingero.pyframes)
     batch_ms: int = 100
     scan_every_s: float = 0.1
     chains_every_s: float = 5.0
@@ -173,6 +174,7 @@ class TraceSession:
 
                 self._selective = SelectiveStorage()
             self.tracer = StandardTracer(self.pids, stacks=self.options.stacks,
+                                         python_frames=self.options.python_frames,
                                          ringbuf_pages=self.options.ringbuf_pages,
                                          cuda_ringbuf_pages=self.options.cuda_ringbuf_pages).start()
             if self.options.preattach:
@@ -315,35 +317,41 @@ class TraceSession:
         for (source, op), k in Counter(map(itemgetter(4, 5), cuda)).items():
             by_op[op_name(source, op)] += k
         comms: dict[bytes, str] = {}
-        for pid, raw in dict.fromkeys(map(itemgetter(2, 10), cuda)):  # in order: the latest name wins
+        for pid, raw in dict.fromkeys(map(itemgetter(2, 11), cuda)):  # in order: the latest name wins
             comm = comms.get(raw)
             if comm is None:
                 comm = comms[raw] = raw.split(b"\0", 1)[0].decode(errors="replace")
             self._note_name(pid, comm)
         if self.options.stacks:
             sh = self._stack_hash
-            return [(seq, ts, pid, tid, src, op, dur, 0, a0, a1, ret, sh(pid, sid) if sid >= 0 else 0, comms[c], 0)
-                    for seq, (ts, dur, pid, tid, src, op, ret, a0, a1, sid, c) in enumerate(cuda, first)]
+            return [(seq, ts, pid, tid, src, op, dur, 0, a0, a1, ret,
+                     sh(pid, sid, py) if sid >= 0 or py else 0, comms[c], 0)
+                    for seq, (ts, dur, pid, tid, src, op, ret, a0, a1, sid, py, c) in enumerate(cuda, first)]
         return [(seq, ts, pid, tid, src, op, dur, 0, a0, a1, ret, 0, comms[c], 0)
-                for seq, (ts, dur, pid, tid, src, op, ret, a0, a1, _, c) in enumerate(cuda, first)]
+                for seq, (ts, dur, pid, tid, src, op, ret, a0, a1, _, _, c) in enumerate(cuda, first)]
 
     def _note_name(self, pid: int, comm: str) -> None:
         if comm and self._names.get(pid) != comm:
             self._names[pid] = comm
             self.writer.add_process_names({pid: comm})
 
-    def _stack_hash(self, pid: int, stack_id: int) -> int:
-        if stack_id < 0:
-            return 0
-        key = (pid, stack_id)
+    def _stack_hash(self, pid: int, stack_id: int, py_stack: int = 0) -> int:
+        """The stored stack of a call: its native frames (``stack_id``) with its Python frames (``py_stack``)
+        merged in (resolved once per distinct pair and process)."""
+        key = (pid, stack_id, py_stack)
         h = self._stack_hashes.get(key)
         if h is None:
+            from ingero.pyframes import merge
             from ingero.store import Frame
 
-            ips = self.tracer.stack_ips(stack_id)
+            ips = self.tracer.stack_ips(stack_id) if stack_id >= 0 else []
             frames = [Frame(ip=f.ip, symbol=f.symbol, file=f.file) for f in self._symbolizer.resolve(pid, ips)]
-            h = self.writer.add_stack(frames=frames, ips=ips) if ips else 0
-            self._stack_hashes[key] = h
+            py = self.tracer.python_stack(pid, py_stack)
+            if py is not None:
+                frames = merge(frames, py, Frame)
+            h = self.writer.add_stack(frames=frames, ips=ips) if frames or ips else 0
+            if py is None or not py.missing:  # a stack whose Python part could not be read is tried again
+                self._stack_hashes[key] = h
         return h
 
     def _record_lost(self) -> None:
@@ -362,7 +370,9 @@ class TraceSession:
         quieter moment (or the end of the trace) rather than cost events."""
         import mmap
 
-        ring_events = self.options.cuda_ringbuf_pages * mmap.PAGESIZE // 80
+        from ingero.tracer.standard import CUDA_RECORD
+
+        ring_events = self.options.cuda_ringbuf_pages * mmap.PAGESIZE // CUDA_RECORD.size
         return self._chains_cost_s * self._totals.stored * rate < ring_events / 2
 
     def _chains(self) -> None:

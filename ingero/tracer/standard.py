@@ -60,9 +60,10 @@ DRIVER_SYMBOLS: dict[str, int] = {
 
 #: the fields of a CUDA/driver call tuple out of :meth:`StandardTracer.poll` (``comm`` is NUL-padded bytes;
 #: ``arg0``/``arg1`` are the u64 values reinterpreted as int64, as upstream stores them)
-CUDA_FIELDS = ("ts_ns", "duration_ns", "pid", "tid", "source", "op", "ret", "arg0", "arg1", "stack_id", "comm")
+CUDA_FIELDS = ("ts_ns", "duration_ns", "pid", "tid", "source", "op", "ret", "arg0", "arg1", "stack_id", "py_stack",
+               "comm")
 #: ``struct cuda_event`` after the ring buffer's 8-byte record header, as CUDA_FIELDS (flags skipped)
-CUDA_RECORD = struct.Struct("<8xqqIIBB2xiqqq16s")
+CUDA_RECORD = struct.Struct("<8xqqIIBB2xiqqqQ16s")
 #: the same record's columns the metrics read in bulk (ingero.fleet.metrics), as a numpy dtype spec: name ->
 #: (format, offset in the record, header included); a test checks them against CUDA_RECORD
 CUDA_RECORD_COLUMNS = {"duration": ("<i8", 16), "source": ("u1", 32), "op": ("u1", 33), "ret": ("<i4", 36)}
@@ -75,7 +76,7 @@ HOLD_RECORD = struct.Struct("<8xI4x")
 #: ``ingero_linked`` values (bpf/follow.bpf.c)
 HOLD_LINKED, HOLD_HELD = 1, 2
 _BPF_NOEXIST = 1
-_OP_EXEC, _OP_EXIT = 5, 6  # host op codes (bpf/host.bpf.c)
+_OP_EXEC, _OP_EXIT, _OP_FORK = 5, 6, 7  # host op codes (bpf/host.bpf.c)
 
 #: how often a waiting poll looks at the CUDA ring, which is filled without wakeups
 CUDA_POLL_MS = 5
@@ -93,12 +94,13 @@ class CudaCall:
     arg0: int
     arg1: int
     stack_id: int
+    py_stack: int  # the calling thread's Python stack (``StandardTracer.python``), 0 for none
     comm: str
 
     @classmethod
     def of(cls, t: tuple) -> CudaCall:
         """A call tuple out of :meth:`StandardTracer.poll` as a value."""
-        return cls(*t[:10], t[10].split(b"\0", 1)[0].decode(errors="replace"))
+        return cls(*t[:11], t[11].split(b"\0", 1)[0].decode(errors="replace"))
 
     @property
     def op_name(self) -> str:
@@ -138,12 +140,15 @@ def _symbols_for(soname: str) -> tuple[int, dict[str, int]] | None:
 class StandardTracer:
     """Host tracepoints + CUDA runtime/driver calls of the process trees rooted at ``pids``."""
 
-    def __init__(self, pids: Iterable[int] = (), *, stacks: bool = True, ringbuf_pages: int = 1024,
-                 cuda_ringbuf_pages: int = 1024) -> None:
+    def __init__(self, pids: Iterable[int] = (), *, stacks: bool = True, python_frames: bool = True,
+                 ringbuf_pages: int = 1024, cuda_ringbuf_pages: int = 1024) -> None:
         for n in (ringbuf_pages, cuda_ringbuf_pages):
             if n <= 0 or n & (n - 1):
                 raise ValueError("ring buffer sizes must be powers of two (pages)")
         self.stacks = stacks
+        self.python_frames = stacks and python_frames
+        #: the Python frame walker's user space (ingero.pyframes), when stacks with Python frames are on
+        self.python = None
         self.ringbuf_pages = ringbuf_pages
         self.cuda_ringbuf_pages = cuda_ringbuf_pages
         self._initial = [int(p) for p in pids]
@@ -169,13 +174,20 @@ class StandardTracer:
         from bcc import BPF
 
         bpf_dir = data_dir("bpf")
-        text = "\n".join((bpf_dir / f).read_text() for f in ("host.bpf.c", "cuda.bpf.c", "follow.bpf.c"))
+        parts = ["ingero_py.h"] if self.python_frames else []
+        text = "\n".join((bpf_dir / name).read_text()
+                         for name in (*parts, "host.bpf.c", "cuda.bpf.c", "follow.bpf.c"))
         self._bpf = BPF(
             text=text,
             cflags=[f"-I{bpf_dir}", f"-DRINGBUF_PAGES={self.ringbuf_pages}",
-                    f"-DCUDA_RINGBUF_PAGES={self.cuda_ringbuf_pages}", f"-DSTACKS={int(self.stacks)}"],
+                    f"-DCUDA_RINGBUF_PAGES={self.cuda_ringbuf_pages}", f"-DSTACKS={int(self.stacks)}",
+                    f"-DINGERO_PY={int(self.python_frames)}"],
         )
         try:
+            if self.python_frames:
+                from ingero.pyframes import PyStacks
+
+                self.python = PyStacks(self._bpf)
             entry = self._bpf.load_func("on_cuda_entry", BPF.KPROBE, attach_type=BPF_TRACE_UPROBE_MULTI)
             ret = self._bpf.load_func("on_cuda_return", BPF.KPROBE, attach_type=BPF_TRACE_UPROBE_MULTI)
             self._fns = (entry, ret)
@@ -256,6 +268,8 @@ class StandardTracer:
         """Trace process ``pid``, the processes it forks from now on, and the CUDA libraries it maps."""
         t = self._bpf["ingero_targets"]
         t[t.Key(int(pid))] = t.Leaf(1)
+        if self.python is not None:
+            self.python.configure(int(pid))
         self.link_process(int(pid))
 
     def on_process(self, added: Callable[[int], None], dropped: Callable[[int], None]) -> set[int]:
@@ -381,6 +395,8 @@ class StandardTracer:
             self._drop_process(pid)
         new = []
         for pid in sorted(alive):
+            if self.python is not None and not self.python.is_python(pid):
+                self.python.configure(pid)  # libpython mapped since, or a program exec'ed since
             try:
                 libs = find_libraries(pid=pid)
             except IngeroError:
@@ -536,6 +552,12 @@ class StandardTracer:
                 # address space is gone; attach anew
                 self._drop_process(h.pid)
                 self.link_process(h.pid)
+            if self.python is not None and h.source == SOURCE_HOST and h.op in (_OP_EXEC, _OP_FORK):
+                if h.op == _OP_FORK:
+                    self.python.inherit(h.pid, h.arg1)
+                else:  # a new program: the kernel dropped its Python entry; look at it again now
+                    self.python.forget(h.pid)
+                    self.python.configure(h.pid)
         return rings["cuda"].read(max_events), host
 
     def cuda_chunk(self) -> bytes | None:
@@ -553,6 +575,12 @@ class StandardTracer:
             "cuda": sum(v.value for v in self._bpf["cuda_lost"].values()),
             "host": sum(v.value for v in self._bpf["lost"].values()),
         }
+
+    def python_stack(self, pid: int, py_stack: int):
+        """The Python frames (:class:`ingero.pyframes.PyStack`) of a call's ``py_stack``, or None."""
+        if self.python is None or not py_stack:
+            return None
+        return self.python.stack(pid, py_stack)
 
     def stack_ips(self, stack_id: int) -> list[int]:
         """The user-space return addresses of a captured stack (innermost first)."""

@@ -1,0 +1,172 @@
+"""Python frames in stored stacks, for real: every CPython 3.10+ of this machine (pyenv's shared-libpython
+builds, Debian's static one) runs tests/pyframes_target.py -- ``main() -> train_step() -> alloc()`` calling
+cudaMalloc through ctypes -- in its main thread, a second thread and a forked worker, all traced by one
+session. The stored stack of each call must hold exactly those functions, files and current lines (read
+from the target's own source), innermost first, after the native frames of the call."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, skip_or_fail
+from tests.helpers import PYFRAMES_VERSIONS, cpythons
+
+pytestmark = pytest.mark.bpf
+
+TARGET = ROOT / "tests" / "pyframes_target.py"
+CALLS = 3
+MODES = ("main", "thread", "fork")
+
+
+def marked_lines() -> dict[str, int]:
+    """``# @name`` markers of the target -> their line numbers (the ground truth)."""
+    out = {}
+    for n, line in enumerate(TARGET.read_text().splitlines(), 1):
+        m = re.search(r"# @(\w+)$", line)
+        if m:
+            out[m.group(1)] = n
+    return out
+
+
+def interpreters() -> dict[str, str]:
+    found = cpythons()
+    missing = [f"{a}.{b}" for a, b in PYFRAMES_VERSIONS if f"{a}.{b}" not in found]
+    if missing:
+        skip_or_fail(f"CPython {', '.join(missing)} missing (pyenv install; see scripts/setup.sh)")
+    return found
+
+
+def wait_for(cond, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def traced(tmp_path_factory):
+    from ingero.runtime.kernel import bpf_problem
+    from ingero.tracer.session import TraceOptions, TraceSession
+    from ingero.workload import wheel_libcudart
+
+    if os.geteuid() != 0 or bpf_problem():
+        skip_or_fail(bpf_problem() or "needs root")
+    pythons = interpreters()
+    lib = str(wheel_libcudart(12))
+    db = tmp_path_factory.mktemp("pyframes") / "run.db"
+    procs: dict[tuple[str, str], subprocess.Popen] = {}
+    try:
+        for label, exe in pythons.items():
+            for mode in MODES:
+                procs[label, mode] = subprocess.Popen([exe, str(TARGET), lib, mode, str(CALLS)], text=True,
+                                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        for key, p in procs.items():
+            assert p.stdout.readline().strip() == "ready", key
+        session = TraceSession(TraceOptions(db=db, preattach=False, chains_every_s=3600),
+                               pids=[p.pid for p in procs.values()]).start()
+        runner = threading.Thread(target=session.run)
+        runner.start()
+        try:
+            for p in procs.values():
+                p.stdin.write("\n")
+                p.stdin.flush()
+            callers: dict[tuple[str, str], int] = {}
+            for key, p in procs.items():
+                line = p.stdout.readline()
+                assert line.startswith("called pid="), (key, line)
+                callers[key] = int(line.split("=")[1])
+            want = CALLS * len(procs)
+            wait_for(lambda: session.snapshot().by_op["cudaMalloc"] >= want, 60, f"{want} cudaMalloc events")
+            for pid in callers.values():  # the frames are resolved as the events are stored: let them exit
+                os.kill(pid, signal.SIGUSR1)
+            for p in procs.values():
+                p.wait(timeout=30)
+            runner.join(timeout=60)
+            assert not runner.is_alive()
+        finally:
+            session.stop("test over")
+            runner.join(timeout=60)
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return db, callers, pythons
+
+
+def stacks_of(db: Path, pid: int) -> list[tuple[int, list[dict]]]:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        rows = conn.execute("SELECT e.stack_hash, COALESCE(st.frames, '') FROM events e LEFT JOIN stack_traces st "
+                            "ON st.hash = e.stack_hash WHERE e.pid = ? AND e.source = 1 AND e.op = 1", (pid,))
+        return [(h, json.loads(fr) if fr else []) for h, fr in rows]
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_stack_of_every_call_has_its_python_frames(traced, mode):
+    db, callers, pythons = traced
+    lines = marked_lines()
+    target = str(TARGET)
+    for label in pythons:
+        pid = callers[label, mode]
+        got = stacks_of(db, pid)
+        assert len(got) == CALLS, (label, mode, got)
+        assert len({h for h, _ in got}) == 1, (label, mode)  # one call site: one stack
+        frames = got[0][1]
+        native = [f for f in frames if "pf" not in f and "pfn" not in f]
+        py = [f for f in frames if "pfn" in f]
+        assert frames[0].get("s", "").startswith("cudaMalloc") and frames[0]["f"] == "libcudart.so.12", frames
+        # merged: the native frames of the call, then the Python ones (then the interpreter's, if unwound)
+        first_py = frames.index(py[0])
+        interp = [i for i, f in enumerate(frames) if re.match(r"(lib)?python3\.\d+", f.get("f", ""))]
+        assert frames[first_py:first_py + len(py)] == py  # the Python frames together, in order
+        assert frames[:first_py] == native[:first_py]
+        assert (interp[0] == first_py + len(py)) if interp else (first_py + len(py) == len(frames)), frames
+        chain = [(f["pfn"], f.get("pf"), f.get("pl")) for f in py[:3]]
+        assert chain == [("alloc", target, lines["alloc"]), ("train_step", target, lines["train_step"]),
+                         ("main", target, lines["main"])], (label, mode, frames)
+        if mode == "thread":
+            outer = py[3]
+            assert os.path.basename(outer["pf"]) == "threading.py" and outer["pfn"].endswith("run"), outer
+        else:
+            assert (py[3]["pfn"], py[3]["pf"], py[3]["pl"]) == (
+                "<module>", target, lines["module" if mode == "main" else "module_fork"]), (label, mode, py)
+            assert len(py) == 4, py
+
+
+def test_static_and_shared_libpython_both_covered(traced):
+    _, _, pythons = traced
+    from ingero.pyframes.process import find_runtime
+
+    # which of them link libpython statically is a fact of the builds; both kinds are traced above when present
+    kinds = {}
+    for label, exe in pythons.items():
+        p = subprocess.Popen([exe, "-c", "import sys; sys.stdin.readline()"], stdin=subprocess.PIPE, text=True)
+        try:
+            wait_for(lambda p=p: "python" in Path(f"/proc/{p.pid}/maps").read_text(), 10, "the interpreter")
+            rt = None
+            deadline = time.monotonic() + 10
+            while rt is None and time.monotonic() < deadline:
+                rt = find_runtime(p.pid)
+            assert rt is not None, label
+            assert rt.version == tuple(int(x) for x in label.split("-")[0].split(".")), (label, rt.version)
+            kinds[label] = rt.static
+        finally:
+            p.kill()
+            p.wait()
+    assert not any(kinds[f"3.{m}"] for _, m in PYFRAMES_VERSIONS)  # pyenv: shared libpython
+    if "3.11-debian" in kinds:
+        assert kinds["3.11-debian"]  # Debian's python3.11 carries libpython in the executable
