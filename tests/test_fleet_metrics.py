@@ -20,7 +20,8 @@ from ingero.tracer.standard import CUDA_FIELDS, CUDA_RECORD, CUDA_RECORD_COLUMNS
 call = st.tuples(st.integers(0, 1 << 40), st.integers(0, 20_000_000_000), st.integers(1, 1 << 22),
                  st.integers(1, 1 << 22), st.sampled_from([1, 4]), st.integers(1, 12),
                  st.sampled_from([0, 0, 35, 100, 2, -1]), st.integers(-(1 << 63), (1 << 63) - 1),
-                 st.integers(-(1 << 63), (1 << 63) - 1), st.integers(-1, 1000), st.just(b"python\0"))
+                 st.integers(-(1 << 63), (1 << 63) - 1), st.integers(-1, 1000), st.integers(0, (1 << 64) - 1),
+                 st.just(b"python\0"))
 
 
 def _scrape(m: FleetMetrics) -> dict[str, list]:
@@ -54,7 +55,7 @@ def test_batches_count_as_every_event_would(batches, raw):
 def test_record_columns_match_the_ring_record():
     import struct
 
-    t = (1, 2, 3, 4, 5, 6, -7, 8, 9, 10, b"x")
+    t = (1, 2, 3, 4, 5, 6, -7, 8, 9, 10, 11, b"x")
     buf = CUDA_RECORD.pack(*t)
     for name, (fmt, off) in CUDA_RECORD_COLUMNS.items():
         code = {"<i8": "<q", "u1": "<B", "<i4": "<i"}[fmt]
