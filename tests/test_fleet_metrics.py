@@ -55,7 +55,12 @@ def test_batches_count_as_every_event_would(batches, raw):
 def test_record_columns_match_the_ring_record():
     import struct
 
+    from ingero.fleet import metrics
+
+    assert [CUDA_FIELDS[i] for i in (metrics._DUR, metrics._SRC, metrics._OP, metrics._RET)] == [
+        "duration_ns", "source", "op", "ret"]
     t = (1, 2, 3, 4, 5, 6, -7, 8, 9, 10, 11, b"x")
+    assert len(t) == len(CUDA_FIELDS)
     buf = CUDA_RECORD.pack(*t)
     for name, (fmt, off) in CUDA_RECORD_COLUMNS.items():
         code = {"<i8": "<q", "u1": "<B", "<i4": "<i"}[fmt]
@@ -66,7 +71,7 @@ def test_record_columns_match_the_ring_record():
 def test_exposition_carries_node_labels_and_no_per_process_label():
     m = FleetMetrics(node_labels({"RANK": "3", "LOCAL_RANK": "1"}, ["job=llama", "zone=a"], hostname="gpu7"),
                      mcp="http://gpu7:8765/mcp")
-    m.observe_calls([(0, 1500, 11, 12, 1, 5, 35, 0, 0, -1, b"p"), (0, 2500, 11, 13, 1, 5, 0, 0, 0, -1, b"p")])
+    m.observe_calls([(0, 1500, 11, 12, 1, 5, 35, 0, 0, -1, 0, b"p"), (0, 2500, 11, 13, 1, 5, 0, 0, 0, -1, 0, b"p")])
     m.observe_probe("gemms", 2, [1000, 3000])
     m.set_chains([])
     samples = _scrape(m)

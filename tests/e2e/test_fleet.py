@@ -138,7 +138,8 @@ def fleet(tmp_path_factory):
                    "--label", f"rank={rank}", "--label", "job=e2e", "--mcp-url", f"http://node{rank}.test:8765/mcp"]
             if rank == PROBE_RANK:
                 cmd += ["--probe", str(spec)]
-            work = [sys.executable, "-m", "ingero.workload", "--duration", "2.5", "--interval", "0.001", "--hold", "300"]
+            work = [sys.executable, "-m", "ingero.workload", "--duration", "2.5", "--interval", "0.001",
+                    "--hold", "300"]
             if rank == SLOW_RANK:
                 work = ["env", f"LD_PRELOAD={shim}", "INGERO_TEST_ONCE_DELAY_US=100", *work]
             p = subprocess.Popen([*cmd, "--", *work], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
