@@ -35,6 +35,9 @@ from ingero.tracer.dynamic import ProbeLimits
 log = logging.getLogger(__name__)
 
 MAX_OUTPUT = 48 * 1024
+#: why a probe ended when its tracer died without closing it (shown on the next open, replay included)
+TRACER_DIED = ("the tracer stopped without closing the probe (killed or crashed); in-kernel aggregates "
+               "not yet read were lost")
 MAX_ROWS = 500
 #: Rough per-call cost of a uprobe on this kind of machine (bench/bench_overhead.py measures it):
 #: entry only, entry + return, and the extra cost of sending a recorded event to user space.
@@ -488,7 +491,21 @@ class ProbeTools:
     def _has_probes_table(self) -> bool:
         return bool(self._db("SELECT 1 FROM sqlite_master WHERE name = 'probes'"))
 
-    def list_probes(self) -> str:
+    def _orphaned(self) -> set[int]:
+        """Probes whose tracer died without closing them (SIGKILL, crash): the database says active, with no
+        end, and their trace session never stopped, and no tracer is writing them now (this server's own
+        session, or ``--db --live`` on a database another tracer writes)."""
+        if not self._has_probes_table() or (self.reader is not None and self.reader.mode.kind == "live"):
+            return set()
+        mine = getattr(getattr(self.session, "writer", None), "session_id", None) if self.live else None
+        has_sessions = bool(self._db("SELECT 1 FROM sqlite_master WHERE name = 'sessions'"))
+        stopped = "(SELECT s.stopped_at FROM sessions s WHERE s.id = p.session_id)" if has_sessions else "0"
+        return {int(r[0]) for r in self._db(
+            f"SELECT p.id FROM probes p WHERE p.ended_at = 0 AND COALESCE({stopped}, 0) = 0 "
+            "AND p.session_id IS NOT ?", (mine,))}
+
+    def list_probes(self, limit: int = 50, offset: int = 0) -> str:
+        lim, off = _page(limit, offset, 50)
         live = {}
         if self.live and self.session.dynamic is not None:
             live = dict(self.session.dynamic.probes)
@@ -497,6 +514,7 @@ class ProbeTools:
             for r in self._db("SELECT id, name, status, end_reason, library, symbols, started_at, ended_at "
                               "FROM probes ORDER BY id"):
                 stored[int(r[0])] = r
+        orphaned = self._orphaned() - set(live)
         counts = dict(self._db("SELECT op, COUNT(*) FROM events WHERE source = ? GROUP BY op", (SOURCE_PROBE,)))
         ids = sorted(set(live) | set(stored))
         head = f"trace: {self.trace_state()}" + (f", pid {self.root_pid}" if self.live else "")
@@ -515,14 +533,17 @@ class ProbeTools:
                 import json
 
                 syms = len(json.loads(st[5] or "[]"))
-                rows.append((i, st[1], "ended" if st[7] else st[2], counts.get(i, 0), syms,
-                             os.path.basename(st[4] or ""), "", _hms(st[6] / 1e9), _hms(st[7] / 1e9) if st[7] else "",
-                             st[3]))
+                status, why = ("ended", TRACER_DIED) if i in orphaned else ("ended" if st[7] else st[2], st[3])
+                rows.append((i, st[1], status, counts.get(i, 0), syms, os.path.basename(st[4] or ""), "",
+                             _hms(st[6] / 1e9), _hms(st[7] / 1e9) if st[7] else "", why))
         active = sum(1 for r in rows if r[2] == "active")
-        head += f"; {len(rows)} probes, {active} active (at most {self.options.limits.max_probes})"
+        shown = rows[off:off + lim]
+        head += (f"; {len(rows)} probes, {active} active (at most {self.options.limits.max_probes}); "
+                 + (f"rows {off + 1}-{off + len(shown)}" if shown else f"no rows from offset {off}"))
         body = _csv(("id", "name", "status", "events", "symbols", "library", "owner", "attached", "ended",
-                     "why_ended"), rows)
-        return cap(head + "\n" + _wrap(body))
+                     "why_ended"), shown)
+        more = f"\nnext page: offset={off + lim}" if off + lim < len(rows) else ""
+        return cap(head + "\n" + _wrap(body) + more)
 
     def results(self, probe_id: int, limit: int = 20, offset: int = 0) -> str:
         import json
@@ -542,6 +563,8 @@ class ProbeTools:
         name = lp.name if lp else st[0][0]
         status = (lp.status if lp else ("ended" if st[0][5] else st[0][1]))
         why = lp.end_reason if lp else st[0][2]
+        if lp is None and probe_id in self._orphaned():
+            status, why = "ended", TRACER_DIED
         fields = [f["name"] for f in json.loads(st[0][3])] if st else list(lp.fields)
         view = st[0][4] if st else ""
         n = int(self._db("SELECT COUNT(*) FROM events WHERE source = ? AND op = ?", (SOURCE_PROBE, probe_id))[0][0])

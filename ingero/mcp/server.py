@@ -29,7 +29,14 @@ from ingero.mcp import format as fmt
 from ingero.mcp.dslref import DSL_SUMMARY, DSL_URI, dsl_reference
 from ingero.mcp.live import ProbeTools
 from ingero.mcp.prompt import INVESTIGATE_DESCRIPTION, INVESTIGATE_TEXT, INVESTIGATE_TITLE
-from ingero.mcp.strict import MAX_ARG_CHARS, MAX_PATH_CHARS, MAX_SYMBOL_CHARS, StrictArgsMiddleware, make_strict
+from ingero.mcp.strict import (
+    MAX_ARG_CHARS,
+    MAX_PATH_CHARS,
+    MAX_SYMBOL_CHARS,
+    OutputBoundMiddleware,
+    StrictArgsMiddleware,
+    make_strict,
+)
 from ingero.selftest import selftest_dir
 from ingero.store import TraceReader
 from ingero.store.sqlguard import (
@@ -169,7 +176,7 @@ def build_server(reader: TraceReader | None, audit: AuditLog | None,
     middleware: list = [_AuditMiddleware(audit, options.transport, db_label)] if audit else []
     middleware.append(_AbsentToolMiddleware(probes))
     strict = StrictArgsMiddleware()
-    middleware.append(strict)
+    middleware += [strict, OutputBoundMiddleware({"run_sql": MAX_OUTPUT_BYTES + 4096})]
     if probes.live:
         intro = ("Investigate a live CUDA process: start with get_trace_stats and get_causal_chains. When the "
                  "standard trace is not enough, list_libraries -> list_symbols -> describe_symbol -> "
@@ -413,9 +420,12 @@ def _add_probe_tools(server: MCPServer, probes: ProbeTools, attach: bool) -> Non
         "List the probes of this trace (attached over MCP or with ingero trace --probe): id, name, status "
         "(active/ended), events stored, symbols, library, owner (the client session that attached it), "
         "attach/end time and why it ended (detached by request, budget spent, ttl, target exited, client "
-        "session gone)."))
-    async def list_probes() -> str:
-        return await _probe_call(probes.list_probes)
+        "session gone, the tracer stopped without closing it). Paginated."))
+    async def list_probes(
+        limit: Annotated[int, Field(description="rows per page (default 50, max 500)")] = 50,
+        offset: Annotated[int, Field(description="first row (for the next page)")] = 0,
+    ) -> str:
+        return await _probe_call(lambda: probes.list_probes(limit, offset))
 
     @server.tool(structured_output=False, description=(
         "Results of one probe: status and why it ended, events stored, kernel counters (hits, matched, "

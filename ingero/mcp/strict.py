@@ -110,6 +110,43 @@ def _kind(value: Any) -> str:
     return "an object" if isinstance(value, dict) else type(value).__name__
 
 
+#: largest text one tool call returns (run_sql: its own 1 MiB limit, store.sqlguard.MAX_OUTPUT_BYTES); a
+#: larger answer is refused with what to narrow, never cut mid-JSON
+MAX_TOOL_OUTPUT = 256 * 1024
+_NARROW = {
+    "get_trace_stats": "give since/until for a shorter window",
+    "get_causal_chains": "lower top_n, or give since/until or pids",
+    "get_stacks": "lower limit, or filter by source/op/pid/since",
+    "get_test_report": "read the report file itself",
+}
+
+
+class OutputBoundMiddleware:
+    """Refuses, with a clear message, a tool answer over its byte bound (every tool is bounded)."""
+
+    def __init__(self, limits: dict[str, int] | None = None) -> None:
+        self.limits = limits or {}
+
+    async def __call__(self, ctx: Any, call_next: Any) -> Any:
+        result = await call_next(ctx)
+        if ctx.method != "tools/call":
+            return result
+        data = result.model_dump(by_alias=True) if hasattr(result, "model_dump") else (result or {})
+        if data.get("isError"):
+            return result
+        name = str((ctx.params or {}).get("name", ""))
+        limit = self.limits.get(name, MAX_TOOL_OUTPUT)
+        size = sum(len(str(c.get("text", "")).encode()) for c in data.get("content") or () if isinstance(c, dict))
+        if size <= limit:
+            return result
+        from mcp.types import CallToolResult, TextContent
+
+        how = _NARROW.get(name, "use limit/offset or a narrower filter")
+        text = (f"the answer of {name} is {size} bytes, more than this server's limit of {limit} bytes for one "
+                f"tool result: {how}")
+        return CallToolResult(content=[TextContent(type="text", text=text)], is_error=True)
+
+
 class StrictArgsMiddleware:
     """Refuses a ``tools/call`` whose arguments do not match the tool's (closed) input schema."""
 

@@ -215,3 +215,96 @@ def test_every_refused_http_request_is_audited_with_its_reason(tmp_path: Path):
     for (kind, (_, _, outcome, reason)), (got_outcome, got_reason, args) in zip(cases.items(), rows, strict=True):
         assert got_outcome == outcome and got_reason.startswith(reason), (kind, got_outcome, got_reason)
         assert '"path": "/mcp"' in args, (kind, args)
+
+
+KILLED_TRACER = """
+import sys, time
+from ingero.store import Event, EventWriter, ProbeField, ProbeInfo, SessionInfo
+from ingero.store.clock import ktime_now
+from ingero.store.schema import SOURCE_PROBE
+
+w = EventWriter(sys.argv[1], node="killed", session=SessionInfo(command="child"))
+probes = [w.register_probe(ProbeInfo(f"p{i}", fields=(ProbeField("count"),))) for i in range(9)]
+k = ktime_now()
+print(w.add_events([Event(k + j, 100, 100, SOURCE_PROBE, p.op, 1000, values=(j,))
+                    for j, p in enumerate(probes)]), flush=True)
+time.sleep(600)
+"""
+
+
+def test_probes_of_a_sigkilled_tracer_show_as_ended_and_list_probes_pages(tmp_path: Path):
+    """A tracer SIGKILLed with 9 active probes: the next open (a replay) shows each ended, with the reason
+    and the loss of in-kernel aggregates said; list_probes pages over them."""
+    import os
+    import re
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+
+    from ingero.mcp.live import TRACER_DIED
+    from tests.replay_helpers import ROOT, stdio_session, text_of
+
+    db = tmp_path / "killed.db"
+    child = subprocess.Popen([sys.executable, "-c", KILLED_TRACER, str(db)], stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert child.stdout.readline().strip() == "9"
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait()
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)   # ground truth: what the database itself says
+    stored = conn.execute("SELECT status, ended_at, end_reason FROM probes").fetchall()
+    conn.close()
+    assert stored == [("active", 0, "")] * 9
+
+    async def main():
+        async with stdio_session(db, tmp_path / "audit.db") as s:
+            pages, offset = [], 0
+            while offset is not None:
+                text = text_of(await s.call_tool("list_probes", {"limit": 4, "offset": offset}))
+                pages.append(text)
+                m = re.search(r"next page: offset=(\d+)", text)
+                offset = int(m.group(1)) if m else None
+            return pages, text_of(await s.call_tool("get_probe_results", {"probe_id": 3}))
+    pages, results = anyio.run(main)
+    assert len(pages) == 3
+    assert all("9 probes, 0 active" in p for p in pages)
+    assert [re.search(r"rows (\d+-\d+)", p).group(1) for p in pages] == ["1-4", "5-8", "9-9"]
+    rows = [line for p in pages for line in p.splitlines() if re.match(r"\d+,p\d,", line)]
+    assert [int(r.split(",")[0]) for r in rows] == list(range(1, 10))
+    assert all(",ended," in r and TRACER_DIED in r for r in rows), rows
+    assert results.startswith(f"probe 3 'p2': ended ({TRACER_DIED}); 1 events stored")
+    assert "in-kernel aggregates not yet read were lost" in TRACER_DIED
+
+
+def test_an_answer_over_the_output_bound_is_refused_with_what_to_narrow(tmp_path: Path):
+    """5000 distinct ops make get_trace_stats over 256 KiB: refused, saying how to narrow; a window that
+    holds fewer ops answers."""
+    from mcp import Client
+
+    from ingero.mcp.server import build_server
+    from ingero.mcp.strict import MAX_TOOL_OUTPUT
+    from ingero.store import Event, EventWriter, SessionInfo, TraceReader
+    from ingero.store.clock import ktime_now
+
+    db = tmp_path / "many-ops.db"
+    with EventWriter(db, node="n", session=SessionInfo(command="x")) as w:
+        k = ktime_now()
+        w.add_events([Event(k + i * 1_000_000, 1, 1, 3, 1000 + i, 5000) for i in range(5000)])
+    reader = TraceReader.open(db)
+
+    async def main():
+        async with Client(build_server(reader, None)) as c:
+            return (await c.call_tool("get_trace_stats", {}),
+                    await c.call_tool("get_trace_stats", {"since": "100ms"}))
+    try:
+        big, small = anyio.run(main)
+    finally:
+        reader.close()
+    assert big.is_error
+    msg = big.content[0].text
+    assert msg.startswith("the answer of get_trace_stats is ") and f"limit of {MAX_TOOL_OUTPUT} bytes" in msg
+    assert "give since/until for a shorter window" in msg
+    assert not small.is_error and len(small.content[0].text.encode()) < MAX_TOOL_OUTPUT
