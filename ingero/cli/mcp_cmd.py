@@ -12,6 +12,9 @@ import click
 from ingero.cli.fleet_opts import fleet_options, start_export
 from ingero.errors import IngeroError
 
+#: what ``ingero mcp --live -- CMD`` does with the command when the server stops (the first is the default)
+WORKLOAD_ON_EXIT = ("terminate", "keep")
+
 
 @click.command("mcp", context_settings={"ignore_unknown_options": False})
 @click.option("--db", "db", type=click.Path(path_type=Path), envvar="INGERO_DB",
@@ -42,6 +45,11 @@ from ingero.errors import IngeroError
               help="--live: most events per probe (a spec may lower it).")
 @click.option("--probe-symbols", type=int, default=1000, show_default=True,
               help="--live: most symbols one probe may match.")
+@click.option("--workload-on-exit", "on_exit", type=click.Choice(WORKLOAD_ON_EXIT), default="terminate",
+              show_default=True,
+              help="--live -- CMD: what happens to the command when the server stops (stdio: the client went "
+                   "away; HTTP: the server was stopped): terminate it (SIGTERM, SIGKILL after 5 s; it shares "
+                   "ingero's process group), or keep it running untraced (started in a session of its own).")
 @click.option("--http-idle-timeout", type=float, default=300.0, show_default=True,
               help="HTTP: end a client session idle this long (its probes end with it), in seconds.")
 @click.option("--prometheus", envvar="INGERO_PROMETHEUS", metavar="URL",
@@ -54,7 +62,7 @@ def mcp(db: Path | None, http: str | None, tls_cert: Path | None, tls_key: Path 
         audit_db: Path | None, sql_timeout: float, live: bool, pid: int | None, allow_attach: bool,
         allow_libs: tuple[str, ...], max_probes: int, probe_ttl: str, probe_events: int, probe_symbols: int,
         http_idle_timeout: float, log_level: str, command: tuple[str, ...], prometheus: str | None = None,
-        **fleet) -> None:
+        on_exit: str = "terminate", **fleet) -> None:
     """Serve the standard seven tools over a trace database, plus the probe tools.
 
     Replay (--db FILE): the database is never written: it opens read-only (a copy when a non-empty -wal
@@ -86,6 +94,9 @@ def mcp(db: Path | None, http: str | None, tls_cert: Path | None, tls_key: Path 
         raise IngeroError("--pid and a command trace a process: add --live", "ingero mcp --live --pid N")
     if pid and command:
         raise IngeroError("trace either a running process (--pid) or a command (-- CMD ARGS), not both")
+    if on_exit != "terminate" and not command:
+        raise IngeroError("--workload-on-exit applies to a command started by ingero mcp --live -- CMD ARGS",
+                          "a process given with --pid is never terminated by ingero")
     if (allow_attach or allow_libs) and not (pid or command):
         raise IngeroError("--allow-attach and --allow-lib need a live trace",
                           "ingero mcp --live --allow-attach --pid N (or -- CMD ARGS)")
@@ -100,7 +111,7 @@ def mcp(db: Path | None, http: str | None, tls_cert: Path | None, tls_key: Path 
                              max_probes=max_probes, max_symbols=probe_symbols)
         opts = LiveOptions(allow_attach=allow_attach, allow_libs=tuple(allow_libs), limits=limits)
         _serve_live(db, pid, command, opts, audit_db, http, tls_cert, tls_key, sql_timeout, http_idle_timeout,
-                    prometheus or "", fleet)
+                    prometheus or "", fleet, on_exit)
         return
     if fleet.get("metrics") or fleet.get("otlp"):
         raise IngeroError("--metrics and --otlp export a live trace: add --live and --pid N (or -- CMD ARGS)")
@@ -165,8 +176,12 @@ def _serve_http(reader, audit, http: str, tls_cert: Path | None, tls_key: Path |
 
 def _serve_live(db: Path | None, pid: int | None, command: tuple[str, ...], opts, audit_db: Path | None,
                 http: str | None, tls_cert: Path | None, tls_key: Path | None, sql_timeout: float,
-                idle_timeout: float, prometheus: str = "", fleet: dict | None = None) -> None:
-    """Trace the process tree in a thread and serve its database as it grows, with the probe tools."""
+                idle_timeout: float, prometheus: str = "", fleet: dict | None = None,
+                on_exit: str = "terminate") -> None:
+    """Trace the process tree in a thread and serve its database as it grows, with the probe tools.
+
+    ``on_exit`` (a command only): when the server stops, ``terminate`` the command or ``keep`` it running
+    untraced."""
     import signal
     import threading
     import time
@@ -193,7 +208,8 @@ def _serve_live(db: Path | None, pid: int | None, command: tuple[str, ...], opts
     export = start_export(fleet or {}, mcp_hint=hint, tls_cert=tls_cert, tls_key=tls_key)
     try:
         session = TraceSession(TraceOptions(db=db, probe_limits=opts.limits), pids=[pid] if pid else (),
-                               command=command, command_stdout=2, metrics=export.metrics if export else None).start()
+                               command=command, command_stdout=2, metrics=export.metrics if export else None,
+                               command_detached=on_exit == "keep").start()
     except BaseException:
         if export:
             export.close()
@@ -228,7 +244,10 @@ def _serve_live(db: Path | None, pid: int | None, command: tuple[str, ...], opts
         signal.signal(signal.SIGTERM, previous)
         session.stop(reason)
         runner.join(timeout=30)
-        if session.child is not None and session.child.poll() is None:
+        if on_exit == "keep" and session.child is not None and session.child.poll() is None:
+            click.echo(f"ingero: {reason}; the workload (pid {session.child.pid}) keeps running, untraced "
+                       "(--workload-on-exit keep)", err=True)
+        elif session.child is not None and session.child.poll() is None:
             session.child.terminate()
             try:
                 session.child.wait(5)

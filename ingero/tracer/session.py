@@ -83,9 +83,12 @@ class _Totals:
     chains: int = 0
 
 
-def spawn_gated(command: Sequence[str], stdout=None) -> tuple[subprocess.Popen, Callable[[], None]]:
+def spawn_gated(command: Sequence[str], stdout=None, *,
+                detached: bool = False) -> tuple[subprocess.Popen, Callable[[], None]]:
     """Start ``command`` held just before its ``exec``: returns the process and a function that releases
-    it. The pid is known (and can be traced) before the program's first instruction runs."""
+    it. The pid is known (and can be traced) before the program's first instruction runs. ``detached``:
+    in a session of its own, so a signal to ingero's process group (an MCP client ending its server)
+    does not reach it."""
     r, w = os.pipe()
     gate = (
         "import os, sys\n"
@@ -94,7 +97,8 @@ def spawn_gated(command: Sequence[str], stdout=None) -> tuple[subprocess.Popen, 
         "os.execvp(sys.argv[1], sys.argv[1:])\n"
     )
     try:
-        proc = subprocess.Popen([sys.executable, "-c", gate, *command], pass_fds=(r,), stdout=stdout)
+        proc = subprocess.Popen([sys.executable, "-c", gate, *command], pass_fds=(r,), stdout=stdout,
+                                start_new_session=detached)
     except OSError as e:
         os.close(r)
         os.close(w)
@@ -112,7 +116,7 @@ def spawn_gated(command: Sequence[str], stdout=None) -> tuple[subprocess.Popen, 
 
 class TraceSession:
     def __init__(self, options: TraceOptions, *, pids: Sequence[int] = (), command: Sequence[str] = (),
-                 command_stdout=None, metrics=None) -> None:
+                 command_stdout=None, metrics=None, command_detached: bool = False) -> None:
         if pids and command:
             raise IngeroError("trace either running processes (--pid) or a command (-- CMD ARGS), not both")
         if not pids and not command:
@@ -125,6 +129,7 @@ class TraceSession:
         self.pids = [int(p) for p in pids]
         self.command = list(command)
         self.command_stdout = command_stdout
+        self.command_detached = command_detached
         self.metrics = metrics  # ingero.fleet.metrics.FleetMetrics fed once per batch, or None
         self.child: subprocess.Popen | None = None
         self.tracer = None
@@ -156,7 +161,8 @@ class TraceSession:
             raise BpfUnavailable(f"cannot trace here: {problem}")
         release = None
         if self.command:
-            self.child, release = spawn_gated(self.command, stdout=self.command_stdout)
+            self.child, release = spawn_gated(self.command, stdout=self.command_stdout,
+                                              detached=self.command_detached)
             self.pids = [self.child.pid]
         try:
             info = SessionInfo.collect(

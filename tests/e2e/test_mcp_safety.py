@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import anyio
+import pytest
 
 from tests.replay_helpers import DATALOADER, free_port, start_http
 
@@ -308,3 +309,50 @@ def test_an_answer_over_the_output_bound_is_refused_with_what_to_narrow(tmp_path
     assert msg.startswith("the answer of get_trace_stats is ") and f"limit of {MAX_TOOL_OUTPUT} bytes" in msg
     assert "give since/until for a shorter window" in msg
     assert not small.is_error and len(small.content[0].text.encode()) < MAX_TOOL_OUTPUT
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:   # a zombie is not running
+        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+
+@pytest.mark.bpf
+@pytest.mark.parametrize("policy", ["terminate", "keep"])
+def test_workload_on_exit_when_the_stdio_client_goes_away(need_bpf, tmp_path: Path, policy):
+    """`mcp --live -- CMD`: the SDK's stdio client ends its server by signalling the server's process group;
+    the default terminates the workload, --workload-on-exit keep leaves it running (its own session)."""
+    import os
+    import re
+    import signal
+
+    from tests.e2e.test_mcp_live import live_stdio
+    from tests.replay_helpers import text_of
+
+    args = ["mcp", "--live", "--db", str(tmp_path / "live.db"), "--audit-db", str(tmp_path / "audit.db")]
+    if policy != "terminate":
+        args += ["--workload-on-exit", policy]
+    args += ["--", "sleep", "120"]
+
+    async def main():
+        async with live_stdio(args) as s:
+            text = text_of(await s.call_tool("list_probes", {}))
+            return int(re.search(r"trace: running, pid (\d+)", text).group(1))
+    pid = anyio.run(main)
+    try:
+        deadline = time.monotonic() + 15
+        while policy == "terminate" and _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _alive(pid) == (policy == "keep")
+        if policy == "keep":
+            time.sleep(3)                      # the client's SIGKILL of the group comes 2 s after its SIGTERM
+            assert _alive(pid)
+    finally:
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
