@@ -19,10 +19,19 @@
  *   DRIVER 2 cuMemcpy / 3 cuMemcpyAsync     arg0 = bytes
  *   DRIVER 4 cuCtxSynchronize()
  *   DRIVER 5 cuMemAlloc / 6 cuMemAllocManaged  arg0 = bytes, arg1 = the returned pointer (when ret == 0)
+ * Calls above upstream's codes (ingero's own ops: cudaGetDeviceCount, cudaSetDevice, cudaHostAlloc, cuInit...)
+ * carry their argument layout in the cookie's bits 16-31 (see call_shape in ingero/tracer/standard.py), so
+ * adding one needs no change here: arg0 from PARM(bits 16-19), arg1 from PARM(20-23), an output pointer
+ * PARM(24-27) read at return when the call succeeded as (28-31) a u32 value, a u64 value, an allocated
+ * pointer (its size, arg0, remembered for the free) or, for a free, arg1 = the size of arg0's allocation.
  * The return value is the call's cudaError_t / CUresult. STACKS=1 captures the user stack at entry, and
  * INGERO_PY=1 the calling thread's Python stack (ingero_py.h, included by host.bpf.c). */
 #define SRC_CUDA 1
 #define SRC_DRIVER 4
+#define OUT_U32 1
+#define OUT_U64 2
+#define OUT_ALLOC 3
+#define FREE_SIZE 4
 
 struct cuda_event {
     u64 ts_ns;          /* entry time, CLOCK_MONOTONIC */
@@ -44,9 +53,11 @@ struct cuda_entry {
     u64 ts_ns;
     u64 arg0;
     u64 arg1;
-    u64 out_ptr;        /* where the callee writes an allocated pointer */
+    u64 out_ptr;        /* where the callee writes its output (an allocated pointer, a count...) */
     s64 stack_id;
     u64 py_stack;
+    u32 out_kind;       /* OUT_* */
+    u32 pad;
 };
 
 struct cuda_key {
@@ -69,11 +80,28 @@ int on_cuda_entry(struct pt_regs *ctx) {
         return 0;
     u64 cookie = bpf_get_attach_cookie(ctx);
     u8 source = cookie >> 8, op = cookie & 0xff;
+    u32 shape = cookie >> 16;
     struct cuda_entry e = {.ts_ns = bpf_ktime_get_ns(), .stack_id = -1};
-    if (source == SRC_CUDA) {
+    if (shape) {
+        /* the argument registers copied first: a switch over ctx offsets compiles to a load through a
+         * modified ctx pointer, which the verifier rejects */
+        u64 parm[8] = {0, PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), PT_REGS_PARM4(ctx),
+                       PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx), 0};
+        u32 kind = (shape >> 12) & 0xf;
+        e.arg0 = parm[shape & 7];
+        e.arg1 = parm[(shape >> 4) & 7];
+        if (kind == FREE_SIZE) {
+            u64 p = e.arg0;
+            u64 *sz = alloc_sizes.lookup(&p);
+            if (sz) { e.arg1 = *sz; alloc_sizes.delete(&p); }
+        } else if (kind) {
+            e.out_ptr = parm[(shape >> 8) & 7];
+            e.out_kind = kind;
+        }
+    } else if (source == SRC_CUDA) {
         switch (op) {
         case 1: case 8:  /* cudaMalloc, cudaMallocManaged */
-            e.arg0 = PT_REGS_PARM2(ctx); e.out_ptr = PT_REGS_PARM1(ctx); break;
+            e.arg0 = PT_REGS_PARM2(ctx); e.out_ptr = PT_REGS_PARM1(ctx); e.out_kind = OUT_ALLOC; break;
         case 2: {        /* cudaFree */
             u64 p = PT_REGS_PARM1(ctx);
             e.arg0 = p;
@@ -99,7 +127,7 @@ int on_cuda_entry(struct pt_regs *ctx) {
         switch (op) {
         case 1: e.arg0 = PT_REGS_PARM1(ctx); break;
         case 2: case 3: e.arg0 = PT_REGS_PARM3(ctx); break;
-        case 5: case 6: e.arg0 = PT_REGS_PARM2(ctx); e.out_ptr = PT_REGS_PARM1(ctx); break;
+        case 5: case 6: e.arg0 = PT_REGS_PARM2(ctx); e.out_ptr = PT_REGS_PARM1(ctx); e.out_kind = OUT_ALLOC; break;
         }
     }
 #if STACKS
@@ -122,12 +150,18 @@ int on_cuda_return(struct pt_regs *ctx) {
     s32 ret = PT_REGS_RC(ctx);
     u64 arg1 = s->arg1;
     if (s->out_ptr && ret == 0) {
-        u64 p = 0;
-        bpf_probe_read_user(&p, sizeof(p), (void *)s->out_ptr);
-        arg1 = p;
-        if (p) {
-            u64 size = s->arg0;
-            alloc_sizes.update(&p, &size);
+        if (s->out_kind == OUT_U32) {
+            u32 v = 0;
+            bpf_probe_read_user(&v, sizeof(v), (void *)s->out_ptr);
+            arg1 = v;
+        } else {
+            u64 p = 0;
+            bpf_probe_read_user(&p, sizeof(p), (void *)s->out_ptr);
+            arg1 = p;
+            if (p && s->out_kind == OUT_ALLOC) {
+                u64 size = s->arg0;
+                alloc_sizes.update(&p, &size);
+            }
         }
     }
     struct cuda_event *e = cuda_events.ringbuf_reserve(sizeof(struct cuda_event));
@@ -141,7 +175,7 @@ int on_cuda_return(struct pt_regs *ctx) {
         e->duration_ns = bpf_ktime_get_ns() - s->ts_ns;
         e->pid = id >> 32;
         e->tid = (u32)id;
-        e->source = k.cookie >> 8;
+        e->source = (k.cookie >> 8) & 0xff;
         e->op = k.cookie & 0xff;
         e->flags = 0;
         e->ret = ret;

@@ -6,7 +6,11 @@
  *   sched_switch  pid/tid = the resuming traced thread, duration = its off-CPU time, arg1 = prev (preemptor)
  *   sched_wakeup  pid/tid = waker, arg1 = wakee; when the waker or the sleeping wakee is traced
  *   mm_page_alloc arg0 = bytes (4096 << order)
- *   process_exec / process_exit / process_fork (arg1 = child), oom_kill (arg1 = victim)
+ *   process_exec, oom_kill (arg1 = victim)
+ *   process_fork (arg1 = child pid): a new process (clone without CLONE_THREAD, fork, vfork)
+ *   thread_create (ingero op 40, arg1 = new tid): a new thread of a traced process (clone with CLONE_THREAD)
+ *   process_exit: the process is gone, whichever of its threads exits last (group_dead); tid = that thread
+ *   thread_exit (ingero op 41): a thread exits while others of its process live on
  *   block_read / block_write / block_discard: issue -> complete, arg0 = sectors, arg1 = sector
  * RINGBUF_PAGES is set by the loader; INGERO_PY=1 (with ingero_py.h's text joined
  * before this one: bcc rewrites map calls only in the main text) adds the Python frame walker: forks inherit a Python parent's entry, exec and exit drop it. */
@@ -21,6 +25,9 @@
 #define OP_EXEC 5
 #define OP_EXIT 6
 #define OP_FORK 7
+#define OP_THREAD_CREATE 40
+#define OP_THREAD_EXIT 41
+#define CLONE_THREAD_FLAG 0x00010000ULL
 #define OP_BLOCK_READ 1
 #define OP_BLOCK_WRITE 2
 #define OP_BLOCK_DISCARD 3
@@ -131,19 +138,24 @@ TRACEPOINT_PROBE(kmem, mm_page_alloc) {
     return 0;
 }
 
-TRACEPOINT_PROBE(sched, sched_process_fork) {
+/* task_newtask rather than sched_process_fork: it carries the clone flags, so a new thread is told from a
+ * new process (upstream records both as process_fork), and it fires where copy_process can no longer fail */
+TRACEPOINT_PROBE(task, task_newtask) {
     u32 tgid = bpf_get_current_pid_tgid() >> 32;
     if (!traced(tgid))
         return 0;
-    u32 child = args->child_pid;
-    u8 one = 1;
-    /* a new thread's tid is never another live process's tgid, so adding it is harmless; a new
-     * process's pid becomes its tgid, so its own calls and its children are traced from now on */
-    ingero_targets.update(&child, &one);
+    u32 child = args->pid;
+    u8 op = OP_THREAD_CREATE;
+    if (!(args->clone_flags & CLONE_THREAD_FLAG)) {
+        /* a new process's pid becomes its tgid: its own calls and its children are traced from now on */
+        u8 one = 1;
+        ingero_targets.update(&child, &one);
 #if INGERO_PY
-    ingero_py_fork(tgid, child);
+        ingero_py_fork(tgid, child);
 #endif
-    struct host_event *e = reserve(SRC_HOST, OP_FORK);
+        op = OP_FORK;
+    }
+    struct host_event *e = reserve(SRC_HOST, op);
     if (e) {
         current_ids(e);
         e->arg1 = child;
@@ -168,30 +180,27 @@ TRACEPOINT_PROBE(sched, sched_process_exec) {
     return 0;
 }
 
+/* Every exiting thread passes here; the one that finds the thread group dead (group_dead: the last one, which
+ * need not be the main thread -- exit_group() makes the caller exit first and the others after it) ends
+ * the process. */
 TRACEPOINT_PROBE(sched, sched_process_exit) {
     u64 id = bpf_get_current_pid_tgid();
     u32 tgid = id >> 32, tid = (u32)id;
     if (!traced(tgid))
         return 0;
     offcpu.delete(&tid);
-    if (tid != tgid) {
-        ingero_targets.delete(&tid);  /* the entry a thread's creation added */
-#if INGERO_PY
-        ingero_py_forget(tid);
-#endif
-        return 0;
-    }
-    if (!args->group_dead)
-        return 0;
-    struct host_event *e = reserve(SRC_HOST, OP_EXIT);
+    u8 group_dead = args->group_dead;
+    struct host_event *e = reserve(SRC_HOST, group_dead ? OP_EXIT : OP_THREAD_EXIT);
     if (e) {
         current_ids(e);
         host_events.ringbuf_submit(e, 0);
     }
-    ingero_targets.delete(&tgid);
+    if (group_dead) {
+        ingero_targets.delete(&tgid);
 #if INGERO_PY
-    ingero_py_forget(tgid);
+        ingero_py_forget(tgid);
 #endif
+    }
     return 0;
 }
 

@@ -72,6 +72,21 @@ PLAN: tuple[Call, ...] = (
 )
 
 
+#: The calls frameworks make at start and around errors (``--startup``), made once before the plan, in
+#: this order. Without a driver: the device queries fail with 35, cudaDriverGetVersion succeeds with 0
+#: and cudaRuntimeGetVersion with the runtime's version; cudaGetLastError returns the last failure.
+STARTUP: tuple[str, ...] = (
+    "cudaRuntimeGetVersion", "cudaDriverGetVersion", "cudaGetDeviceCount", "cudaPeekAtLastError",
+    "cudaGetLastError", "cudaSetDevice", "cudaGetDevice", "cudaStreamCreate", "cudaStreamCreateWithFlags",
+    "cudaEventRecord", "cudaEventSynchronize", "cudaHostAlloc", "cudaMallocHost", "cudaFreeHost",
+)
+#: The event handle passed to cudaEventRecord/cudaEventSynchronize (fake, as STREAM).
+EVENT = 0x5EED1000
+#: cudaHostAlloc / cudaMallocHost sizes
+HOST_ALLOC_SIZE = 2 * MiB
+MALLOC_HOST_SIZE = 64 * KiB
+
+
 def expected_counts(repeat: int = 1) -> Counter:
     """How many times each function is called by a run with ``repeat`` repetitions."""
     return Counter({name: n * repeat for name, n in Counter(c.name for c in PLAN).items()})
@@ -162,6 +177,67 @@ def run_plan(lib: ct.CDLL, repeat: int = 1) -> Counter:
     return rcs
 
 
+def run_startup(lib: ct.CDLL) -> dict[str, tuple[int, int]]:
+    """Make the :data:`STARTUP` calls once; returns name -> (return code, the value it wrote or 0)."""
+    vp, i, u, sz = ct.c_void_p, ct.c_int, ct.c_uint, ct.c_size_t
+    out: dict[str, tuple[int, int]] = {}
+    for name, argtypes in {
+        "cudaRuntimeGetVersion": [ct.POINTER(i)], "cudaDriverGetVersion": [ct.POINTER(i)],
+        "cudaGetDeviceCount": [ct.POINTER(i)], "cudaPeekAtLastError": [], "cudaGetLastError": [],
+        "cudaSetDevice": [i], "cudaGetDevice": [ct.POINTER(i)], "cudaStreamCreate": [ct.POINTER(vp)],
+        "cudaStreamCreateWithFlags": [ct.POINTER(vp), u], "cudaEventRecord": [vp, vp],
+        "cudaEventSynchronize": [vp], "cudaHostAlloc": [ct.POINTER(vp), sz, u],
+        "cudaMallocHost": [ct.POINTER(vp), sz], "cudaFreeHost": [vp],
+    }.items():
+        f = getattr(lib, name)
+        f.argtypes, f.restype = argtypes, ct.c_int
+    value, handle, pinned = i(), vp(), vp()
+    for name in STARTUP:
+        f = getattr(lib, name)
+        written = 0
+        if name in ("cudaRuntimeGetVersion", "cudaDriverGetVersion", "cudaGetDeviceCount", "cudaGetDevice"):
+            value.value = 0
+            rc = f(ct.byref(value))
+            written = value.value
+        elif name == "cudaSetDevice":
+            rc = f(0)
+        elif name == "cudaStreamCreate":
+            rc = f(ct.byref(handle))
+        elif name == "cudaStreamCreateWithFlags":
+            rc = f(ct.byref(handle), 1)
+        elif name == "cudaEventRecord":
+            rc = f(EVENT, STREAM)
+        elif name == "cudaEventSynchronize":
+            rc = f(EVENT)
+        elif name == "cudaHostAlloc":
+            rc = f(ct.byref(pinned), HOST_ALLOC_SIZE, 0)
+            written = pinned.value or 0
+        elif name == "cudaMallocHost":
+            rc = f(ct.byref(pinned), MALLOC_HOST_SIZE)
+            written = pinned.value or 0
+        elif name == "cudaFreeHost":
+            rc = f(pinned)
+        else:
+            rc = f()
+        out[name] = (rc, written)
+    return out
+
+
+def _start_threads(n: int) -> None:
+    """One short-lived thread (joined: it exits while the process lives on), then ``n`` idle daemon
+    threads that die only with the process, after its main thread has exited. Says their tids."""
+    import threading
+
+    t = threading.Thread(target=lambda: None)
+    t.start()
+    t.join()
+    never = threading.Event()
+    idle = [threading.Thread(target=never.wait, daemon=True) for _ in range(n)]
+    for x in idle:
+        x.start()  # returns once the thread runs: its native_id is known
+    _say(f"threads pid={os.getpid()} ended={t.native_id} idle={','.join(str(x.native_id) for x in idle)}")
+
+
 def _say(msg: str) -> None:
     sys.stdout.write(msg + "\n")
     sys.stdout.flush()
@@ -187,6 +263,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=0.0,
                     help="repeat the plan until this many seconds have passed (then --repeat is per round)")
     ap.add_argument("--interval", type=float, default=0.002, help="pause between rounds with --duration (s)")
+    ap.add_argument("--startup", action="store_true",
+                    help="first make the start-up calls of STARTUP once (device count, versions, last error...)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="the calling process(es) start one short-lived thread, then this many idle ones")
     args = ap.parse_args(argv)
 
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
@@ -200,6 +280,10 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
 
     def work() -> Counter:
+        if args.threads:
+            _start_threads(args.threads)
+        if args.startup:
+            _say("startup " + json.dumps(run_startup(lib), sort_keys=True))
         if not args.duration:
             return run_plan(lib, args.repeat)
         total: Counter = Counter()

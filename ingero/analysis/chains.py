@@ -6,7 +6,9 @@ Stored path (upstream ``deduplicateStoredChains``): group by ``(cuda_op, severit
 Replay path (a database without stored chains, or a pid filter): the rules of upstream's correlator
 (``internal/correlate``), evaluated once over the whole window: a tail chain for every CUDA/driver op with
 at least 10 calls, p50 > 0 and p99/p50 >= 3 that has a host, system, I/O or network cause; an OOM chain;
-a TCP-retransmit burst chain. Results are deduplicated on the last timeline entry and sorted like stored
+a TCP-retransmit burst chain; and a HIGH chain per error code that CUDA runtime or driver calls returned
+(``events.ret_code``, ingero's addition: failing calls are findings, on both paths). Results are
+deduplicated on the last timeline entry and sorted like stored
 chains, so the answer is deterministic (upstream's replay order is random).
 """
 
@@ -16,16 +18,19 @@ import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from ingero.analysis.failures import CALLS_OF, error_name, find_failures, finding_text, meaning
 from ingero.analysis.stats import event_filter, nearest_rank
 from ingero.analysis.window import ALL, TimeWindow, go_duration
 from ingero.store.reader import TraceReader
-from ingero.store.schema import op_name
+from ingero.store.schema import SOURCE_DRIVER, op_name
 
 SEVERITY_RANK = {"HIGH": 3, "MEDIUM": 2, "LOW": 1}
 TAIL_RATIO = 3.0
 MIN_OP_COUNT = 10
 SCHED_THRESHOLD = 5
 PAGE_ALLOC_BYTES = 1 << 30
+#: failing ops listed one by one in a failure chain's timeline (the explanation names them all)
+MAX_FAILING_OPS = 8
 
 
 @dataclass(frozen=True)
@@ -119,7 +124,9 @@ def causal_chains(reader: TraceReader, window: TimeWindow = ALL, pids: tuple[int
     if not pids:
         stored = stored_chains(reader, window)
         if stored:
-            return ChainsResult(tuple(dedup_stored(stored, top_n)), "stored", len(stored))
+            # a database recorded without failure chains (upstream's, an older ingero) still reports them
+            found = with_failures(dedup_stored(stored, 0), reader, window)
+            return ChainsResult(tuple(found[:top_n] if top_n > 0 else found), "stored", len(stored))
     chains, n = replay_chains(reader, window, pids)
     chains = sort_chains(chains)
     return ChainsResult(tuple(chains[:top_n] if top_n > 0 else chains), "replay", len(chains), n)
@@ -246,6 +253,7 @@ def replay_chains(reader: TraceReader, window: TimeWindow = ALL, pids: tuple[int
             ("Check network health: switch errors, NIC stats (ethtool -S), MTU mismatches",),
             (TimelineEntry("NET", "tcp_retransmit", f"{ctx.tcp} retransmits"),
              TimelineEntry("CUDA", "all", "GPU work at risk"))))
+    chains += failure_chains(reader, window, pids)
     # merge on the last timeline entry, keeping the strictly higher severity (upstream's replay merge)
     merged: dict[str, CausalChain] = {}
     for c in chains:
@@ -254,6 +262,47 @@ def replay_chains(reader: TraceReader, window: TimeWindow = ALL, pids: tuple[int
         if key not in merged or rank(c.severity) > rank(merged[key].severity):
             merged[key] = c
     return list(merged.values()), n
+
+
+def failure_chains(reader: TraceReader, window: TimeWindow = ALL, pids: tuple[int, ...] = ()
+                   ) -> list[CausalChain]:
+    """A HIGH chain per error code returned by CUDA runtime or driver calls in the window (most frequent
+    first): "7 of 7 CUDA runtime calls returned cudaErrorInsufficientDriver (35): this process has no usable
+    NVIDIA driver", with the failing ops in its timeline."""
+    failures = find_failures(reader, window, pids)
+    out = []
+    for source, code, count, ops in failures.by_code():
+        layer = "DRIVER" if source == SOURCE_DRIVER else "CUDA"
+        err = error_name(source, code) or f"error {code}"
+        text = finding_text(failures, source, code, count)
+        tl = [TimelineEntry(layer, e.op_name, f"{e.op_name}: {e.count} call(s) returned {e.label}")
+              for e in ops[:MAX_FAILING_OPS]]
+        if len(ops) > MAX_FAILING_OPS:
+            rest = ops[MAX_FAILING_OPS:]
+            tl.append(TimelineEntry(layer, "other", f"{len(rest)} more ops: {sum(e.count for e in rest)} call(s)"))
+        tl.append(TimelineEntry(layer, err, text))
+        total = failures.calls.get(source, count)
+        expl = (f"{text}. Failing calls: {', '.join(f'{e.op_name} x{e.count}' for e in ops)}. "
+                + (f"Every one of the {CALLS_OF[source]} recorded failed: no GPU work was done through them. "
+                   if count == total else ""))
+        if meaning(source, code):
+            recs = ("Make an NVIDIA driver and GPU usable by this process (kernel module loaded, libcuda.so "
+                    "and /dev/nvidia* visible in its container), or run it on a machine that has them",
+                    "Check how the program handles the failure: a framework may fall back to the CPU silently")
+        else:
+            recs = (f"Find the code path of the failing calls (get_stacks op={ops[0].op_name})",
+                    "Check the arguments and the state (device, stream, context) of the failing calls")
+        out.append(CausalChain(f"cuda-error-{layer.lower()}-{code}", "HIGH", text, f"{err} returned by {count} "
+                               f"of {total} {CALLS_OF[source]}", expl, recs, tuple(tl), err))
+    return out
+
+
+def with_failures(chains: list[CausalChain], reader: TraceReader, window: TimeWindow = ALL,
+                  pids: tuple[int, ...] = ()) -> list[CausalChain]:
+    """``chains`` plus the failure chains of the window that are not among them, sorted."""
+    have = {(c.cuda_op, c.severity) for c in chains}
+    return sort_chains(chains + [c for c in failure_chains(reader, window, pids)
+                                 if (c.cuda_op, c.severity) not in have])
 
 
 def _tail_chain(ctx: _Context, source: int, op: str, p50: int, p99: int) -> CausalChain | None:

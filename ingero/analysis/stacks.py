@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from dataclasses import dataclass
 
 from ingero.analysis.window import ALL, TimeWindow
+from ingero.errors import IngeroError, suggestion
 from ingero.store.reader import TraceReader
-from ingero.store.schema import resolve_op
+from ingero.store.schema import (
+    OP_NAMES,
+    SOURCE_HOST,
+    SOURCE_IO,
+    SOURCE_NAMES,
+    SOURCE_PROBE,
+    UNKNOWN_OP_FORMATS,
+    resolve_op,
+)
 
 MAX_FRAMES_JSON = 64 * 1024
 MAX_STACKS = 100
@@ -64,21 +74,63 @@ def parse_frames(frames: str, ips: str) -> tuple[str, ...]:
     return tuple(out)
 
 
-def top_stacks(reader: TraceReader, *, source: int = 0, op: str = "", pid: int = 0,
-               window: TimeWindow = ALL, limit: int = 10) -> tuple[StackSummary, ...]:
-    """Stacks grouped by hash; ``op`` (a name, case-insensitive) wins over ``source``."""
-    limit = 10 if limit <= 0 else min(limit, MAX_STACKS)
-    if not (reader.has_table("events") and reader.has_table("stack_traces")):
-        return ()
-    where = ["e.stack_hash != 0"]
+_PRINTED_UNKNOWN = re.compile(r"^([a-z_]+)\((\d+)\)$")
+
+
+def resolve_source(source: int | str) -> int:
+    """A source given as its code (3, "3") or name ("host", "HOST", "cuda_graph") -> its code; 0 = any."""
+    if isinstance(source, int):
+        return max(source, 0)
+    key = source.strip().lower()
+    if not key:
+        return 0
+    if key.isdigit():
+        return int(key)
+    for code, name in SOURCE_NAMES.items():
+        if name == key:
+            return code
+    raise IngeroError(f'unknown source "{source}": use a code or one of {", ".join(SOURCE_NAMES.values())}',
+                      suggestion(key, SOURCE_NAMES.values()))
+
+
+def resolve_any_op(reader: TraceReader, op: str) -> tuple[int, int]:
+    """Every op name get_trace_stats prints -> (source, op): upstream's and ingero's names (with
+    upstream's aliases), ``probe:NAME`` (a dynamic probe, by the ``ops`` table) and the names of codes
+    without a name (``host_op(9)``, ``unknown(13)``)."""
+    name = op.strip()
+    if name.startswith("probe:"):
+        probe = name[len("probe:"):]
+        known = {}
+        if reader.has_table("ops"):
+            known = {str(n): int(o) for o, n in reader.query(
+                "SELECT op_id, name FROM ops WHERE source_id = ?", (SOURCE_PROBE,))}
+        if probe in known:
+            return SOURCE_PROBE, known[probe]
+        have = ", ".join(f"probe:{n}" for n in sorted(known)) or "none in this database"
+        raise IngeroError(f'no probe named "{probe}" (probes: {have})', suggestion(probe, known, "probe:"))
+    m = _PRINTED_UNKNOWN.match(name)
+    if m:
+        src = next((s for s, fmt in UNKNOWN_OP_FORMATS.items() if fmt == m.group(1) + "({})"), None)
+        if src is not None:
+            return src, int(m.group(2))
+    try:
+        return resolve_op(name)
+    except IngeroError as e:
+        raise IngeroError(f'unknown op "{op}": use an op name get_trace_stats prints (cudaMalloc, '
+                          'sched_switch, probe:NAME, ...)', suggestion(name, OP_NAMES.values())) from e
+
+
+def _filters(reader: TraceReader, source: int | str, op: str, pid: int, window: TimeWindow
+             ) -> tuple[list[str], list]:
+    where: list[str] = []
     params: list = []
     if op:
-        s, o = resolve_op(op)
+        s, o = resolve_any_op(reader, op)
         where.append("e.source = ? AND e.op = ?")
         params += [s, o]
-    elif source > 0:
+    elif (code := resolve_source(source)) > 0:
         where.append("e.source = ?")
-        params.append(source)
+        params.append(code)
     if pid > 0:
         where.append("e.pid = ?")
         params.append(pid)
@@ -86,6 +138,44 @@ def top_stacks(reader: TraceReader, *, source: int = 0, op: str = "", pid: int =
     if w:
         where.append(w)
         params += p
+    return where, params
+
+
+def why_no_stacks(reader: TraceReader, *, source: int | str = 0, op: str = "", pid: int = 0,
+                  window: TimeWindow = ALL) -> str:
+    """What an empty :func:`top_stacks` answer means for these filters."""
+    hint = "Ensure trace was run with --stacks (default: on)."
+    if not reader.has_table("events"):
+        return "No stacks found: the database has no events table."
+    where, params = _filters(reader, source, op, pid, window)
+    code = resolve_source(source)
+    what = (op or (SOURCE_NAMES.get(code, f"source {code}") if code else "")).strip()
+    scope = " ".join(x for x in (what, "events", f"of pid {pid}" if pid > 0 else "",
+                                 "in the window" if window.sql("e.timestamp")[0] else "") if x)
+    cond = " AND ".join(where) or "1"
+    n = reader.query(f"SELECT COUNT(*) FROM events e WHERE {cond}", params)[0][0]
+    if not (where or n):
+        return "No events found in the database."
+    if not n:
+        return f"No stacks found: no {scope} (get_trace_stats lists the ops this trace has)."
+    kinds = {int(s) for (s,) in reader.query(f"SELECT DISTINCT e.source FROM events e WHERE {cond}", params)}
+    if kinds <= {SOURCE_HOST, SOURCE_IO}:
+        return (f"No stacks found: {n} {scope}, none with a call stack -- host and I/O events never carry "
+                "one (stacks are captured for CUDA/driver calls and probes that record them).")
+    if not where:
+        return f"No stacks found. {hint}"
+    return f"No stacks found: {n} {scope}, none with a call stack. {hint}"
+
+
+def top_stacks(reader: TraceReader, *, source: int | str = 0, op: str = "", pid: int = 0,
+               window: TimeWindow = ALL, limit: int = 10) -> tuple[StackSummary, ...]:
+    """Stacks grouped by hash; ``op`` (any name get_trace_stats prints, case-insensitive for upstream's
+    names) wins over ``source`` (a code or name). Unknown names raise :class:`IngeroError`."""
+    limit = 10 if limit <= 0 else min(limit, MAX_STACKS)
+    filters, params = _filters(reader, source, op, pid, window)  # names are checked even on an empty db
+    if not (reader.has_table("events") and reader.has_table("stack_traces")):
+        return ()
+    where = ["e.stack_hash != 0", *filters]
     names = []
     if reader.has_column("events", "comm"):
         names.append("NULLIF(e.comm, '')")

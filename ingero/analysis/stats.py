@@ -3,7 +3,8 @@
 Upstream keeps only the last 1000 samples per op for its percentiles; here they are computed over every
 stored event of the op in the window (``idx = ceil(p*n) - 1`` on the sorted durations). Where
 ``event_aggregates`` counted more events than were stored (upstream's selective storage), ``total``
-carries the aggregate count beside the stored ``count``.
+carries the aggregate count beside the stored ``count``. CUDA runtime and driver calls that returned an
+error are counted per op and error code (``errors``, names from the catalogue; see failures.py).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass
 
+from ingero.analysis.failures import NONE, Failures, OpErrors, find_failures
 from ingero.analysis.window import ALL, TimeWindow
 from ingero.store.reader import TraceReader
 from ingero.store.schema import op_name
@@ -33,6 +35,11 @@ class OpStats:
     sum_ns: int
     anomalies: int = 0  # events slower than 3x p50 (upstream's anomaly threshold)
     description: str = ""
+    errors: tuple[OpErrors, ...] = ()  # stored calls that returned an error, per error code, most first
+
+    @property
+    def failed(self) -> int:
+        return sum(e.count for e in self.errors)
 
     @property
     def avg_ns(self) -> int:
@@ -46,6 +53,7 @@ class TraceStats:
     aggregate_events: int             # SUM(count) of event_aggregates in the window, 0 if none
     span_ns: int                      # first to last event in the window
     window: TimeWindow
+    failures: Failures = NONE         # failing CUDA runtime/driver calls of the window
 
     def op(self, name: str) -> OpStats | None:
         return next((o for o in self.ops if o.name == name), None)
@@ -92,6 +100,7 @@ def trace_stats(reader: TraceReader, window: TimeWindow = ALL, pids: tuple[int, 
     # minute buckets cannot be cut to an arbitrary window: totals are given for the whole trace only
     agg = _aggregate_counts(reader, window, pids) if window.is_open else {}
     descs = reader.op_descriptions
+    failures = find_failures(reader, window, pids)
     ops = []
     for (s, o), ds in durations.items():
         ds.sort()
@@ -99,11 +108,12 @@ def trace_stats(reader: TraceReader, window: TimeWindow = ALL, pids: tuple[int, 
         p50 = nearest_rank(ds, 0.50)
         anomalies = len(ds) - bisect.bisect_right(ds, 3 * p50) if p50 > 0 else 0
         ops.append(OpStats(s, o, name, len(ds), agg.get((s, o), 0), p50, nearest_rank(ds, 0.95),
-                           nearest_rank(ds, 0.99), ds[0], ds[-1], sum(ds), anomalies, descs.get(name, "")))
+                           nearest_rank(ds, 0.99), ds[0], ds[-1], sum(ds), anomalies, descs.get(name, ""),
+                           tuple(e for e in failures.errors if (e.source, e.op) == (s, o))))
     ops.sort(key=lambda x: (-x.sum_ns, x.source, x.op))
     stored = sum(x.count for x in ops)
     span = (last - first) if first is not None else 0
-    return TraceStats(tuple(ops), stored, sum(agg.values()), span, window)
+    return TraceStats(tuple(ops), stored, sum(agg.values()), span, window, failures)
 
 
 def _aggregate_counts(reader: TraceReader, window: TimeWindow, pids: tuple[int, ...]

@@ -52,6 +52,7 @@ def stats(db: Path, since: str, until: str, as_json: bool) -> None:
       ingero stats --db trace.db
     """
     from ingero.analysis import trace_stats
+    from ingero.analysis.failures import failure_findings
     from ingero.analysis.window import go_duration
 
     with _open(db) as r:
@@ -68,9 +69,16 @@ def stats(db: Path, since: str, until: str, as_json: bool) -> None:
              go_duration(o.p95_ns), go_duration(o.p99_ns), go_duration(o.max_ns),
              f"{100 * o.sum_ns / span:.1f}%"]
             for o in st.ops]
-    click.echo(_table(["op", "count", "total", "p50", "p95", "p99", "max", "wall"], rows))
+    headers = ["op", "count", "total", "p50", "p95", "p99", "max", "wall"]
+    if st.failures.errors:  # the column only when a call failed: error-free traces print as before
+        headers.append("errors")
+        for row, o in zip(rows, st.ops, strict=True):
+            row.append(", ".join(f"{x.count} {x.label}" for x in o.errors))
+    click.echo(_table(headers, rows))
     total = f" of {st.aggregate_events} counted" if st.aggregate_events > st.stored_events else ""
     click.echo(f"\n{st.stored_events} stored events{total} over {go_duration(st.span_ns)}")
+    for line in failure_findings(st.failures):
+        click.echo(line)
 
 
 def _print_chains(chains, header: str) -> None:
@@ -143,12 +151,12 @@ def explain(db: Path, since: str, until: str, pids: tuple[int, ...], stored: boo
     Example:
       ingero explain --db trace.db
     """
-    from ingero.analysis.chains import dedup_stored, replay_chains, sort_chains, stored_chains
+    from ingero.analysis.chains import dedup_stored, replay_chains, sort_chains, stored_chains, with_failures
 
     with _open(db) as r:
         w = _window(r, since, until)
         if stored:
-            found, n = dedup_stored(stored_chains(r, w), 0), r.count("events")
+            found, n = with_failures(dedup_stored(stored_chains(r, w), 0), r, w), r.count("events")
         else:
             got, n = replay_chains(r, w, pids)
             found = sort_chains(got)
@@ -164,14 +172,15 @@ def explain(db: Path, since: str, until: str, pids: tuple[int, ...], stored: boo
 
 @click.command("stacks")
 @_db
-@click.option("--op", default="", help="Operation name, e.g. cudaMalloc (wins over --source).")
-@click.option("--source", type=int, default=0, help="1=CUDA, 3=HOST, 4=DRIVER.")
+@click.option("--op", default="", help="Operation name as stats prints it, e.g. cudaMalloc, probe:NAME "
+              "(wins over --source).")
+@click.option("--source", default="0", help="A code or name: 1/cuda, 3/host, 4/driver, 100/probe.")
 @click.option("--pid", type=int, default=0)
 @_since
 @_until
 @click.option("--limit", type=int, default=10, show_default=True)
 @_json
-def stacks(db: Path, op: str, source: int, pid: int, since: str, until: str, limit: int,
+def stacks(db: Path, op: str, source: str, pid: int, since: str, until: str, limit: int,
            as_json: bool) -> None:
     """The most frequent call stacks, with resolved frames and timings.
 
@@ -180,15 +189,18 @@ def stacks(db: Path, op: str, source: int, pid: int, since: str, until: str, lim
       ingero stacks --db trace.db --op cudaMalloc --limit 3
     """
     from ingero.analysis import top_stacks
+    from ingero.analysis.stacks import why_no_stacks
     from ingero.analysis.window import go_duration
 
     with _open(db) as r:
-        found = top_stacks(r, source=source, op=op, pid=pid, window=_window(r, since, until), limit=limit)
+        w = _window(r, since, until)
+        found = top_stacks(r, source=source, op=op, pid=pid, window=w, limit=limit)
+        empty = "" if found else why_no_stacks(r, source=source, op=op, pid=pid, window=w)
     if as_json:
         click.echo(json.dumps([asdict(s) for s in found], indent=2))
         return
     if not found:
-        click.echo("No stacks found. Ensure trace was run with --stack (default: on).")
+        click.echo(empty)
         return
     for s in found:
         procs = f" [{', '.join(s.processes)}]" if s.processes else ""

@@ -11,6 +11,7 @@ import json
 import re
 
 from ingero.analysis.chains import CausalChain
+from ingero.analysis.failures import failure_findings
 from ingero.analysis.stacks import StackSummary
 from ingero.analysis.stats import TraceStats
 from ingero.analysis.window import go_duration
@@ -82,6 +83,7 @@ def format_stats(st: TraceStats, tsc: bool = True, since: str = "") -> str:
     if not st.ops:
         return "No events found in the database."
     span = max(st.span_ns, 1)
+    findings = failure_findings(st.failures)
     if tsc:
         ops = []
         for o in st.ops:
@@ -92,8 +94,13 @@ def format_stats(st: TraceStats, tsc: bool = True, since: str = "") -> str:
                 e["d"] = o.description
             if o.total > o.count:
                 e["total"] = o.total
+            if o.errors:
+                e["err"] = o.failed
+                e["errs"] = [f"{x.label} x{x.count}" for x in o.errors]
             ops.append(_sorted(e))
         out: dict = {"n": st.stored_events, "ops": ops, "_context": STATS_CONTEXT}
+        if findings:
+            out["findings"] = findings
         if since:
             out["since"] = since
         if st.aggregate_events:
@@ -108,11 +115,16 @@ def format_stats(st: TraceStats, tsc: bool = True, since: str = "") -> str:
     for o in st.ops:
         desc = f" ({o.description})" if o.description else ""
         total = f" ({o.total} total)" if o.total > o.count else ""
+        errs = (f" errors={o.failed} ({', '.join(f'{x.label} x{x.count}' for x in o.errors)})"
+                if o.errors else "")
         lines.append(f"[{source_label(o.source)}] {o.name}{desc}: count={o.count}{total} "
                      f"p50={go_duration(o.p50_ns)} p95={go_duration(o.p95_ns)} p99={go_duration(o.p99_ns)} "
-                     f"max={go_duration(o.max_ns)} wall={100 * o.sum_ns / span:.1f}% anomalies={o.anomalies}")
+                     f"max={go_duration(o.max_ns)} wall={100 * o.sum_ns / span:.1f}% anomalies={o.anomalies}{errs}")
     anomalies = sum(o.anomalies for o in st.ops)
     lines.append(f"\nTotal: {st.stored_events} events, {anomalies} anomalies")
+    if findings:
+        lines.append("Failing calls:")
+        lines += [f"  {x}" for x in findings]
     return PREAMBLE + "\n".join(lines) + ANALYSIS_CONTEXT
 
 
@@ -149,7 +161,7 @@ def format_chains(chains: tuple[CausalChain, ...] | list[CausalChain], tsc: bool
 # --- get_stacks ------------------------------------------------------------------------------------------
 def format_stacks(stacks: tuple[StackSummary, ...], limit: int, tsc: bool = True) -> str:
     if not stacks:
-        return "No stacks found. Ensure trace was run with --stack (default: on)."
+        return "No stacks found. Ensure trace was run with --stacks (default: on)."
     items = []
     for s in stacks:
         d: dict = {"hash": s.hash, "n": s.count, "avg_us": s.avg_ns // 1000, "min_us": s.min_ns // 1000,

@@ -360,9 +360,16 @@ class ProbeTools:
                     "narrow the glob")
         return ""
 
+    def _recorded_ops(self, source: int) -> set[int] | None:
+        """The ops of ``source`` the database's ``ops`` table names (None without the table)."""
+        with self._db_lock:
+            if not self._conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'ops'").fetchone():
+                return None
+            return {int(o) for (o,) in self._conn.execute("SELECT op_id FROM ops WHERE source_id = ?", (source,))}
+
     def estimate(self, rs, window_s: float = ESTIMATE_WINDOW_S) -> str:
         """Events/s and overhead from the calls of the probe's symbols the standard set already traced."""
-        from ingero.tracer.standard import DRIVER_SYMBOLS, RUNTIME_SYMBOLS
+        from ingero.tracer.standard import DRIVER_SYMBOLS, OP_MASK, RUNTIME_SYMBOLS
 
         if self._conn is None:
             return "estimate: no basis (no trace database is open)"
@@ -383,8 +390,14 @@ class ProbeTools:
             fam = p.library.family
             table, source = ((RUNTIME_SYMBOLS, 1) if fam == "cudart" else (DRIVER_SYMBOLS, 4) if fam == "cuda"
                              else ({}, 0))
-            ops = sorted({table[s.name] for s in p.symbols if s.name in table})
+            ops = sorted({table[s.name] & OP_MASK for s in p.symbols if s.name in table})
             unknown = [s.name for s in p.symbols if s.name not in table]
+            recorded = self._recorded_ops(source)
+            if ops and recorded is not None and not set(ops) & recorded:  # a set older than these ops
+                out.append(f"  {p.name}: no basis: this database was recorded by a standard set that did not "
+                           f"trace {_names([s.name for s in p.symbols if s.name in table])}; attach with a small "
+                           "events/ttl budget and read get_probe_results")
+                continue
             if not ops:
                 out.append(f"  {p.name}: no basis: the standard set does not trace "
                            f"{_names(unknown)}; attach with a small events/ttl budget and read get_probe_results")

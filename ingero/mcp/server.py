@@ -22,6 +22,8 @@ from pydantic import Field
 from ingero.analysis import causal_chains, make_window, top_stacks, trace_stats
 from ingero.analysis.check import format_checks, run_all_checks
 from ingero.analysis.demo import SCENARIOS, find_scenario, run_scenario
+from ingero.analysis.failures import trace_calls_check
+from ingero.analysis.stacks import why_no_stacks
 from ingero.audit import AuditLog, AuditRecord, dumps_args, now_ns, token_fingerprint
 from ingero.dsl.check import MAX_SPEC_CHARS
 from ingero.errors import IngeroError
@@ -142,7 +144,10 @@ def run_sql_description(reader: TraceReader | None, timeout_s: float = DEFAULT_T
         "6=process_exit, 7=process_fork, 10=pod_restart, 11=pod_eviction, 12=pod_oom_kill. DRIVER ops: "
         "1=cuLaunchKernel, 2=cuMemcpy, 3=cuMemcpyAsync, 4=cuCtxSynchronize, 5=cuMemAlloc, "
         "6=cuMemAllocManaged. IO ops: 1=block_read, 2=block_write, 3=block_discard. TCP ops: "
-        "1=tcp_retransmit. NET ops: 1=net_send, 2=net_recv.\n"
+        "1=tcp_retransmit. NET ops: 1=net_send, 2=net_recv. ingero databases add ops from 40 up (CUDA: "
+        "cudaGetDeviceCount, cudaGetLastError, cudaStreamCreate*, cudaHostAlloc...; DRIVER: cuInit...; HOST: "
+        "40=thread_create, 41=thread_exit, so process_fork/process_exit are processes only): JOIN ops for "
+        "their names. ret_code: the cudaError_t/CUresult of CUDA/driver calls (0 = success).\n"
         "Args: cudaMalloc arg0=size; cudaMemcpy* arg0=bytes, arg1=kind (0 H2H, 1 H2D, 2 D2H, 3 D2D, "
         "4 default); "
         "cudaLaunchKernel arg0=function pointer; mm_page_alloc arg0=bytes; sched_switch pid=resumed thread, "
@@ -190,9 +195,16 @@ def build_server(reader: TraceReader | None, audit: AuditLog | None,
     strict.server = server
 
     @server.tool(structured_output=False, description="Run system diagnostics: kernel version, BTF support, "
-                 "NVIDIA driver, CUDA libraries, running GPU processes")
+                 "NVIDIA driver, CUDA libraries, running GPU processes; over a trace database, also whether "
+                 "the trace's CUDA calls failed (error counts and names)")
     async def get_check() -> str:
-        return await anyio.to_thread.run_sync(lambda: format_checks(run_all_checks()))
+        text = await anyio.to_thread.run_sync(lambda: format_checks(run_all_checks()))
+        if reader is None:
+            return text
+
+        def calls() -> str:  # the trace's own verdict: did its CUDA calls work?
+            return format_checks((trace_calls_check(reader),))
+        return text + await _call(backend, calls)
 
     @server.tool(structured_output=False, description=(
         "Get CUDA and host operation statistics: count, p50/p95/p99/max (exact, over all stored events), "
@@ -287,9 +299,11 @@ def build_server(reader: TraceReader | None, audit: AuditLog | None,
         "names, source files, and timing stats. One call answers 'what code path caused this operation?' "
         "For older DBs without resolved symbols, falls back to raw IPs (hex addresses)."))
     async def get_stacks(
-        source: Annotated[int, Field(description="Source filter: 1=CUDA, 3=HOST, 4=DRIVER")] = 0,
-        op: Annotated[str, Field(description="Operation name (e.g. cudaMalloc, cuLaunchKernel)",
-                                  max_length=MAX_ARG_CHARS)] = "",
+        source: Annotated[int | Annotated[str, Field(max_length=MAX_ARG_CHARS)], Field(
+            description="Source filter, a code or a name: 1/cuda, 3/host, 4/driver, 100/probe")] = 0,
+        op: Annotated[str, Field(description="Operation name as get_trace_stats prints it (e.g. cudaMalloc, "
+                                             "cuLaunchKernel, probe:NAME); wins over source",
+                                 max_length=MAX_ARG_CHARS)] = "",
         pid: Annotated[int, Field(description="Process ID filter")] = 0,
         since: Annotated[str, Field(description=SINCE_DESC, max_length=MAX_ARG_CHARS)] = "",
         limit: Annotated[int, Field(description="Max stacks returned (default 10, max 100)")] = 10,
@@ -301,7 +315,12 @@ def build_server(reader: TraceReader | None, audit: AuditLog | None,
                 return "No database available. Run 'ingero trace' first."
             w = make_window(since, until, backend.anchor())
             lim = 10 if limit <= 0 else min(limit, 100)
-            stacks = top_stacks(reader, source=source, op=op, pid=pid, window=w, limit=lim)
+            try:
+                stacks = top_stacks(reader, source=source, op=op, pid=pid, window=w, limit=lim)
+                if not stacks:
+                    return why_no_stacks(reader, source=source, op=op, pid=pid, window=w)
+            except IngeroError as e:
+                raise ToolError(str(e)) from None
             return fmt.format_stacks(stacks, lim, _tsc(tsc))
         return await _call(backend, work)
 

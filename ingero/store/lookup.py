@@ -3,6 +3,8 @@
 Upstream (v0.10, ``user_version`` 10) fills ``sources`` (7 rows), ``ops`` (30 rows) and ``schema_info``
 so that any SQL client can join names onto codes; the texts below are upstream's. ingero adds:
 
+* ops above upstream's codes (``schema.INGERO_OPS``): start-up and error-path CUDA runtime/driver calls,
+  thread_create/thread_exit;
 * source ``100`` (``PROBE``): events of dynamic probes; their op is the probe id, each registered in ``ops``
   under the probe's name when the probe is registered;
 * ``probes``: one row per dynamic probe (spec text, recorded fields, library, symbols, status, when and why
@@ -19,7 +21,7 @@ so that any SQL client can join names onto codes; the texts below are upstream's
 
 from __future__ import annotations
 
-from ingero.store.schema import SOURCE_PROBE
+from ingero.store.schema import INGERO_OPS, SOURCE_PROBE
 
 SCHEMA_VERSION = "0.10"
 USER_VERSION = 10
@@ -68,6 +70,8 @@ OPS: tuple[tuple[int, int, str, str], ...] = (
     (3, 10, "pod_restart", "K8s pod container restart detected"),
     (3, 11, "pod_eviction", "K8s pod eviction detected"),
     (3, 12, "pod_oom_kill", "K8s pod OOM kill detected"),
+    # ingero's own ops (codes above upstream's)
+    *((s, o, name, desc) for (s, o), (name, desc) in INGERO_OPS.items()),
 )
 
 SCHEMA_INFO: tuple[tuple[str, str], ...] = (

@@ -91,7 +91,51 @@ OP_NAMES: dict[tuple[int, int], str] = {
     (8, 1): "graphBeginCapture", (8, 2): "graphEndCapture", (8, 3): "graphInstantiate", (8, 4): "graphLaunch",
 }
 
-_UNKNOWN_FMT = {1: "unknown({})", 3: "host_op({})", 4: "driver_op({})", 5: "io_op({})", 6: "tcp_op({})",
+#: ingero's own ops, above upstream's codes (upstream's op fields are uint8 and its codes stop at 21): the
+#: runtime and driver calls frameworks make at start and around errors, and thread lifecycle (upstream
+#: records a new thread as process_fork and a thread's exit as process_exit; ingero tells them apart, see
+#: docs/compat.md). (source, op) -> (name, description, what arg0/arg1 hold); the tracer's symbol tables
+#: (ingero/tracer/standard.py) and the ``ops`` table are made from this one.
+INGERO_OPS: dict[tuple[int, int], tuple[str, str]] = {
+    (1, 40): ("cudaGetDeviceCount", "Number of CUDA devices (arg1 = the count, when it succeeds)"),
+    (1, 41): ("cudaGetDevice", "Current device of the calling thread (arg1 = the device, when it succeeds)"),
+    (1, 42): ("cudaSetDevice", "Select the device of the calling thread (arg0 = device)"),
+    (1, 43): ("cudaDriverGetVersion", "Installed driver's CUDA version (arg1 = version, 0 = no driver)"),
+    (1, 44): ("cudaRuntimeGetVersion", "CUDA runtime version (arg1 = version)"),
+    (1, 45): ("cudaGetLastError", "Return and clear the last runtime error (ret_code = that error)"),
+    (1, 46): ("cudaPeekAtLastError", "Return the last runtime error without clearing it (ret_code = it)"),
+    (1, 47): ("cudaStreamCreate", "Create a stream (arg1 = the stream, when it succeeds)"),
+    (1, 48): ("cudaStreamCreateWithFlags", "Create a stream (arg0 = flags, arg1 = the stream)"),
+    (1, 49): ("cudaStreamCreateWithPriority", "Create a stream (arg0 = flags, arg1 = the stream)"),
+    (1, 50): ("cudaEventRecord", "Record an event in a stream (arg0 = event, arg1 = stream)"),
+    (1, 51): ("cudaEventSynchronize", "Wait for an event to complete (arg0 = event)"),
+    (1, 52): ("cudaHostAlloc", "Pinned host memory allocation (arg0 = size, arg1 = the pointer)"),
+    (1, 53): ("cudaMallocHost", "Pinned host memory allocation (arg0 = size, arg1 = the pointer)"),
+    (1, 54): ("cudaFreeHost", "Pinned host memory free (arg0 = pointer, arg1 = its size if seen)"),
+    (3, 40): ("thread_create", "New thread in a traced process (arg1 = its tid); not a process_fork"),
+    (3, 41): ("thread_exit", "A thread exited while its process lives on (the last one is process_exit)"),
+    (4, 40): ("cuInit", "Initialise the driver API (arg0 = flags)"),
+    (4, 41): ("cuDriverGetVersion", "Installed driver's CUDA version (arg1 = version)"),
+    (4, 42): ("cuDeviceGetCount", "Number of CUDA devices (arg1 = the count, when it succeeds)"),
+    (4, 43): ("cuDeviceGet", "Device handle of an ordinal (arg0 = ordinal, arg1 = device)"),
+    (4, 44): ("cuStreamCreate", "Create a stream via driver API (arg0 = flags, arg1 = the stream)"),
+    (4, 45): ("cuEventRecord", "Record an event via driver API (arg0 = event, arg1 = stream)"),
+    (4, 46): ("cuEventSynchronize", "Wait for an event via driver API (arg0 = event)"),
+    (4, 47): ("cuMemAllocHost", "Pinned host memory via driver API (arg0 = size, arg1 = the pointer)"),
+    (4, 48): ("cuMemHostAlloc", "Pinned host memory via driver API (arg0 = size, arg1 = the pointer)"),
+    (4, 49): ("cuMemFreeHost", "Pinned host memory free via driver API (arg0 = pointer, arg1 = its size)"),
+}
+OP_NAMES.update({code: name for code, (name, _) in INGERO_OPS.items()})
+
+
+def op_code(name: str) -> tuple[int, int]:
+    """The (source, op) of an exact op name of :data:`OP_NAMES` (KeyError otherwise)."""
+    return _BY_NAME[name]
+
+
+_BY_NAME = {name: code for code, name in OP_NAMES.items()}
+
+UNKNOWN_OP_FORMATS = {1: "unknown({})", 3: "host_op({})", 4: "driver_op({})", 5: "io_op({})", 6: "tcp_op({})",
                 7: "net_op({})", 8: "graph_op({})", SOURCE_PROBE: "probe_op({})"}
 
 #: aliases accepted by :func:`resolve_op` (upstream ``events.ResolveOp``)
@@ -104,7 +148,7 @@ def op_name(source: int, op: int) -> str:
     name = OP_NAMES.get((source, op))
     if name:
         return name
-    return _UNKNOWN_FMT.get(source, "op({})").format(op)
+    return UNKNOWN_OP_FORMATS.get(source, "op({})").format(op)
 
 
 def source_label(source: int) -> str:
@@ -128,4 +172,4 @@ def resolve_op(name: str) -> tuple[int, int]:
 
 
 #: ops whose arg0 is a pointer (upstream skips sum_arg0 for them)
-POINTER_ARG0_OPS = {(1, 2), (1, 3), (4, 1)}
+POINTER_ARG0_OPS = {(1, 2), (1, 3), (4, 1), (1, 50), (1, 51), (1, 54), (4, 45), (4, 46), (4, 49)}

@@ -2,12 +2,14 @@
 
 By default ingero stores every event. With selective storage, as upstream does, every event is counted
 in per-minute ``event_aggregates`` buckets (count, stored, duration sum/min/max, arg0 sum), and only some
-get an ``events`` row; the first rule that matches decides (upstream's ``shouldStore``):
+get an ``events`` row; a failing call (ret_code != 0) always gets one (ingero's addition: failures are
+findings), else the first rule that matches decides (upstream's ``shouldStore``):
 
 1. ``mm_page_alloc``: never (aggregates only);
 2. a call stack already stored ``stack_samples`` times, unless the event is an anomaly: no;
 3. the first ``warmup_s`` seconds of the session: yes;
-4. process exec/exit/fork and OOM kills: yes; ``sched_switch`` only for processes that made CUDA calls;
+4. process exec/exit/fork, thread create/exit and OOM kills: yes; ``sched_switch`` only for processes
+   that made CUDA calls;
 5. stream, device and context synchronisations: yes;
 6. block I/O slower than 10 ms: yes;
 7. an anomaly (slower than 3x the op's median over its last 1000 calls): yes;
@@ -22,11 +24,12 @@ import bisect
 from collections import deque
 from dataclasses import dataclass, field
 
+from ingero.store.schema import POINTER_ARG0_OPS as POINTER_ARG0  # sum_arg0 is meaningless there
+
 SOURCE_CUDA, SOURCE_HOST, SOURCE_DRIVER, SOURCE_IO = 1, 3, 4, 5
 MINUTE_NS = 60_000_000_000
 SYNC_OPS = {(SOURCE_CUDA, 5), (SOURCE_CUDA, 6), (SOURCE_DRIVER, 4)}
-POINTER_ARG0 = {(SOURCE_CUDA, 2), (SOURCE_CUDA, 3), (SOURCE_DRIVER, 1)}  # sum_arg0 is meaningless there
-LIFECYCLE = {4, 5, 6, 7}  # oom_kill, process_exec, process_exit, process_fork
+LIFECYCLE = {4, 5, 6, 7, 40, 41}  # oom_kill, process_exec, process_exit, process_fork, thread_create/exit
 IO_STORE_NS = 10_000_000
 ANOMALY_RATIO = 3
 WINDOW = 1000
@@ -72,8 +75,9 @@ class SelectiveStorage:
         self._buckets: dict[tuple[int, int, int, int], _Bucket] = {}
 
     def decide(self, ts_epoch: int, source: int, op: int, pid: int, duration: int, arg0: int,
-               stack_hash: int = 0) -> bool:
-        """Count the event in its bucket and say whether it gets an ``events`` row."""
+               stack_hash: int = 0, ret: int = 0) -> bool:
+        """Count the event in its bucket and say whether it gets an ``events`` row (a failing call always
+        does: failures are findings)."""
         if self._start is None:
             self._start = ts_epoch
         key = (source, op)
@@ -86,7 +90,7 @@ class SelectiveStorage:
         anomaly = duration > 0 and p50 > 0 and len(recent.sorted) >= 10 and duration > ANOMALY_RATIO * p50
         if duration > 0:
             recent.add(duration)
-        store = self._rule(ts_epoch, source, op, pid, duration, stack_hash, anomaly)
+        store = ret != 0 or self._rule(ts_epoch, source, op, pid, duration, stack_hash, anomaly)
         if store and stack_hash:
             self._stack_seen[stack_hash] = self._stack_seen.get(stack_hash, 0) + 1
         b_key = (ts_epoch - ts_epoch % MINUTE_NS, source, op, pid)

@@ -303,7 +303,7 @@ class TraceSession:
         if self._selective is not None:
             to_epoch, sel = self.writer.clock.to_epoch, self._selective
             rows = [r[1:] for r in build(0)
-                    if sel.decide(to_epoch(r[1]), r[4], r[5], r[2], r[6], r[8], r[11])]
+                    if sel.decide(to_epoch(r[1]), r[4], r[5], r[2], r[6], r[8], r[11], r[10])]
             self.writer.add_aggregates(sel.take_aggregates())
             self.writer.add_events(rows)
             self._totals.stored += len(rows)

@@ -1,0 +1,146 @@
+"""The standard set's start-up/error-path CUDA calls, failing calls as findings, and thread lifecycle, on the
+bundled workload: its start-up calls (``--startup``) in two forked workers that each start threads
+(``--threads``), traced for real. Ground truth is what the workload prints: the return codes and values of
+its calls, its pids and its threads' tids."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections import Counter
+from pathlib import Path
+
+import anyio
+import pytest
+
+from ingero import workload
+from ingero.store.schema import INGERO_OPS, op_code
+from ingero.tracer.session import TraceOptions, TraceSession
+from tests.helpers import Workload
+
+pytestmark = pytest.mark.bpf
+
+IDLE_THREADS = 2
+WORKERS = 2
+
+
+def rows(db: Path, sql: str, params=()) -> list[tuple]:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="module")
+def traced(tmp_path_factory):
+    """(db, parent pid, {worker pid: (ended tid, idle tids)}, {worker pid: startup results})"""
+    from ingero.runtime.kernel import bpf_problem
+    from tests.conftest import skip_or_fail
+
+    if bpf_problem():
+        skip_or_fail(bpf_problem())
+    db = tmp_path_factory.mktemp("startup") / "run.db"
+    # only the start-up calls (--repeat 0: no plan), whose return codes the workers print
+    args = ("--startup", "--repeat", "0", "--threads", str(IDLE_THREADS), "--workers", str(WORKERS))
+    with Workload(*args) as w:
+        w.expect("waiting calls")
+        session = TraceSession(TraceOptions(db=db, chains_every_s=0.5), pids=[w.pid]).start()
+        runner = threading.Thread(target=session.run)
+        runner.start()
+        try:
+            w.go()
+            w.finish()
+            runner.join(timeout=30)
+            assert not runner.is_alive()
+        finally:
+            session.stop("test over")
+            runner.join(timeout=30)
+    threads, startup = {}, {}
+    for line in w.lines:
+        if line.startswith("threads "):
+            f = dict(kv.split("=") for kv in line.split()[1:])
+            threads[int(f["pid"])] = (int(f["ended"]), [int(t) for t in f["idle"].split(",")])
+    workers = [int(line.split("=")[1]) for line in w.lines if line.startswith("forked child pid=")]
+    # each worker prints its start-up results after its threads line: pair them in order of appearance
+    order = [int(dict(kv.split("=") for kv in ln.split()[1:])["pid"]) for ln in w.lines if ln.startswith("threads ")]
+    results = [json.loads(ln[len("startup "):]) for ln in w.lines if ln.startswith("startup ")]
+    startup = dict(zip(order, results, strict=True))
+    assert sorted(threads) == sorted(workers) and len(workers) == WORKERS
+    return db, w.pid, threads, startup
+
+
+def test_startup_calls_are_recorded_with_their_return_codes_and_values(traced):
+    db, _, _, startup = traced
+    for pid, calls in startup.items():
+        got = rows(db, "SELECT op, ret_code, arg1 FROM events WHERE source = 1 AND pid = ? ORDER BY timestamp",
+                   (pid,))
+        want = [(op_code(name)[1], calls[name][0]) for name in workload.STARTUP]
+        assert [(op, rc) for op, rc, _ in got] == want
+        # values the calls wrote, read at return (only when the call succeeded)
+        by_op = {op: a1 for op, _, a1 in got}
+        assert by_op[op_code("cudaRuntimeGetVersion")[1]] == calls["cudaRuntimeGetVersion"][1] > 0
+        assert by_op[op_code("cudaDriverGetVersion")[1]] == calls["cudaDriverGetVersion"][1]
+    # arguments read at entry, whatever the call returned
+    assert set(rows(db, "SELECT arg0, arg1 FROM events WHERE source = 1 AND op = ?",
+                    (op_code("cudaEventRecord")[1],))) == {(workload.EVENT, workload.STREAM)}
+    assert set(rows(db, "SELECT arg0 FROM events WHERE source = 1 AND op = ?",
+                    (op_code("cudaHostAlloc")[1],))) == {(workload.HOST_ALLOC_SIZE,)}
+    assert set(rows(db, "SELECT arg0 FROM events WHERE source = 1 AND op = ?",
+                    (op_code("cudaStreamCreateWithFlags")[1],))) == {(1,)}
+    # the ops table names every one of them
+    names = dict(((s, o), n) for s, o, n in rows(db, "SELECT source_id, op_id, name FROM ops"))
+    assert all(names[k] == name for k, (name, _) in INGERO_OPS.items())
+
+
+def test_a_process_exit_for_every_process_whichever_thread_exits_last(traced):
+    db, parent, threads, _ = traced
+    exits = rows(db, "SELECT pid FROM events WHERE source = 3 AND op = 6")
+    assert sorted(p for (p,) in exits) == sorted([parent, *threads])  # exactly one each
+    # the workers' last thread out was an idle thread, not the main one (exit_group: the caller goes first)
+    tids = dict(rows(db, "SELECT pid, tid FROM events WHERE source = 3 AND op = 6"))
+    assert all(tids[w] in idle or tids[w] == w for w, (_, idle) in threads.items())
+
+
+def test_thread_creations_are_not_forks(traced):
+    db, parent, threads, _ = traced
+    assert sorted(rows(db, "SELECT pid, arg1 FROM events WHERE source = 3 AND op = 7")) == sorted(
+        (parent, w) for w in threads)
+    created = rows(db, "SELECT pid, arg1 FROM events WHERE source = 3 AND op = ?", (op_code("thread_create")[1],))
+    assert sorted(created) == sorted((w, t) for w, (ended, idle) in threads.items() for t in [ended, *idle])
+    ended = rows(db, "SELECT pid, tid FROM events WHERE source = 3 AND op = ?", (op_code("thread_exit")[1],))
+    for w, (t, _) in threads.items():
+        assert (w, t) in ended  # the joined thread's exit, while its process lived on
+
+
+def test_failing_calls_are_findings_in_every_tool(traced, tmp_path):
+    from tests.replay_helpers import stdio_session, text_of
+
+    db, _, _, startup = traced
+    failed = sum(rc != 0 for calls in startup.values() for rc, _ in calls.values())
+    total = sum(len(calls) for calls in startup.values())
+    assert rows(db, "SELECT COUNT(*), SUM(ret_code != 0) FROM events WHERE source = 1") == [(total, failed)]
+    finding = f"{failed} of {total} CUDA runtime calls returned cudaErrorInsufficientDriver (35): " \
+              "this process has no usable NVIDIA driver"
+
+    async def main():
+        async with stdio_session(db, tmp_path / "audit.db") as s:
+            out = {}
+            for name, args in [("get_check", {}), ("get_trace_stats", {"tsc": False}),
+                               ("get_trace_stats", {}), ("get_causal_chains", {}),
+                               ("get_causal_chains", {"tsc": False})]:
+                r = await s.call_tool(name, args)
+                assert not r.is_error, (name, text_of(r))
+                out[f"{name}{args}"] = text_of(r)
+            return out
+
+    out = anyio.run(main)
+    assert f"[FAIL] CUDA calls in the trace: HIGH: {finding}" in out["get_check{}"]
+    stats = out["get_trace_stats{'tsc': False}"]
+    n_count = Counter(name for name, (rc, _) in (kv for c in startup.values() for kv in c.items()) if rc)
+    assert f"errors={n_count['cudaGetDeviceCount']} (cudaErrorInsufficientDriver (35) x" in stats
+    assert f"HIGH: {finding}" in stats and f"HIGH: {finding}" in out["get_trace_stats{}"]
+    assert "appears healthy" not in out["get_causal_chains{}"]
+    assert '"sev":"HIGH"' in out["get_causal_chains{}"] and finding in out["get_causal_chains{}"]
+    assert f"[HIGH] [traced-data]{finding}" in out["get_causal_chains{'tsc': False}"]
