@@ -104,24 +104,13 @@ def _names():
 
 
 class ErrorNames:
-    """A CUDA runtime/driver return code -> the enum's name (cudaErrorInsufficientDriver, CUDA_ERROR_...)."""
-
-    def __init__(self) -> None:
-        self._by_source: dict[int, dict[int, str]] | None = None
+    """A CUDA runtime/driver return code -> the enum's name (cudaErrorInsufficientDriver, CUDA_ERROR_...);
+    ``error_N`` for a code the catalogue does not know (one table: ingero.analysis.failures)."""
 
     def name(self, source: int, code: int) -> str:
-        if self._by_source is None:
-            from ingero.catalogue import load_catalogue
-            from ingero.store.schema import SOURCE_CUDA, SOURCE_DRIVER
+        from ingero.analysis.failures import error_name
 
-            cat = load_catalogue()
-            self._by_source = {}
-            for src, enum in ((SOURCE_CUDA, "cudaError_t"), (SOURCE_DRIVER, "CUresult")):
-                try:
-                    self._by_source[src] = {v: k for k, v in cat.enum(enum).items()}
-                except Exception:  # noqa: BLE001 - a catalogue without the enum: numbers stay numbers
-                    self._by_source[src] = {}
-        return self._by_source.get(source, {}).get(code, f"error_{code}")
+        return error_name(source, code) or f"error_{code}"
 
 
 class FleetMetrics:
