@@ -162,6 +162,10 @@ def why_no_stacks(reader: TraceReader, *, source: int | str = 0, op: str = "", p
     if kinds <= {SOURCE_HOST, SOURCE_IO}:
         return (f"No stacks found: {n} {scope}, none with a call stack -- host and I/O events never carry "
                 "one (stacks are captured for CUDA/driver calls and probes that record them).")
+    if kinds <= {SOURCE_HOST, SOURCE_IO, SOURCE_PROBE}:
+        return (f"No stacks found: {n} {scope}, none with a call stack -- probe events never carry one here: a "
+                "probe that records `stack` keeps it among its values (get_probe_results, or run_sql on its "
+                "view probe_NAME).")
     if not where:
         return f"No stacks found. {hint}"
     return f"No stacks found: {n} {scope}, none with a call stack. {hint}"
