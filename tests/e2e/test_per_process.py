@@ -55,7 +55,7 @@ def test_untraced_process_is_not_trapped_and_forked_workers_are_exact(need_bpf, 
     lib = str(workload.wheel_libcudart(12))
     symtab = read_symbols(resolve_library(lib))
     malloc = symtab.get("cudaMalloc").file_offset
-    probed = symtab.get("cudaGetDeviceCount").file_offset  # only the DSL probe below attaches there
+    probed = symtab.get("cudaGetDeviceCount").file_offset  # the DSL probe below (and the standard set) attach there
     with open(lib, "rb") as f:
         f.seek(malloc)
         original = f.read(1)[0]
