@@ -46,7 +46,7 @@ struct ingero_pystack {
     u32 depth;
     u32 truncated;      /* more frames than INGERO_PY_FRAMES */
     u32 shims;          /* bit i: frame i is a shim frame of the interpreter (3.12+), not Python code */
-    u32 pad;
+    u32 tgid;           /* the process that captured it first (its code objects are at these addresses) */
     u64 code[INGERO_PY_FRAMES];
     u64 instr[INGERO_PY_FRAMES];
 };
@@ -163,6 +163,7 @@ static __always_inline u64 ingero_py_capture(void) {
     b->s.depth = depth;
     b->s.truncated = truncated;
     b->s.shims = shims;
+    b->s.tgid = tgid;
     h = (h ^ ((u64)depth << 1 | truncated)) * 0x100000001b3ULL;
     if (!h)
         h = 1;

@@ -1,7 +1,8 @@
 """Target of tests/e2e/test_pyframes.py, run by every CPython under test (3.10+, any build).
 
 ``main() -> train_step() -> alloc()`` calls ``cudaMalloc`` through ctypes (the library given by path) at
-the lines marked ``# @name``; in the main thread, a second thread, or a forked worker. Prints ``ready``
+the lines marked ``# @name``; in the main thread, a second thread, or a forked worker (mode ``sites``:
+``two_sites()`` calls ``alloc()`` from two lines, a third of the calls from the first). Prints ``ready``
 and waits for a line on stdin before calling; each process that called prints ``called pid=N`` and waits
 for SIGUSR1 before exiting, so the tracer reads its frames while it is alive.
 """
@@ -29,6 +30,14 @@ def main(calls):
         train_step(i)  # @main
 
 
+def two_sites(calls):
+    for i in range(calls):
+        if i % 3 == 0:
+            alloc(64)  # @site_a
+        else:
+            alloc(128)  # @site_b
+
+
 def finish():
     print(f"called pid={os.getpid()}", flush=True)
     signal.sigwait([signal.SIGUSR1])
@@ -42,6 +51,8 @@ if __name__ == "__main__":
     sys.stdin.readline()
     if mode == "main":
         main(calls)  # @module
+    elif mode == "sites":
+        two_sites(calls)  # @module_sites
     elif mode == "thread":
         t = threading.Thread(target=main, args=(calls,))
         t.start()

@@ -59,6 +59,8 @@ class CompiledSpec:
     probes: tuple[CompiledProbe, ...]
     has_stacks: bool
     ringbuf_pages: int = 256  # per recording probe
+    has_python: bool = False  # captures Python stacks (bpf/ingero_py.h; `stack` or `pystack`)
+    python_extern: bool = False  # shares the process table of a live trace's standard probe set
 
     @property
     def cflags(self) -> list[str]:
@@ -120,6 +122,10 @@ class _ProbeEmitter:
                 arrs.append(LayoutField("sret", "char", STR_CAP, "retval"))
                 scal.append(LayoutField("sret_len", "s64", 0, "retval", "len"))
                 self.return_lines += self._string_lines("(u64)PT_REGS_RC(ctx)", "sret")
+        if any(v.source in ("stack", "pystack") for v in p.values):
+            # the calling thread's Python stack (bpf/ingero_py.h), once for `stack` and `pystack`
+            scal.append(LayoutField("stack_py", "u64", 0, "pystack"))
+            self.entry_lines.append("v->stack_py = ingero_py_capture();")
         for v in p.values:  # reads through pointers, once every pointer has its slot
             if v.source == "deref" and v.deref is not None:
                 name = f"d{n}"
@@ -232,6 +238,7 @@ class _ProbeEmitter:
             "symbol": "v->cookie",
             "comm": "v->comm",
             "stack": "v->stack_id",
+            "pystack": "v->stack_py",
         }[v.source]
 
     def arith(self, e: RArith) -> str:
@@ -330,6 +337,9 @@ class _ProbeEmitter:
             else:
                 scal.append(LayoutField(name, "s64" if v.signed else "u64", 0, k))
                 lines.append(f"{dest}{name} = {self.vexpr(k)};")
+                if v.kind == "stack":  # its Python frames ride along, merged by the decoder
+                    scal.append(LayoutField(f"{name}_py", "u64", 0, k, "py"))
+                    lines.append(f"{dest}{name}_py = v->stack_py;")
                 st = self.status(k)
                 if st is not None:
                     scal.append(LayoutField(f"{name}_len", "s64", 0, k, "len"))
@@ -421,12 +431,14 @@ def compile_spec(
     inflight_entries: int = 10240,
     stack_entries: int = 4096,
     tree_filter: bool = False,
+    python_extern: bool = False,
 ) -> CompiledSpec:
     """The BPF program of a resolved spec: one C text (one clang run) with one entry program per probe
     and one return program per probe that needs it, and the layouts the runtime decodes with.
 
     ``tree_filter``: count only calls of the processes in the ``ingero_targets`` map that a live trace's
-    standard probe set shares (it must be loaded in this process): the traced tree, forks included."""
+    standard probe set shares (it must be loaded in this process): the traced tree, forks included.
+    ``python_extern``: the Python frame walker uses that standard set's process table too (which it fills)."""
     if ringbuf_pages <= 0 or ringbuf_pages & (ringbuf_pages - 1):
         raise ValueError("ringbuf_pages must be a power of two")
     ctxs = []
@@ -480,6 +492,7 @@ def compile_spec(
             )
         )
     any_stack = any(v.source == "stack" for p in spec.probes for v in p.values)
+    any_python = any(v.source in ("stack", "pystack") for p in spec.probes for v in p.values)
     text = (
         _env()
         .get_template("probe.bpf.c.j2")
@@ -488,6 +501,8 @@ def compile_spec(
             stats_enum=stats_enum(),
             ringbuf_pages=ringbuf_pages,
             any_stack=any_stack,
+            py_walker=(data_dir("bpf") / "ingero_py.h").read_text() if any_python else "",
+            python_extern=python_extern,
             stack_entries=stack_entries,
             inflight_entries=inflight_entries,
             agg_entries=agg_entries,
@@ -495,7 +510,8 @@ def compile_spec(
             tree_filter=tree_filter,
         )
     )
-    return CompiledSpec(spec, text, tuple(compiled), any_stack, ringbuf_pages)
+    return CompiledSpec(spec, text, tuple(compiled), any_stack, ringbuf_pages, any_python,
+                        any_python and python_extern)
 
 
 def _lines(lines: list[str]) -> list[str]:

@@ -104,4 +104,5 @@ def a_kind(kind: str) -> str:
         "int": "an integer", "uint": "an unsigned integer", "enum": "an enum", "pointer": "a pointer",
         "code": "a function pointer", "string": "a string", "comm": "a process name", "symbol": "a symbol name",
         "stack": "a stack",
+        "pystack": "a Python stack",
     }.get(kind, kind)  # fmt: skip

@@ -89,7 +89,9 @@ class Fields(ValueExprs):
             return Value("comm", "comm", "comm", COMM_LEN, False, f"char[{COMM_LEN}]")
         if n == "symbol":
             return SYMBOL
-        return Value("stack", "stack", "stack", 8, True, "user stack")
+        if n == "pystack":
+            return Value("pystack", "pystack", "pystack", 8, False, "the calling thread's Python stack")
+        return Value("stack", "stack", "stack", 8, True, "user stack (with the Python frames)")
 
     def _retval(self, f: ast.FieldRef) -> Value | None:
         sigs, first = self.ctx.sigs, self.ctx.symbols[0].name

@@ -137,12 +137,12 @@ class _Filter:
         self, c: ast.Compare, v: Value, other: Operand, op: str, vnode: ast.Operand, onode: ast.Operand
     ) -> RExpr | None:
         name = vnode.text if isinstance(vnode, (ast.FieldRef, ast.Arith)) else v.key
-        if v.kind == "stack":
-            self.report.error(vnode.span, "stack cannot be compared", "record it, or aggregate by it")
+        if v.kind in ("stack", "pystack"):
+            self.report.error(vnode.span, f"{v.kind} cannot be compared", "record it, or aggregate by it")
             return None
         if isinstance(other, Value):
-            if other.kind == "stack":
-                self.report.error(onode.span, "stack cannot be compared")
+            if other.kind in ("stack", "pystack"):
+                self.report.error(onode.span, f"{other.kind} cannot be compared")
                 return None
             ptrs = (v.kind in ("pointer", "code"), other.kind in ("pointer", "code"))
             if not (v.numeric and other.numeric and ptrs[0] == ptrs[1]):

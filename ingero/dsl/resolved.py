@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from ingero.abi import Piece
 
 #: Fields every probe has, whatever the function.
-BUILTINS = ("retval", "latency", "pid", "tid", "comm", "symbol", "stack", "ts")
+BUILTINS = ("retval", "latency", "pid", "tid", "comm", "symbol", "stack", "pystack", "ts")
 #: Bytes read from a ``char *`` argument or return value (including the terminating NUL).
 STR_CAP = 64
 COMM_LEN = 16

@@ -6,6 +6,14 @@
 - :mod:`ingero.pyframes.resolver`: the user-space side of ``bpf/ingero_py.h`` (configure, resolve, merge).
 """
 
-from ingero.pyframes.resolver import MAX_FRAMES, PyFrame, PyStack, PyStacks, is_interpreter_file, merge
+from ingero.pyframes.resolver import (
+    MAX_FRAMES,
+    PyFrame,
+    PyStack,
+    PyStacks,
+    is_interpreter_file,
+    merge,
+    render_python,
+)
 
-__all__ = ["MAX_FRAMES", "PyFrame", "PyStack", "PyStacks", "is_interpreter_file", "merge"]
+__all__ = ["MAX_FRAMES", "PyFrame", "PyStack", "PyStacks", "is_interpreter_file", "merge", "render_python"]

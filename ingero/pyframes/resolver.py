@@ -88,12 +88,14 @@ def task_fsbase_offset() -> int:
 class PyStacks:
     """Configure traced processes in, and resolve Python stacks out of, one BPF object with ingero_py.h."""
 
-    def __init__(self, bpf) -> None:
+    def __init__(self, bpf, runtimes: dict[int, PyRuntime | None] | None = None) -> None:
         self._bpf = bpf
-        self.runtimes: dict[int, PyRuntime | None] = {}
+        #: pid -> its runtime (None: looked at, not Python); shared with the PyStacks that configures the
+        #: processes when this one only resolves (a DSL probe in a live trace)
+        self.runtimes: dict[int, PyRuntime | None] = {} if runtimes is None else runtimes
         self._mem: dict[int, ProcessMemory] = {}
         self._codes: dict[tuple[int, int], _Code | None] = {}
-        self._raw: dict[int, tuple[int, tuple[tuple[int, int], ...]]] = {}
+        self._raw: dict[int, tuple[int, int, tuple[tuple[int, int], ...]]] = {}
         self._stacks: dict[tuple[int, int], PyStack] = {}
 
     # -- processes --------------------------------------------------------------------------------------
@@ -151,8 +153,8 @@ class PyStacks:
         return self.runtimes.get(pid) is not None
 
     # -- stacks -----------------------------------------------------------------------------------------
-    def _raw_stack(self, py_id: int) -> tuple[int, tuple[tuple[int, int], ...]] | None:
-        """(truncated, ((code, instr), ...)) of a captured stack, shim frames dropped."""
+    def _raw_stack(self, py_id: int) -> tuple[int, int, tuple[tuple[int, int], ...]] | None:
+        """(tgid, truncated, ((code, instr), ...)) of a captured stack, shim frames dropped."""
         raw = self._raw.get(py_id)
         if raw is None:
             t = self._bpf["ingero_py_stacks"]
@@ -161,25 +163,28 @@ class PyStacks:
             except KeyError:
                 return None
             depth, shims = min(int(v.depth), MAX_FRAMES), int(v.shims)
-            raw = (int(v.truncated),
+            raw = (int(v.tgid), int(v.truncated),
                    tuple((int(v.code[i]), int(v.instr[i])) for i in range(depth) if not shims >> i & 1))
             self._raw[py_id] = raw
         return raw
 
-    def stack(self, pid: int, py_id: int) -> PyStack:
-        """The Python frames (innermost first) the kernel captured as ``py_id`` in process ``pid``."""
+    def stack(self, pid: int | None, py_id: int) -> PyStack:
+        """The Python frames (innermost first) the kernel captured as ``py_id`` in process ``pid`` (None: the
+        process that captured it first, e.g. for an aggregation key, which has no pid)."""
         key = (pid, py_id)
         hit = self._stacks.get(key)
         if hit is not None:
             return hit
-        rt = self.runtimes.get(pid)
         raw = self._raw_stack(py_id)
+        if pid is None and raw is not None:
+            pid = raw[0]
+        rt = self.runtimes.get(pid) if pid is not None else None
         if raw is None:
             out = PyStack((), missing="evicted from the kernel's table before it was read")
         elif rt is None:
             out = PyStack((), missing="the process is not a known CPython")
         else:
-            truncated, pairs = raw
+            _, truncated, pairs = raw
             frames = []
             missing = ""
             for code, instr in pairs:
@@ -262,6 +267,17 @@ def _unicode(mem: ProcessMemory, o, addr: int) -> str:
         raise ValueError("unknown string kind")
     data = mem.read(addr + o.compact_data, length * width)
     return data.decode({1: "latin-1", 2: "utf-16-le", 4: "utf-32-le"}[width], errors="replace")
+
+
+def render_python(py: PyStack) -> tuple[str, ...]:
+    """A Python stack as text lines ``qualname (file:line)``, innermost first, labelled when cut short."""
+    out = [f"{f.qualname} ({f.filename}:{f.line})" if f.line else f"{f.qualname} ({f.filename})"
+           for f in py.frames]
+    if py.truncated:
+        out.append(f"[more than {MAX_FRAMES} Python frames: outer ones not captured]")
+    if py.missing:
+        out.append(f"[Python frames not available: {py.missing}]")
+    return tuple(out)
 
 
 def is_interpreter_file(path: str) -> bool:

@@ -143,8 +143,9 @@ class _Probe:
         #: the spec's name of each recorded value -> its column in a record tuple (and its status column)
         self.columns: dict[str, int] = {}
         self.status_columns: dict[str, int] = {}
+        self.py_columns: dict[str, int] = {}  # a recorded `stack`'s Python stack
         for j, f in enumerate(cp.event.fields if cp.event else ()):
-            (self.status_columns if f.role == "len" else self.columns)[f.key] = HEADER_COLUMNS + j
+            {"len": self.status_columns, "py": self.py_columns}.get(f.role, self.columns)[f.key] = HEADER_COLUMNS + j
         for j, f in enumerate(EVENT_HEADER.fields):
             if f.key and f.key in cp.probe.record:
                 self.columns[f.key] = j
@@ -181,6 +182,7 @@ class ProbeSession:
         self._bpf = None
         self._fns: dict[str, object] = {}
         self._enums: dict[str, dict[int, str]] = {}
+        self.python = None  # ingero.pyframes.PyStacks, when a probe records `stack` or `pystack`
         self.load_seconds = 0.0
         self.attach_seconds = 0.0
 
@@ -201,6 +203,11 @@ class ProbeSession:
             raise BpfUnavailable("the bcc Python package is missing (Debian: python3-bpfcc)") from e
         try:
             self._bpf = BPF(text=self.compiled.c_text, cflags=self.compiled.cflags)
+            if self.compiled.has_python:
+                from ingero.pyframes import PyStacks
+
+                shared = getattr(self.tree, "python", None) if self.compiled.python_extern else None
+                self.python = PyStacks(self._bpf, runtimes=shared.runtimes if shared is not None else None)
             for p in self.probes:
                 fn = p.cp.program
                 if p.cp.session:
@@ -244,6 +251,7 @@ class ProbeSession:
                         from ingero.errors import NoSuchProcess
 
                         raise NoSuchProcess(f"cannot attach probe {rp.name}: no process with pid {pid}")
+                    self._python_process(pid)
                 if rp.budgets.ttl_s is not None:
                     p.deadline = time.monotonic() + rp.budgets.ttl_s
             if self.tree is not None:
@@ -267,6 +275,22 @@ class ProbeSession:
         for p in self.probes:
             if p.attached and p.cp.probe.pid is None and p.per_process is not None:
                 p.per_process.add(pid)
+        self._python_process(pid)
+
+    def _python_process(self, pid: int) -> None:
+        """Let the kernel walk the Python frames of process ``pid`` (0: of every Python process running
+        now), unless a live trace's standard probe set does it for this program already."""
+        if self.python is None or self.compiled.python_extern:
+            return
+        if pid:
+            if pid not in self.python.runtimes:
+                self.python.configure(pid)
+            return
+        import os
+
+        for name in os.listdir("/proc"):
+            if name.isdigit() and int(name) != os.getpid() and int(name) not in self.python.runtimes:
+                self.python.configure(int(name))
 
     def _process_dropped(self, pid: int) -> None:
         for p in self.probes:
@@ -392,10 +416,12 @@ class ProbeSession:
             pid = rp.pid if rp.pid is not None else self.pid
             status = {f.key for f in cp.agg_key.fields if f.role == "len"}  # type: ignore[union-attr]
             for f in cp.agg_key.fields:  # type: ignore[union-attr]
-                if not f.key or f.role == "len":
+                if not f.key or f.role in ("len", "py"):
                     continue
                 raw = getattr(k, f.name)
-                if f.key in status:
+                if rp.value(f.key).kind == "stack":
+                    key[f.key] = self._stack(int(raw), pid, int(getattr(k, f.name + "_py", 0)))
+                elif f.key in status:
                     key[f.key] = read_value(rp.value(f.key), raw, getattr(k, f.name + "_len"), self, pid, names)
                 else:
                     key[f.key] = self._decode(rp, f.key, raw, pid, names)
@@ -438,6 +464,8 @@ class ProbeSession:
                 fields[key] = rp.symbols[raw].name if 0 <= raw < len(rp.symbols) else raw
             elif key in p.status_columns:
                 fields[key] = read_value(rp.value(key), raw, row[p.status_columns[key]])
+            elif key in p.py_columns:  # a stack with its Python frames
+                fields[key] = self._stack(int(raw), pid, row[p.py_columns[key]])
             else:
                 fields[key] = self._decode(rp, key, raw, pid, names)
         symbol = rp.symbols[cookie].name if 0 <= cookie < len(rp.symbols) else str(cookie)
@@ -451,6 +479,8 @@ class ProbeSession:
             return rp.symbols[int(raw)].name if 0 <= int(raw) < len(rp.symbols) else int(raw)
         if v.kind == "stack":
             return self._stack(int(raw), pid)
+        if v.kind == "pystack":
+            return self._pystack(int(raw), pid)
         val = int(raw)
         if v.kind == "code" and names is not None and pid is not None and val:
             sym = self._bpf.sym(val, pid, show_module=False, show_offset=False, demangle=True)
@@ -459,17 +489,35 @@ class ProbeSession:
                 names[key] = text
         return val
 
-    def _stack(self, stack_id: int, pid: int | None) -> tuple[str, ...]:
-        if stack_id < 0 or not self.compiled.has_stacks:
+    def _stack(self, stack_id: int, pid: int | None, py_stack: int = 0) -> tuple[str, ...]:
+        """Native frames (``symbol+0xoff [module]``) with the Python ones merged in (see
+        :func:`ingero.pyframes.merge`), innermost first."""
+        frames: list[str] = []
+        if stack_id >= 0 and self.compiled.has_stacks:
+            try:
+                for addr in self._bpf["stacks"].walk(stack_id):
+                    s = self._bpf.sym(addr, pid if pid is not None else -1, show_module=True, show_offset=True)
+                    frames.append(s.decode("utf-8", "replace") if isinstance(s, bytes) else str(s))
+            except KeyError:
+                frames = []
+        py = self._pystack(py_stack, pid)
+        if not py:
+            return tuple(frames)
+        from ingero.pyframes import is_interpreter_file
+
+        for i, f in enumerate(frames):
+            module = f.rsplit("[", 1)[-1].rstrip("]") if f.endswith("]") else ""
+            if module and is_interpreter_file(module):
+                return (*frames[:i], *py, *frames[i:])
+        return (*frames, *py)
+
+    def _pystack(self, py_stack: int, pid: int | None) -> tuple[str, ...]:
+        """The Python frames of a capture as ``qualname (file:line)``, innermost first."""
+        if not py_stack or self.python is None:
             return ()
-        frames = []
-        try:
-            for addr in self._bpf["stacks"].walk(stack_id):
-                s = self._bpf.sym(addr, pid if pid is not None else -1, show_module=True, show_offset=True)
-                frames.append(s.decode("utf-8", "replace") if isinstance(s, bytes) else str(s))
-        except KeyError:
-            return ()
-        return tuple(frames)
+        from ingero.pyframes import render_python
+
+        return render_python(self.python.stack(pid, py_stack))
 
     def enum_name(self, enum: str, value: int) -> str | None:
         names = self._enums.get(enum)

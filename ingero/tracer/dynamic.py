@@ -103,7 +103,8 @@ class DynamicProbes:
                     f"at most {self.limits.max_probes} probes may be active at once ({active} are)",
                     hint="detach one first",
                 )
-            compiled = compile_spec(spec, tree_filter=self.tree_filter)
+            compiled = compile_spec(spec, tree_filter=self.tree_filter,
+                                    python_extern=self.tree_filter and getattr(self.tree, "python", None) is not None)
             session = ProbeSession(compiled, pid=None if self.tree_filter else self.pid,
                                    tree=self.tree if self.tree_filter else None).start()
             self._sessions.append(session)
@@ -283,7 +284,7 @@ class DynamicProbes:
 def _field_type(v) -> str:
     if v is None:
         return "u64"
-    return {"string": "str", "comm": "str", "symbol": "str", "stack": "stack", "code": "ptr",
+    return {"string": "str", "comm": "str", "symbol": "str", "stack": "stack", "pystack": "stack", "code": "ptr",
             "pointer": "ptr", "enum": "enum"}.get(v.kind, ("i" if v.signed else "u") + str(8 * (v.size or 8)))
 
 

@@ -170,3 +170,65 @@ def test_static_and_shared_libpython_both_covered(traced):
     assert not any(kinds[f"3.{m}"] for _, m in PYFRAMES_VERSIONS)  # pyenv: shared libpython
     if "3.11-debian" in kinds:
         assert kinds["3.11-debian"]  # Debian's python3.11 carries libpython in the executable
+
+
+def test_probe_count_by_pystack_and_stack_records_have_python_frames():
+    """A DSL probe on cudaMalloc, every process: ``count by pystack`` gives, for each interpreter, exactly
+    the calls per calling line; a recorded ``stack`` holds the same Python frames after the native ones."""
+    from ingero.compiler import compile_spec
+    from ingero.dsl import check
+    from ingero.runtime.kernel import bpf_problem
+    from ingero.runtime.probes import ProbeSession
+    from ingero.workload import wheel_libcudart
+
+    if os.geteuid() != 0 or bpf_problem():
+        skip_or_fail(bpf_problem() or "needs root")
+    pythons = interpreters()
+    lib = str(wheel_libcudart(12))
+    spec = (f"probe sites = {lib}:cudaMalloc\n    aggregate count by pystack\n"
+            f"probe calls = {lib}:cudaMalloc\n    record size, stack, pystack\n")
+    calls = 5
+    procs = {label: subprocess.Popen([exe, str(TARGET), lib, "sites", str(calls)], text=True,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE) for label, exe in pythons.items()}
+    lines = marked_lines()
+    target = str(TARGET)
+    try:
+        for p in procs.values():
+            assert p.stdout.readline().strip() == "ready"
+        session = ProbeSession(compile_spec(check(spec, "t.probe").resolved())).start()
+        try:
+            for p in procs.values():
+                p.stdin.write("\n")
+                p.stdin.flush()
+            for p in procs.values():
+                assert p.stdout.readline().startswith("called pid=")
+            events = []
+            deadline = time.monotonic() + 30
+            while len(events) < calls * len(procs) and time.monotonic() < deadline:
+                events += [e for e in session.poll(100) if e.pid in {p.pid for p in procs.values()}]
+            rows = session.aggregates("sites")
+        finally:
+            session.close()
+    finally:
+        for p in procs.values():
+            p.kill()
+            p.wait()
+    site = {"site_a": 2, "site_b": 3}  # i % 3 == 0 for i in 0..4: 0 and 3
+    frames_of = {name: (f"alloc ({target}:{lines['alloc']})", f"two_sites ({target}:{lines[name]})",
+                        f"<module> ({target}:{lines['module_sites']})") for name in site}
+    want = {frames_of[name]: n * len(pythons) for name, n in site.items()}  # summed over the interpreters
+    got = {}
+    for r in rows:
+        frames = r.key["pystack"]
+        if frames and frames[-1].startswith("<module> (" + target):
+            got[frames] = got.get(frames, 0) + r.count
+    assert got == want
+    assert len(events) == calls * len(procs)
+    for e in events:
+        py = e.fields["pystack"]
+        assert py in want, py
+        native = e.fields["stack"]
+        assert "cudaMalloc" in native[0]
+        i = native.index(py[0])
+        assert tuple(native[i:i + len(py)]) == py  # the same Python frames, merged after the native ones
+        assert all(" (" + target not in f for f in native[:i])
