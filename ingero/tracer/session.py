@@ -319,9 +319,6 @@ class TraceSession:
         (``CUDA_FIELDS`` order), counting ops and noting process names once per batch, not per event."""
         from ingero.store.schema import op_name
 
-        by_op = self._totals.by_op
-        for (source, op), k in Counter(map(itemgetter(4, 5), cuda)).items():
-            by_op[op_name(source, op)] += k
         comms: dict[bytes, str] = {}
         for pid, raw in dict.fromkeys(map(itemgetter(2, 11), cuda)):  # in order: the latest name wins
             comm = comms.get(raw)
@@ -330,11 +327,17 @@ class TraceSession:
             self._note_name(pid, comm)
         if self.options.stacks:
             sh = self._stack_hash
-            return [(seq, ts, pid, tid, src, op, dur, 0, a0, a1, ret,
+            rows = [(seq, ts, pid, tid, src, op, dur, 0, a0, a1, ret,
                      sh(pid, sid, py) if sid >= 0 or py else 0, comms[c], 0)
                     for seq, (ts, dur, pid, tid, src, op, ret, a0, a1, sid, py, c) in enumerate(cuda, first)]
-        return [(seq, ts, pid, tid, src, op, dur, 0, a0, a1, ret, 0, comms[c], 0)
-                for seq, (ts, dur, pid, tid, src, op, ret, a0, a1, _, _, c) in enumerate(cuda, first)]
+        else:
+            rows = [(seq, ts, pid, tid, src, op, dur, 0, a0, a1, ret, 0, comms[c], 0)
+                    for seq, (ts, dur, pid, tid, src, op, ret, a0, a1, _, _, c) in enumerate(cuda, first)]
+        # counted once the stacks are resolved: a watcher of the counts may then let the processes exit
+        by_op = self._totals.by_op
+        for (source, op), k in Counter(map(itemgetter(4, 5), cuda)).items():
+            by_op[op_name(source, op)] += k
+        return rows
 
     def _note_name(self, pid: int, comm: str) -> None:
         if comm and self._names.get(pid) != comm:
