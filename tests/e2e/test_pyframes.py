@@ -232,3 +232,46 @@ def test_probe_count_by_pystack_and_stack_records_have_python_frames():
         i = native.index(py[0])
         assert tuple(native[i:i + len(py)]) == py  # the same Python frames, merged after the native ones
         assert all(" (" + target not in f for f in native[:i])
+
+
+def test_torch_is_available_stack_shows_torch_frames_and_the_calling_line():
+    """The real PyTorch (the fixture): cudaGetDeviceCount under ``torch.cuda.is_available()`` has
+    ``torch/cuda/__init__.py`` frames and, outermost, the calling script's line."""
+    from ingero.compiler import compile_spec
+    from ingero.dsl import check
+    from ingero.runtime.kernel import bpf_problem
+    from ingero.runtime.probes import ProbeSession
+    from tests.helpers import torch_python
+
+    if os.geteuid() != 0 or bpf_problem():
+        skip_or_fail(bpf_problem() or "needs root")
+    exe = torch_python()
+    script = ROOT / "tests" / "pyframes_torch_target.py"
+    line = next(n for n, text in enumerate(script.read_text().splitlines(), 1) if text.endswith("# @is_available"))
+    p = subprocess.Popen([str(exe), str(script)], text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        spec = "probe gdc = libcudart:cudaGetDeviceCount\n    record stack, pystack\n"
+        session = ProbeSession(compile_spec(check(spec, "t.probe", pid=p.pid).resolved()), pid=p.pid).start()
+        try:
+            p.stdin.write("\n")
+            p.stdin.flush()
+            assert p.stdout.readline().startswith("called")
+            events = []
+            deadline = time.monotonic() + 30
+            while not events and time.monotonic() < deadline:
+                events += session.poll(100)
+        finally:
+            session.close()
+    finally:
+        p.kill()
+        p.wait()
+    assert events, "no cudaGetDeviceCount call seen"
+    py = events[0].fields["pystack"]
+    assert py[-1] == f"<module> ({script}:{line})", py
+    assert any("/torch/cuda/__init__.py:" in f for f in py), py
+    assert py[0].split(" (")[1].split(":")[0].endswith("torch/cuda/__init__.py"), py
+    native = events[0].fields["stack"]
+    assert "cudaGetDeviceCount" in native[0], native
+    i = native.index(py[0])
+    assert tuple(native[i:i + len(py)]) == py, native
