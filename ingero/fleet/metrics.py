@@ -14,7 +14,9 @@ Series (constant node labels on each; no pid, tid, stream or pointer is ever a l
 * ``ingero_lost_events_total{ring}``: events the kernel dropped because a ring buffer was full;
 * ``ingero_probe_events_total{probe}`` and ``ingero_probe_duration_seconds{probe}``: dynamic (DSL) probes;
 * ``ingero_causal_chains{severity,op}``: the causal chains of the last analysis;
-* ``ingero_node_info{mcp,version}``: 1, with how to reach this node's ``ingero mcp --live``.
+* ``ingero_node_info{mcp,version}``: 1, with how to reach this node's ``ingero mcp --live``;
+* ``ingero_slow_call_spans_total{outcome}`` (with ``--span-threshold``): spans made of slow calls, and those
+  dropped over the per-batch cap.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ PROBE_EVENTS = "ingero_probe_events"
 PROBE_DURATION = "ingero_probe_duration_seconds"
 CHAINS = "ingero_causal_chains"
 NODE_INFO = "ingero_node_info"
+SPANS = "ingero_slow_call_spans"
 
 #: the numpy view of a CUDA/driver call tuple's fields the metrics need (index in CUDA_FIELDS)
 _DUR, _SRC, _OP, _RET = 1, 4, 5, 6
@@ -90,11 +93,12 @@ class MetricsSnapshot:
     probe_events: dict[str, int]
     probe_durations: dict[str, Histogram]
     chains: dict[tuple[str, str], int]
+    spans: dict[str, int] = field(default_factory=dict)
 
     def series(self) -> int:
         """How many time series a scrape of this node returns (the cardinality docs/fleet.md counts)."""
         return (len(self.calls) + len(self.errors) + len(self.lost) + len(self.probe_events) + len(self.chains)
-                + 1 + (len(self.durations) + len(self.probe_durations)) * (_NB + 2))
+                + len(self.spans) + 1 + (len(self.durations) + len(self.probe_durations)) * (_NB + 2))
 
 
 def _names():
@@ -138,6 +142,7 @@ class FleetMetrics:
         self._probe_events: dict[str, int] = {}
         self._probe_durations: dict[str, Histogram] = {}
         self._chains: dict[tuple[str, str], int] = {}
+        self._spans: dict[str, int] = {}
 
     # -- feeding (the tracing loop) --------------------------------------------------------------------
     def observe_calls(self, calls: Sequence[tuple], chunk: bytes | None = None) -> None:
@@ -217,6 +222,12 @@ class FleetMetrics:
                 h.buckets += lat[0]
                 h.sum_ns += lat[1]
 
+    def count_spans(self, made: int, dropped: int) -> None:
+        """Spans made of slow calls (OTLP), and those dropped over the per-batch cap."""
+        with self._lock:
+            for outcome, n in (("made", made), ("dropped", dropped)):
+                self._spans[outcome] = self._spans.get(outcome, 0) + n
+
     def set_lost(self, lost: dict[str, int]) -> None:
         """Events dropped so far per ring buffer (totals)."""
         with self._lock:
@@ -240,7 +251,7 @@ class FleetMetrics:
                 durations={k: Histogram(h.buckets.copy(), h.sum_ns) for k, h in self._durations.items()},
                 errors=dict(self._errors), lost=dict(self._lost), probe_events=dict(self._probe_events),
                 probe_durations={k: Histogram(h.buckets.copy(), h.sum_ns) for k, h in self._probe_durations.items()},
-                chains=dict(self._chains))
+                chains=dict(self._chains), spans=dict(self._spans))
 
 
 class MetricsCollector:
@@ -284,6 +295,9 @@ class MetricsCollector:
                      ("probe",), sorted(s.probe_durations.items()))
         yield family(GaugeMetricFamily, CHAINS, "Causal chains of the latest analysis, by severity and op.",
                      ("severity", "op"), sorted(s.chains.items()))
+        if s.spans:
+            yield family(CounterMetricFamily, SPANS, "Spans made of calls over --span-threshold, and dropped.",
+                         ("outcome",), sorted(s.spans.items()))
         info = GaugeMetricFamily(NODE_INFO, "This node's ingero: version and how to reach its live MCP server.",
                                  labels=[*names, "mcp", "version"])
         info.add_metric([*values, s.info["mcp"], s.info["version"]], 1)

@@ -26,6 +26,7 @@ from ingero.fleet.metrics import (
     NODE_INFO,
     PROBE_DURATION,
     PROBE_EVENTS,
+    SPANS,
     FleetMetrics,
     Histogram,
     MetricsSnapshot,
@@ -36,6 +37,10 @@ log = logging.getLogger(__name__)
 #: the most spans one batch of the tracing loop may create (a storm of slow calls must not stall it)
 MAX_SPANS_PER_BATCH = 256
 DEFAULT_INTERVAL_S = 10.0
+#: spans waiting for export: 10 batches/s x MAX_SPANS_PER_BATCH x several seconds of a collector's delay
+SPAN_QUEUE = 65_536
+#: the longest the end of a trace waits for the final OTLP push and the pending spans
+CLOSE_BUDGET_S = 10.0
 #: the OTLP/HTTP paths under the collector's base URL (its port 4318)
 METRICS_PATH, TRACES_PATH = "/v1/metrics", "/v1/traces"
 
@@ -77,8 +82,11 @@ class OtlpPusher:
             from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
             self._tracer_provider = TracerProvider(resource=self.resource)
+            # a queue that holds what the per-batch cap lets through between exports (the SDK's default 2048
+            # would drop spans silently at 10 batches/s)
             self._tracer_provider.add_span_processor(BatchSpanProcessor(
-                OTLPSpanExporter(endpoint=self.base + TRACES_PATH, headers=headers, timeout=timeout_s)))
+                OTLPSpanExporter(endpoint=self.base + TRACES_PATH, headers=headers, timeout=timeout_s),
+                max_queue_size=SPAN_QUEUE, schedule_delay_millis=1000, max_export_batch_size=1024))
             self._tracer = self._tracer_provider.get_tracer("ingero")
             metrics.slow_call_ns = span_threshold_ns
             metrics.on_slow_calls = self.spans_for
@@ -128,18 +136,32 @@ class OtlpPusher:
             if ret:
                 span.set_status(Status(StatusCode.ERROR, errors.name(src, ret)))
             span.end(end_time=start + dur)
-        self.spans += min(len(calls), MAX_SPANS_PER_BATCH)
-        self.spans_dropped += max(0, len(calls) - MAX_SPANS_PER_BATCH)
+        made, dropped = min(len(calls), MAX_SPANS_PER_BATCH), max(0, len(calls) - MAX_SPANS_PER_BATCH)
+        self.spans += made
+        self.spans_dropped += dropped
+        self.metrics.count_spans(made, dropped)
 
-    def close(self) -> None:
+    def close(self, budget_s: float = CLOSE_BUDGET_S) -> bool:
+        """Push the final totals and the pending spans, within ``budget_s`` (a collector that does not answer
+        must not hold the end of a trace); False when that did not finish in time (logged)."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=self.interval_s + 10)
-        self.push()
-        self._metric_exporter.shutdown()
-        if self._tracer_provider is not None:
-            self._tracer_provider.force_flush()
-            self._tracer_provider.shutdown()
+
+        def final() -> None:
+            if self._thread is not None:
+                self._thread.join()
+            self.push()
+            if self._tracer_provider is not None:
+                self._tracer_provider.force_flush(timeout_millis=int(budget_s * 1000))
+                self._tracer_provider.shutdown()
+            self._metric_exporter.shutdown()
+
+        t = threading.Thread(target=final, name="ingero-otlp-close", daemon=True)
+        t.start()
+        t.join(budget_s)
+        if t.is_alive():
+            log.warning("OTLP: the final push to %s did not finish within %g s", self.base, budget_s)
+            return False
+        return True
 
 
 def metrics_data(s: MetricsSnapshot, resource):
@@ -192,6 +214,8 @@ def metrics_data(s: MetricsSnapshot, resource):
         gauge(CHAINS, "Causal chains of the latest analysis.", ("severity", "op"), s.chains),
         gauge(NODE_INFO, "This node's ingero.", ("mcp", "version"), {(s.info["mcp"], s.info["version"]): 1}),
     ]
+    if s.spans:
+        metrics.append(counter(SPANS, "Spans made of slow calls, and dropped.", ("outcome",), s.spans))
     metrics = [m for m in metrics if m.data.data_points]  # as /metrics: a family without series shows none
     scope = InstrumentationScope("ingero")
     return MetricsData([ResourceMetrics(resource, [ScopeMetrics(scope, metrics, "")], "")])

@@ -26,7 +26,9 @@ from pathlib import Path
 import anyio
 import pytest
 
+from ingero.analysis import trace_stats
 from ingero.fleet.metrics import BUCKETS_S
+from ingero.store import TraceReader
 from ingero.store.schema import op_name
 from tests.replay_helpers import ingero_cmd, text_of
 
@@ -250,6 +252,12 @@ def test_query_fleet_over_a_real_prometheus(fleet, tmp_path):
     op_code = 5
     assert op_name(1, op_code) == OP
     truth = {rank: _p99_in_db(n["db"], op_code) for rank, n in nodes.items()}
+    for rank, n in nodes.items():  # the same exact p99 as the node's own get_trace_stats (nearest rank)
+        reader = TraceReader.open(n["db"], live=True)
+        try:
+            assert trace_stats(reader).op(OP).p99_ns / 1e9 == truth[rank][0]
+        finally:
+            reader.close()
     p99s = sorted(p for p, _ in truth.values())
     median = p99s[1]
     true_factor = truth[SLOW_RANK][0] / median
@@ -426,7 +434,7 @@ def test_otlp_payloads_hold_the_counts_of_metrics(need_bpf, tmp_path):
             time.sleep(0.3)
         assert len(collector.bodies["/v1/metrics"]) >= 1  # pushed every second meanwhile
         proc.send_signal(signal.SIGINT)  # the last push at close holds the final totals
-        proc.wait(30)
+        proc.wait(60)
     finally:
         if workload_pid:
             os.kill(workload_pid, signal.SIGKILL)
@@ -450,5 +458,55 @@ def test_otlp_payloads_hold_the_counts_of_metrics(need_bpf, tmp_path):
     with _ro(db) as c:
         slow = c.execute("SELECT count(*) FROM events WHERE source IN (1, 4) AND duration > ?",
                          (threshold_ns,)).fetchone()[0]
-    assert slow > 0 and len(spans) == slow
+    made = {dict(k[1])["outcome"]: v for k, v in pushed.items() if k[0] == "ingero_slow_call_spans_total"}
+    # every slow call became a span or was counted as dropped over the per-batch cap; every span made arrived
+    assert slow > 0 and made.get("made", 0) + made.get("dropped", 0) == slow, (made, slow)
+    assert len(spans) == made["made"]
     assert all(s.end_time_unix_nano - s.start_time_unix_nano > threshold_ns for s in spans)
+
+
+async def _live_attach_then_scrape(db: Path, audit: Path, pid: int, port: int, w) -> dict[tuple, float]:
+    from mcp import ClientSession, StdioServerParameters
+    from mcp.client.stdio import stdio_client
+
+    args = ["mcp", "--live", "--allow-attach", "--pid", str(pid), "--db", str(db), "--audit-db", str(audit),
+            "--metrics", f"127.0.0.1:{port}", "--label", "rank=5"]
+    params = StdioServerParameters(command=ingero_cmd(), args=args, env={**os.environ, "INGERO_MCP_TOKEN": TOKEN})
+    async with stdio_client(params) as (r, wr), ClientSession(r, wr) as s:
+        await s.initialize()
+        res = await s.call_tool("attach_probe", {"spec": "probe mallocs = libcudart:cudaMalloc\n"
+                                                         "    record size, latency\n"})
+        assert not res.is_error, text_of(res)
+        w.go()
+        w.expect("done ")
+        deadline = time.monotonic() + 20
+        while True:
+            scrape = _scrape(port)
+            with _ro(db) as c:
+                stored = c.execute("SELECT count(*) FROM events WHERE source = 100").fetchone()[0]
+            probe = [v for k, v in scrape.items() if k[0] == "ingero_probe_events_total"]
+            if probe == [stored] and stored:
+                return scrape
+            assert time.monotonic() < deadline, (probe, stored)
+            await anyio.sleep(0.3)
+
+
+def test_mcp_live_serves_metrics_and_an_attached_probe_appears(need_bpf, tmp_path):
+    """`ingero mcp --live --metrics`: the agent attaches a probe over MCP; its metric counts every event the
+    node's database stores for it, and the node's info says how to reach the server."""
+    from tests.helpers import Workload
+
+    [port] = _free_ports(1)
+    db = tmp_path / "live.db"
+    with Workload("--repeat", "3") as w:
+        w.expect("waiting calls")
+        scrape = anyio.run(_live_attach_then_scrape, db, tmp_path / "audit.db", w.pid, port, w)
+    labels = dict(next(k[1] for k in scrape if k[0] == "ingero_probe_events_total"))
+    assert labels["probe"] == "mallocs" and labels["rank"] == "5"
+    hist = [v for k, v in scrape.items() if k[0] == "ingero_probe_duration_seconds_count"]
+    assert hist == [9.0]  # 3 runs x 3 cudaMalloc, each with its latency
+    calls = {dict(k[1])["op"]: v for k, v in scrape.items() if k[0] == "ingero_calls_total"
+             and ("source", "cuda") in k[1]}
+    assert calls["cudaMalloc"] == 9.0
+    info = [dict(k[1]) for k in scrape if k[0] == "ingero_node_info"]
+    assert info and info[0]["mcp"].startswith("stdio: ingero mcp --live"), info
