@@ -13,7 +13,8 @@
  * LINKED after attaching; a child finding LINKED runs on; otherwise it stops and inserts HELD -- and if
  * user space won the insert meanwhile, it undoes its own stop (SIGCONT cancels a pending SIGSTOP). User
  * space, finding HELD, continues the child. Any SIGCONT also ends the stop early: the child runs on, and
- * calls it makes before its links exist are not seen (user space counts such processes). */
+ * calls it makes before its links exist are not seen (user space counts such processes). User space's
+ * side: ingero/tracer/follow.py. */
 #define HOLD_LINKED 1
 #define HOLD_HELD 2
 
@@ -24,6 +25,7 @@ BPF_ARRAY(hold_enabled, u32, 1);
 struct hold_event {
     u32 pid;
     u32 pad;
+    u64 ts_ns;  /* when it stopped */
 };
 
 static __always_inline int hold_new_process(long ret) {
@@ -45,7 +47,7 @@ static __always_inline int hold_new_process(long ret) {
         bpf_send_signal(18);  /* SIGCONT: user space linked it meanwhile; cancel the stop */
         return 0;
     }
-    struct hold_event e = {.pid = tgid};
+    struct hold_event e = {.pid = tgid, .ts_ns = bpf_ktime_get_ns()};
     holds.ringbuf_output(&e, sizeof(e), 0);
     return 0;
 }

@@ -94,6 +94,11 @@ def trace(pids, db, duration, stacks, max_db_size, probe_files, selective, quiet
     stored = f" ({final.stored} stored)" if selective else ""
     click.echo(f"{final.events} events{stored} in {final.elapsed_s:.1f} s ({top}); {lost} lost; "
                f"{final.chains} causal chain(s)")
+    if final.held:
+        click.echo(f"{final.held} new process(es) held at fork until probed (longest {final.held_max_ms:.1f} ms)")
+    for pid, why in sorted(final.unlinked.items()):
+        click.echo(f"warning: process {pid} ran on without its probes ({why}): calls it made before they were "
+                   "attached are missing", err=True)
     click.echo(f"wrote {db}; investigate it with: ingero mcp --db {db}")
     missing = getattr(session.writer, "indexes_missing", ())
     if missing:

@@ -73,6 +73,9 @@ class Snapshot:
     processes: set[int]
     chains: int
     stopped_because: str = ""
+    held: int = 0  # new processes of the tree held at their first return from fork until probed
+    held_max_ms: float = 0.0
+    unlinked: dict = field(default_factory=dict)  # pid -> why it ran on without its probes
 
 
 @dataclass
@@ -249,6 +252,7 @@ class TraceSession:
 
     def snapshot(self, rate: float = 0.0) -> Snapshot:
         t = self._totals
+        follower = self.tracer.follower if self.tracer is not None else None
         return Snapshot(
             elapsed_s=time.monotonic() - self._t0 if self._t0 else 0.0,
             events=t.events,
@@ -260,6 +264,9 @@ class TraceSession:
             processes=self.tracer.followed() if self.tracer and self.tracer._bpf else set(),
             chains=t.chains,
             stopped_because=self.stopped_because,
+            held=follower.held if follower else 0,
+            held_max_ms=follower.held_max_ns / 1e6 if follower else 0.0,
+            unlinked=dict(follower.unlinked) if follower else {},
         )
 
     # -- the tick --------------------------------------------------------------------------------------

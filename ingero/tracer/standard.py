@@ -26,7 +26,6 @@ import logging
 import mmap
 import os
 import select
-import signal
 import struct
 import threading
 import time
@@ -37,6 +36,7 @@ from ingero.paths import data_dir
 from ingero.runtime.links import BPF_TRACE_UPROBE_MULTI, LinkSpec, ProcessLinks, UprobeMultiLink
 from ingero.runtime.ring import RingReader
 from ingero.store.schema import op_code, op_name
+from ingero.tracer.follow import ProcessFollower
 from ingero.tracer.host import HOST_LAYOUT, SOURCE_HOST, HostEvent
 
 log = logging.getLogger(__name__)
@@ -120,11 +120,6 @@ CUDA_RECORD_COLUMNS = {"duration": ("<i8", 16), "source": ("u1", 32), "op": ("u1
 HOST_RECORD = struct.Struct("<8x" + HOST_LAYOUT)
 #: ``struct lib_open_event`` after the record header: pid, path
 LIB_OPEN_RECORD = struct.Struct("<8xI4x256s")
-#: ``struct hold_event`` (bpf/follow.bpf.c) after the record header: the pid of a new process held
-HOLD_RECORD = struct.Struct("<8xI4x")
-#: ``ingero_linked`` values (bpf/follow.bpf.c)
-HOLD_LINKED, HOLD_HELD = 1, 2
-_BPF_NOEXIST = 1
 _OP_EXEC, _OP_EXIT, _OP_FORK = 5, 6, 7  # host op codes (bpf/host.bpf.c)
 
 #: how often a waiting poll looks at the CUDA ring, which is filled without wakeups
@@ -208,15 +203,7 @@ class StandardTracer:
         self._epoll: select.epoll | None = None
         self._opens: list[tuple[int, str]] = []
         self._detaching: threading.Thread | None = None
-        # per-process links: who is linked, who joins (DSL probes following the same tree), the holder thread
-        self._tree_lock = threading.RLock()
-        self._linked: set[int] = set()
-        self._listeners: list[tuple[Callable[[int], None], Callable[[int], None]]] = []
-        self._holder: threading.Thread | None = None
-        self._holder_stop = threading.Event()
-        #: new processes let go without their links (attaching failed): calls they made may be missing
-        self.unlinked: dict[int, str] = {}
-        self.held = 0  # new processes held until their links existed
+        self.follower: ProcessFollower | None = None  # per-process links of the traced tree
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def start(self) -> StandardTracer:
@@ -250,13 +237,11 @@ class StandardTracer:
                 ring = RingReader(self._bpf[table].map_fd, pages * page, record)
                 self._rings[name] = ring
                 self._epoll.register(ring.fd, select.EPOLLIN)
-            self._holds = RingReader(self._bpf["holds"].map_fd, 16 * page, HOLD_RECORD)
+            self.follower = ProcessFollower(self._bpf, self._link_libraries, self._unlink_libraries)
             _release_compiler_memory()
             for pid in self._initial:
                 self.follow(pid)
-            self._set_holding(True)
-            self._holder = threading.Thread(target=self._hold_loop, name="ingero-holds", daemon=True)
-            self._holder.start()
+            self.follower.start()
             self.scan()
         except BaseException:
             self.close()
@@ -268,12 +253,8 @@ class StandardTracer:
         background (each perf-event tracepoint waits for an RCU grace period, ~75 ms apiece, serialised in
         the kernel), so the ring buffers can be drained meanwhile. ``close()`` waits for it. A new process
         held at that moment is let go."""
-        if self._bpf is not None and self._holder is not None:
-            self._set_holding(False)
-            self._holder_stop.set()
-            self._holder.join()
-            self._holder = None
-            self._release_held()
+        if self.follower is not None:
+            self.follower.stop()
         for lib in self.libraries.values():
             lib.per_process.close()
         if self._bpf is not None and self._detaching is None:
@@ -296,9 +277,8 @@ class StandardTracer:
         for ring in self._rings.values():
             ring.close()
         self._rings = {}
-        if getattr(self, "_holds", None) is not None:
-            self._holds.close()
-            self._holds = None
+        if self.follower is not None:
+            self.follower.close()  # its counts stay readable
         if self._epoll is not None:
             self._epoll.close()
             self._epoll = None
@@ -324,98 +304,28 @@ class StandardTracer:
     def on_process(self, added: Callable[[int], None], dropped: Callable[[int], None]) -> set[int]:
         """Be told of each process that joins the traced tree (``added(pid)``, called while a new process is
         held, before it runs) and leaves it (``dropped(pid)``); returns the processes linked now."""
-        with self._tree_lock:
-            self._listeners.append((added, dropped))
-            return set(self._linked)
+        return self.follower.on_process(added, dropped)
 
     def off_process(self, added: Callable[[int], None]) -> None:
         """Stop telling ``added`` (see :meth:`on_process`)."""
-        with self._tree_lock:
-            self._listeners = [pair for pair in self._listeners if pair[0] != added]
+        self.follower.off_process(added)
 
     def link_process(self, pid: int) -> None:
         """Attach process ``pid``'s own links (every library, every listener), then let it go if held."""
-        with self._tree_lock:
-            problem = ""
-            try:
-                for lib in self.libraries.values():
-                    lib.per_process.add(pid)
-                for added, _ in self._listeners:
-                    added(pid)
-            except Exception as e:  # noqa: BLE001 - a held process must never stay stopped
-                log.warning("attaching the probes of process %d failed: %s", pid, e)
-                problem = str(e)
-            self._linked.add(pid)
-        if problem:
-            self.unlinked[pid] = problem
-        self._mark_linked(pid)
+        self.follower.add(pid)
 
-    def _mark_linked(self, pid: int) -> None:
-        """The handshake of bpf/follow.bpf.c: insert LINKED; if the process got there first (HELD), it is
-        stopped waiting for us: continue it."""
-        from bcc import libbcc
+    @property
+    def unlinked(self) -> dict[int, str]:
+        """New processes let go without their links: calls they made before may be missing."""
+        return self.follower.unlinked if self.follower is not None else {}
 
-        t = self._bpf["ingero_linked"]
-        k, v = t.Key(pid), t.Leaf(HOLD_LINKED)
-        if libbcc.lib.bpf_update_elem(t.map_fd, ct.byref(k), ct.byref(v), _BPF_NOEXIST) == 0:
-            return
-        try:
-            state = t[k].value
-        except KeyError:
-            state = 0
-        if state == HOLD_HELD:
-            t[k] = v
-            self.held += 1
-            self._continue(pid)
+    def _link_libraries(self, pid: int) -> None:
+        for lib in self.libraries.values():
+            lib.per_process.add(pid)
 
-    @staticmethod
-    def _continue(pid: int) -> None:
-        try:
-            os.kill(pid, signal.SIGCONT)
-        except ProcessLookupError:
-            pass
-
-    def _drop_process(self, pid: int) -> None:
-        with self._tree_lock:
-            self._linked.discard(pid)
-            for lib in self.libraries.values():
-                lib.per_process.drop(pid)
-            for _, dropped in self._listeners:
-                try:
-                    dropped(pid)
-                except Exception:  # noqa: BLE001
-                    log.exception("dropping the probes of process %d failed", pid)
-        try:
-            t = self._bpf["ingero_linked"]
-            del t[t.Key(pid)]
-        except KeyError:
-            pass
-
-    def _set_holding(self, on: bool) -> None:
-        t = self._bpf["hold_enabled"]
-        t[ct.c_int(0)] = ct.c_uint32(int(on))
-
-    def _hold_loop(self) -> None:
-        """The holder thread: attach the links of each new process of the tree as it is held, let it go."""
-        ep = select.epoll()
-        try:
-            ep.register(self._holds.fd, select.EPOLLIN)
-            while not self._holder_stop.is_set():
-                ep.poll(0.05)
-                for (pid,) in self._holds.read():
-                    self.link_process(pid)
-        except Exception:  # noqa: BLE001 - held processes are let go in detach() whatever happens here
-            log.exception("the holder thread failed")
-        finally:
-            ep.close()
-
-    def _release_held(self) -> None:
-        """Let every process still held go (holding is off now)."""
-        t = self._bpf["ingero_linked"]
-        for k, v in list(t.items()):
-            if v.value == HOLD_HELD:
-                self.unlinked.setdefault(k.value, "the trace stopped while it was held")
-                self._continue(k.value)
+    def _unlink_libraries(self, pid: int) -> None:
+        for lib in self.libraries.values():
+            lib.per_process.drop(pid)
 
     def followed(self) -> set[int]:
         """The traced processes (tgids) that are alive."""
@@ -438,10 +348,10 @@ class StandardTracer:
         from ingero.symbols import find_libraries
 
         alive = self.followed()
-        with self._tree_lock:
-            gone = self._linked - alive
+        with self.follower.lock:
+            gone = self.follower.linked - alive
         for pid in gone:
-            self._drop_process(pid)
+            self.follower.drop(pid)
         new = []
         for pid in sorted(alive):
             if self.python is not None and not self.python.is_python(pid):
@@ -551,9 +461,9 @@ class StandardTracer:
         per_process = ProcessLinks([LinkSpec(entry.fd, path, tuple(offsets), tuple(cookies)),
                                     LinkSpec(ret.fd, path, tuple(offsets), tuple(cookies), retprobe=True)])
         attached = AttachedLibrary(str(lib.path), lib.soname, key, tuple(n for n, _ in chosen), per_process)
-        with self._tree_lock:  # no process joins between linking the tree and registering the library
+        with self.follower.lock:  # no process joins between linking the tree and registering the library
             try:
-                for pid in sorted(self._linked):
+                for pid in sorted(self.follower.linked):
                     per_process.add(pid)
             except BaseException:
                 per_process.close()
@@ -596,12 +506,12 @@ class StandardTracer:
                 for t in rings["host"].read(max_events)]
         for h in host:
             if h.source == SOURCE_HOST and h.op == _OP_EXIT:
-                self._drop_process(h.pid)
+                self.follower.drop(h.pid)
             elif h.source == SOURCE_HOST and h.op == _OP_EXEC and h.arg1 != h.pid:
                 # a thread other than the leader ran exec: the links held the old leader's task, whose
                 # address space is gone; attach anew
-                self._drop_process(h.pid)
-                self.link_process(h.pid)
+                self.follower.drop(h.pid)
+                self.follower.add(h.pid)
             if self.python is not None and h.source == SOURCE_HOST and h.op in (_OP_EXEC, _OP_FORK):
                 if h.op == _OP_FORK:
                     self.python.inherit(h.pid, h.arg1)

@@ -101,3 +101,53 @@ def test_untraced_process_is_not_trapped_and_forked_workers_are_exact(need_bpf, 
     assert len(per_pid) == workers and set(per_pid.values()) == {per_worker}, per_pid
     assert sum(ops.values()) == workers * per_worker and lost == 0
     assert session.tracer.unlinked == {}
+
+
+TRACER_NEVER_LINKS = r"""
+import sys, threading, time
+from ingero.tracer import follow
+from ingero.tracer.session import TraceOptions, TraceSession
+follow.ProcessFollower._run = lambda self: self._stop.wait()  # the holder thread never lets anyone go
+session = TraceSession(TraceOptions(db=sys.argv[1]), command=sys.argv[2:]).start()
+print("tracing", session.pids[0], flush=True)
+session.run()
+"""
+
+
+def _state(pid: int) -> tuple[str, int] | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state, ppid = f.read().rsplit(")", 1)[1].split()[:2]
+    except OSError:
+        return None
+    return state, int(ppid)
+
+
+def test_a_killed_tracer_leaves_no_process_stopped(need_bpf, tmp_path):
+    """The new workers are held (stopped) waiting for links that never come; the tracer is SIGKILLed: its
+    guard process lets them go, and the workload finishes."""
+    import subprocess
+
+    tracer = subprocess.Popen([sys.executable, "-c", TRACER_NEVER_LINKS, str(tmp_path / "k.db"), sys.executable,
+                               "-m", "ingero.workload", "--workers", "2"], stdout=subprocess.PIPE, text=True)
+    try:
+        root = int(tracer.stdout.readline().split()[1])
+        workers: list[int] = []
+        lines = []
+        while len(workers) < 2:
+            line = tracer.stdout.readline()
+            assert line, f"the workload ended early: {lines}"
+            lines.append(line)
+            if line.startswith("forked child pid="):
+                workers.append(int(line.split("=")[1]))
+        wait_for(lambda: all((_state(w) or ("?",))[0] == "T" for w in workers), what="the workers to be held")
+        assert all(_state(w) == ("T", root) for w in workers)
+        tracer.kill()
+        tracer.wait()
+        # the workload (the tracer's child, now orphaned) waits for its workers, then ends
+        wait_for(lambda: _state(root) is None, timeout=30, what="the workload to finish")
+        assert "done {" in tracer.stdout.read()
+        assert all(_state(w) is None for w in workers)
+    finally:
+        tracer.kill()
+        tracer.wait()
