@@ -62,4 +62,4 @@ def start_http(db: Path, audit_db: Path, port: int, token: str | None, *extra: s
         env["INGERO_MCP_TOKEN"] = token
     proc = subprocess.Popen([ingero_cmd(), "mcp", "--db", str(db), "--audit-db", str(audit_db), "--http",
                              f"127.0.0.1:{port}", *extra], env=env, stderr=subprocess.PIPE, text=True)
-    return wait_for_port(proc, port, 20)
+    return wait_for_port(proc, port, 60)  # importing the MCP SDK alone takes 10+ s on a loaded machine
