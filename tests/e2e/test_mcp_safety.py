@@ -104,10 +104,14 @@ _REQUIRED = {"query": "SELECT 1", "library": "libcudart", "symbol": "cudaMalloc"
 _WRONG = {"string": 5, "integer": "seven", "number": "fast", "boolean": "yes", "array": "[1, 2"}
 
 
-def _json_type(prop: dict) -> str:
-    for s in prop.get("anyOf", [prop]):
-        if s.get("type") not in (None, "null"):
-            return s["type"]
+def _wrong_value(prop: dict):
+    """A value of a type the property does not accept (nor as JSON text in a string)."""
+    from jsonschema import Draft202012Validator
+
+    first = next(s["type"] for s in prop.get("anyOf", [prop]) if s.get("type") not in (None, "null"))
+    for v in (_WRONG[first], "seven", 5, True, {"x": 1}):
+        if not Draft202012Validator(prop).is_valid(v):
+            return v
     raise AssertionError(prop)
 
 
@@ -122,7 +126,7 @@ async def _refusals(call, tools) -> list[tuple[str, str, str]]:
         assert t.input_schema.get("additionalProperties") is False, t.name
         base = {k: _REQUIRED[k] for k in t.input_schema.get("required", [])}
         cases = [("severity", {**base, "severity": "HIGH"})]
-        cases += [(k, {**base, k: _WRONG[_json_type(p)]}) for k, p in props.items()]
+        cases += [(k, {**base, k: _wrong_value(p)}) for k, p in props.items()]
         for key, args in cases:
             try:
                 r = await call(t.name, args)
