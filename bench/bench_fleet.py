@@ -122,7 +122,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="1.5 s per phase")
     ap.add_argument("--seconds", type=float, default=None)
+    ap.add_argument("--series-bound", type=int, metavar="PROBES", default=None,
+                    help="only print the series bound of a node with PROBES probes, and of 1,000 such nodes")
     args = ap.parse_args()
+    if args.series_bound is not None:
+        bound, how = series_bound(args.series_bound)
+        print(f"one node: {how}")
+        print(f"1,000 nodes: {bound * 1000:,} series")
+        return 0
     secs = args.seconds or (1.5 if args.quick else 3.0)
 
     from bench_trace_ingest import build
