@@ -131,3 +131,43 @@ def test_python_frames_are_stored_in_upstreams_shape():
                       {"pf": "/w/train.py", "pfn": "<module>", "pl": 84}]
 
 
+
+
+def test_an_upstream_database_with_python_frames_reads_the_same(tmp_path):
+    """None of the recorded upstream databases here holds Python frames, so one gets a stack in exactly the
+    shape upstream's Go writer stores (Python-only frames, ``\\u003c`` escaping): get_stacks shows it as it
+    shows ingero's own, and groups by its innermost Python line."""
+    import shutil
+    import sqlite3
+
+    from ingero.analysis import top_stacks
+    from ingero.store import TraceReader
+    from ingero.store.writer import frames_json
+
+    src = ROOT.parent / "shared" / "data" / "ingero-dbs" / "pytorch-dataloader-starvation.db"
+    if not src.exists():
+        skip_or_fail(f"{src} missing")
+    db = tmp_path / "upstream.db"
+    shutil.copy(src, db)
+    upstream = ('[{"s":"cudaMalloc+0x1cb","f":"libcudart.so.12"},{"pf":"/app/models/sdpa_attention.py",'
+                '"pfn":"repeat_kv","pl":6},{"pf":"/app/train.py","pfn":"\\u003cmodule\\u003e","pl":84}]')
+    ours = frames_json([Frame(ip=1, symbol="cudaMalloc+0x1cb", file="/x/libcudart.so.12"),
+                        Frame(py_file="/app/models/sdpa_attention.py", py_func="repeat_kv", py_line=6),
+                        Frame(py_file="/app/train.py", py_func="<module>", py_line=84)])
+    assert ours == upstream  # ingero writes what upstream writes
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("INSERT INTO stack_traces (hash, ips, frames) VALUES (42, '', ?)", (upstream,))
+        n = conn.execute("UPDATE events SET stack_hash = 42 WHERE source = 1 AND op = 1").rowcount
+    conn.close()
+    assert n > 0
+    r = TraceReader.open(db)
+    try:
+        got = top_stacks(r, op="cudaMalloc")
+        lines = top_stacks(r, op="cudaMalloc", group="python_line")
+    finally:
+        r.close()
+    assert got[0].frames == ("cudaMalloc+0x1cb at libcudart.so.12", "-> repeat_kv (/app/models/sdpa_attention.py:6)",
+                             "-> <module> (/app/train.py:84)")
+    assert got[0].count == n
+    assert [(s.python_line, s.count) for s in lines] == [("/app/models/sdpa_attention.py:6 in repeat_kv", n)]

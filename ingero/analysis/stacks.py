@@ -34,6 +34,27 @@ class StackSummary:
     sum_arg0: int
     processes: tuple[str, ...]
     frames: tuple[str, ...]
+    #: the innermost Python frame, "file:line in function" ("" without Python frames); with
+    #: ``group="python_line"`` the summary covers every stack with this line (``frames``: the commonest)
+    python_line: str = ""
+
+#: how top_stacks can group
+GROUPS = ("stack", "python_line")
+
+
+def python_line(frames: str) -> str:
+    """The innermost Python frame of a stored ``frames`` column as ``file:line in function`` ("" if none)."""
+    if not frames or len(frames) > MAX_FRAMES_JSON:
+        return ""
+    try:
+        v = json.loads(frames)
+    except ValueError:
+        return ""
+    for f in v if isinstance(v, list) else ():
+        if isinstance(f, dict) and (f.get("pfn") or f.get("pf")) and not str(f.get("pfn", "")).startswith("["):
+            where = str(f.get("pf", "")) + (f":{f['pl']}" if f.get("pl") else "")
+            return f"{where} in {f.get('pfn', '')}"
+    return ""
 
 
 def render_frame(f: dict) -> str:
@@ -172,9 +193,13 @@ def why_no_stacks(reader: TraceReader, *, source: int | str = 0, op: str = "", p
 
 
 def top_stacks(reader: TraceReader, *, source: int | str = 0, op: str = "", pid: int = 0,
-               window: TimeWindow = ALL, limit: int = 10) -> tuple[StackSummary, ...]:
-    """Stacks grouped by hash; ``op`` (any name get_trace_stats prints, case-insensitive for upstream's
-    names) wins over ``source`` (a code or name). Unknown names raise :class:`IngeroError`."""
+               window: TimeWindow = ALL, limit: int = 10, group: str = "stack") -> tuple[StackSummary, ...]:
+    """Stacks grouped by hash (``group="stack"``) or by their innermost Python frame
+    (``group="python_line"``: "which line of my Python code makes these calls"; stacks without Python
+    frames are left out); ``op`` (any name get_trace_stats prints, case-insensitive for upstream's names)
+    wins over ``source`` (a code or name). Unknown names raise :class:`IngeroError`."""
+    if group not in GROUPS:
+        raise IngeroError(f"unknown grouping {group!r}", hint=suggestion(group, GROUPS) or "stack or python_line")
     limit = 10 if limit <= 0 else min(limit, MAX_STACKS)
     filters, params = _filters(reader, source, op, pid, window)  # names are checked even on an empty db
     if not (reader.has_table("events") and reader.has_table("stack_traces")):
@@ -196,7 +221,8 @@ def top_stacks(reader: TraceReader, *, source: int | str = 0, op: str = "", pid:
             f"SELECT e.stack_hash, {frames}, {ips}, COUNT(*) AS n, MIN(e.duration), MAX(e.duration), "
             f"SUM(e.duration)/COUNT(*), {sum_expr}, {proc} FROM events e "
             f"JOIN stack_traces st ON e.stack_hash = st.hash {join} WHERE {' AND '.join(where)} "
-            "GROUP BY e.stack_hash ORDER BY n DESC, e.stack_hash LIMIT ?", params + [limit])
+            "GROUP BY e.stack_hash ORDER BY n DESC, e.stack_hash" + (" LIMIT ?" if group == "stack" else ""),
+            params + ([limit] if group == "stack" else []))
 
     try:
         rows = run("SUM(e.arg0)")
@@ -208,5 +234,26 @@ def top_stacks(reader: TraceReader, *, source: int | str = 0, op: str = "", pid:
     for h, fr, ip, n, mn, mx, avg, sa, pn in rows:
         procs = tuple(x for x in (pn or "").split(",") if x)
         out.append(StackSummary(int(h), int(n), int(avg), int(mn), int(mx), int(sa or 0), procs,
-                                parse_frames(fr, ip)))
+                                parse_frames(fr, ip), python_line(fr)))
+    if group == "python_line":
+        return _by_python_line(out, limit)
     return tuple(out)
+
+
+def _by_python_line(stacks: list[StackSummary], limit: int) -> tuple[StackSummary, ...]:
+    """Stacks (most frequent first) merged per innermost Python frame: counts, sums and extremes exact;
+    the average is the count-weighted one (of the per-stack integer averages: within 1 ns per stack)."""
+    groups: dict[str, list[StackSummary]] = {}
+    for s in stacks:
+        if s.python_line:
+            groups.setdefault(s.python_line, []).append(s)
+    out = []
+    for line, ss in groups.items():
+        n = sum(s.count for s in ss)
+        top = ss[0]  # the commonest stack of this line (rows come most frequent first)
+        out.append(StackSummary(
+            top.hash, n, sum(s.avg_ns * s.count for s in ss) // n, min(s.min_ns for s in ss),
+            max(s.max_ns for s in ss), sum(s.sum_arg0 for s in ss),
+            tuple(dict.fromkeys(p for s in ss for p in s.processes)), top.frames, line))
+    out.sort(key=lambda s: (-s.count, s.python_line))
+    return tuple(out[:limit])

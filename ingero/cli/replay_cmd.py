@@ -179,14 +179,17 @@ def explain(db: Path, since: str, until: str, pids: tuple[int, ...], stored: boo
 @_since
 @_until
 @click.option("--limit", type=int, default=10, show_default=True)
+@click.option("--by", "group", type=click.Choice(["stack", "python-line"]), default="stack", show_default=True,
+              help="python-line: merge stacks by their innermost Python frame (which line of the Python code).")
 @_json
-def stacks(db: Path, op: str, source: str, pid: int, since: str, until: str, limit: int,
+def stacks(db: Path, op: str, source: str, pid: int, since: str, until: str, limit: int, group: str,
            as_json: bool) -> None:
-    """The most frequent call stacks, with resolved frames and timings.
+    """The most frequent call stacks, with resolved frames (native and Python) and timings.
 
     \b
     Example:
       ingero stacks --db trace.db --op cudaMalloc --limit 3
+      ingero stacks --db trace.db --op cudaMalloc --by python-line
     """
     from ingero.analysis import top_stacks
     from ingero.analysis.stacks import why_no_stacks
@@ -194,7 +197,7 @@ def stacks(db: Path, op: str, source: str, pid: int, since: str, until: str, lim
 
     with _open(db) as r:
         w = _window(r, since, until)
-        found = top_stacks(r, source=source, op=op, pid=pid, window=w, limit=limit)
+        found = top_stacks(r, source=source, op=op, pid=pid, window=w, limit=limit, group=group.replace("-", "_"))
         empty = "" if found else why_no_stacks(r, source=source, op=op, pid=pid, window=w)
     if as_json:
         click.echo(json.dumps([asdict(s) for s in found], indent=2))
@@ -204,8 +207,8 @@ def stacks(db: Path, op: str, source: str, pid: int, since: str, until: str, lim
         return
     for s in found:
         procs = f" [{', '.join(s.processes)}]" if s.processes else ""
-        click.echo(f"stack {s.hash}: n={s.count} avg={go_duration(s.avg_ns)} "
-                   f"max={go_duration(s.max_ns)}{procs}")
+        head = f"{s.python_line}: " if group == "python-line" else f"stack {s.hash}: "
+        click.echo(f"{head}n={s.count} avg={go_duration(s.avg_ns)} max={go_duration(s.max_ns)}{procs}")
         for f in s.frames:
             click.echo(f"    {f}")
 

@@ -170,6 +170,8 @@ def format_stacks(stacks: tuple[StackSummary, ...], limit: int, tsc: bool = True
             d["sum_arg0"] = s.sum_arg0
         if s.processes:
             d["processes"] = " ".join(sanitize(p, MAX_NAME_LEN) for p in s.processes)
+        if s.python_line:
+            d["python_line"] = sanitize(s.python_line, MAX_FRAME_LEN)
         d["frames"] = [sanitize(f, MAX_FRAME_LEN) for f in s.frames]
         items.append(d)
     out: dict = {}

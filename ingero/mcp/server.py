@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
@@ -309,6 +309,10 @@ def build_server(reader: TraceReader | None, audit: AuditLog | None,
         limit: Annotated[int, Field(description="Max stacks returned (default 10, max 100)")] = 10,
         tsc: Annotated[bool | None, Field(description=TSC_DESC)] = None,
         until: Annotated[str, Field(description=UNTIL_DESC, max_length=MAX_ARG_CHARS)] = "",
+        group_by: Annotated[Literal["stack", "python_line"], Field(
+            description="stack (default), or python_line: merge the stacks by their innermost Python frame "
+                        "('train.py:84 in train_step': which line of the Python code makes these calls)",
+        )] = "stack",
     ) -> str:
         def work() -> str:
             if reader is None:
@@ -316,7 +320,7 @@ def build_server(reader: TraceReader | None, audit: AuditLog | None,
             w = make_window(since, until, backend.anchor())
             lim = 10 if limit <= 0 else min(limit, 100)
             try:
-                stacks = top_stacks(reader, source=source, op=op, pid=pid, window=w, limit=lim)
+                stacks = top_stacks(reader, source=source, op=op, pid=pid, window=w, limit=lim, group=group_by)
                 if not stacks:
                     return why_no_stacks(reader, source=source, op=op, pid=pid, window=w)
             except IngeroError as e:

@@ -275,3 +275,34 @@ def test_torch_is_available_stack_shows_torch_frames_and_the_calling_line():
     assert "cudaGetDeviceCount" in native[0], native
     i = native.index(py[0])
     assert tuple(native[i:i + len(py)]) == py, native
+
+
+def test_the_database_replays_with_its_python_frames(traced):
+    """The recorded database, read back: get_stacks renders the Python frames (upstream's format), groups by
+    the innermost Python line with exact counts, and ``ingero stacks --by python-line`` prints it."""
+    from ingero.analysis import top_stacks
+    from ingero.mcp.format import format_stacks
+    from ingero.store import TraceReader
+
+    db, callers, _ = traced
+    lines = marked_lines()
+    target = str(TARGET)
+    r = TraceReader.open(db)
+    try:
+        stacks = top_stacks(r, op="cudaMalloc", limit=100)
+        by_line = top_stacks(r, op="cudaMalloc", group="python_line")
+    finally:
+        r.close()
+    assert sum(s.count for s in stacks) == CALLS * len(callers)
+    for s in stacks:
+        assert f"-> alloc ({target}:{lines['alloc']})" in s.frames, s.frames
+        assert s.python_line == f"{target}:{lines['alloc']} in alloc"
+    assert [(s.python_line, s.count) for s in by_line] == [(f"{target}:{lines['alloc']} in alloc",
+                                                            CALLS * len(callers))]
+    text = format_stacks(by_line, 10)
+    assert f'"python_line":"[traced-data]{target}:{lines["alloc"]} in alloc[/traced-data]"' in text, text
+    out = subprocess.run([str(ROOT / ".venv" / "bin" / "ingero"), "stacks", "--db", str(db), "--op", "cudaMalloc",
+                          "--by", "python-line"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(f"{target}:{lines['alloc']} in alloc: n={CALLS * len(callers)} "), out.stdout
+    assert f"    -> train_step ({target}:{lines['train_step']})" in out.stdout
