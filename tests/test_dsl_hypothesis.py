@@ -1,9 +1,10 @@
 """Specs generated across the whole grammar (targets with declarations and pids, every clause, nested
-where expressions, units, strings, aggregations, budgets, comments, and random edits of all of it):
+where expressions, arithmetic, reads through pointers, units, strings, aggregations, budgets, comments,
+deep nesting, long clauses, big literals, random edits of all of it, and random bytes):
 
 * the checker never raises: every outcome is a resolved spec or located errors (thousands of examples);
-* every spec that passes ``check()`` compiles and loads in the kernel (a bounded number: each compile
-  takes a few tenths of a second).
+* every spec that passes ``check()`` compiles and loads in the kernel, up to the nesting and size limits
+  (a bounded number: each compile takes a few tenths of a second).
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ TYPES = [
     "q32",
 ]
 CMPS = ["==", "!=", "<", "<=", ">", ">="]
-AGGS = ["count", "sum", "min", "max", "hist", "avg"]
+AGGS = ["count", "sum", "min", "max", "hist", "avg", "lhist", "avgg"]
 BUDGETS = ["ttl", "events", "rate", "symbols", "tll"]
 NAMES = st.sampled_from(["a", "b", "copies", "x1", "where", "probe_2", "latency"])
 
@@ -121,7 +122,8 @@ def numbers(draw) -> str:
     if kind == "float":
         return f"{draw(st.integers(0, 99))}.{draw(st.integers(0, 9))}" + draw(st.sampled_from(UNITS))
     if kind == "big":
-        return str(draw(st.integers(2**63, 2**70)))
+        big = draw(st.integers(2**63 - 2, 2**70))
+        return hex(big) if draw(st.booleans()) else str(big)
     return (
         ("-" if draw(st.booleans()) and draw(st.booleans()) else "")
         + str(draw(st.integers(0, 5000)))
@@ -130,11 +132,21 @@ def numbers(draw) -> str:
 
 
 strings = st.text(st.characters(codec="ascii", exclude_characters='"\\\n'), max_size=20).map(lambda s: f'"{s}"')
-operands = st.one_of(st.sampled_from(FIELDS), st.sampled_from(ENUMS), numbers(), strings)
+POINTER_READS = ["*devPtr", "*count", "*p", "p->x", "stream->x", "*size", "*s", "devPtr->y", "*arg0"]
+OPS = ["+", "-", "*", "/", "<<", ">>"]
+values = st.recursive(
+    st.one_of(st.sampled_from(FIELDS + POINTER_READS), numbers()),
+    lambda inner: st.one_of(
+        st.builds(lambda a, op, b: f"{a} {op} {b}", inner, st.sampled_from(OPS), inner),
+        st.builds(lambda a: f"({a})", inner),
+    ),
+    max_leaves=4,
+)
+operands = st.one_of(values, st.sampled_from(ENUMS), numbers(), strings)
 
 
 def exprs():
-    cmp = st.builds(lambda a, op, b: f"{a} {op} {b}", st.sampled_from(FIELDS), st.sampled_from(CMPS), operands)
+    cmp = st.builds(lambda a, op, b: f"{a} {op} {b}", values, st.sampled_from(CMPS), operands)
     return st.recursive(
         cmp,
         lambda inner: st.one_of(
@@ -142,6 +154,10 @@ def exprs():
             st.builds(lambda a, b: f"{a} or {b}", inner, inner),
             st.builds(lambda a: f"not {a}", inner),
             st.builds(lambda a: f"({a})", inner),
+            # deep nesting and long clauses, around and far beyond the limits
+            st.builds(lambda a, n: "not " * n + a, inner, st.integers(20, 1500)),
+            st.builds(lambda a, n: "(" * n + a + ")" * n, inner, st.integers(20, 1500)),
+            st.builds(lambda a, n: " and ".join([a] * n), inner, st.integers(20, 400)),
         ),
         max_leaves=5,
     )
@@ -169,14 +185,16 @@ def clauses(draw) -> list[str]:
         if kind == "where":
             out.append("where " + draw(exprs()))
         elif kind == "record":
-            out.append("record " + ", ".join(draw(st.lists(st.sampled_from(FIELDS), min_size=1, max_size=5))))
+            out.append("record " + ", ".join(draw(st.lists(values, min_size=1, max_size=8))))
         elif kind == "aggregate":
             aggs = []
             for _ in range(draw(st.integers(1, 3))):
                 f = draw(st.sampled_from(AGGS))
-                arg = draw(st.sampled_from(["", "()", "(size)", "(latency)", "(count)", "(pid)", "(stream)"]))
+                arg = draw(st.sampled_from(["", "()", "(size)", "(latency)", "(count)", "(pid)", "(stream)",
+                                            "(size / 1MiB)", "(latency, 0, 1ms, 100us)", "(size, 10, 1, 1)",
+                                            "(size, 0, 100000000, 1)", "(*devPtr)", "(latency, 0, 1ms)"]))
                 aggs.append(f + arg)
-            by = draw(st.lists(st.sampled_from(FIELDS), max_size=3))
+            by = draw(st.lists(values, max_size=3))
             out.append("aggregate " + ", ".join(aggs) + (" by " + ", ".join(by) if by else ""))
         elif kind == "limit":
             bs = []
@@ -212,16 +230,28 @@ def specs(draw) -> str:
     return text
 
 
-@settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(specs())
-def test_checker_never_raises_anything_but_its_own_errors(text):
-    r = check(text, "h.probe")
+def _located(r) -> None:
     if r.ok:
         assert r.errors == () and r.spec.probes
     else:
         assert r.spec is None and r.errors
         for d in r.errors:
-            assert d.line >= 0 and d.column >= 0 and d.message
+            assert d.line >= 1 and d.column >= 1 and d.message
+
+
+@settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(specs())
+def test_checker_never_raises_anything_but_its_own_errors(text):
+    _located(check(text, "h.probe"))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=300), st.booleans())
+def test_any_bytes_give_a_result_or_located_errors(data, prefixed):
+    # binary junk, alone or after a valid probe line
+    if prefixed:
+        data = b"probe x = libcudart.so.12:cudaMalloc\n  record " + data
+    _located(check(data, "b.probe"))
 
 
 # -- specs that pass check() compile and load --------------------------------------------------------
@@ -252,8 +282,8 @@ def valid_specs(draw) -> str:
         fields, numeric = VALID[target]
         lines = [f"probe p{i} = {target}"]
         conds = []
-        for _ in range(draw(st.integers(0, 3))):
-            choice = draw(st.sampled_from(["num", "lat", "sym", "comm"]))
+        for _ in range(draw(st.integers(0, 3)) if draw(st.integers(0, 3)) else draw(st.integers(20, 120))):
+            choice = draw(st.sampled_from(["num", "lat", "sym", "comm", "arith", "big"]))
             if choice == "num" and numeric:
                 f = draw(st.sampled_from(sorted(numeric)))
                 unit = draw(st.sampled_from(["", "KiB", "MiB"])) if numeric[f] == "size" else ""
@@ -265,14 +295,29 @@ def valid_specs(draw) -> str:
                 )
             elif choice == "comm":
                 conds.append(f'comm {draw(st.sampled_from(["==", "!="]))} "python"')
+            elif choice == "arith" and numeric:
+                f = draw(st.sampled_from(sorted(numeric)))
+                conds.append(f"{f} {draw(st.sampled_from(OPS))} {draw(st.integers(1, 63))} * ts "
+                             f"{draw(st.sampled_from(CMPS))} {draw(st.integers(-5, 2**40))}")
+            elif choice == "big":
+                big = draw(st.sampled_from(["0xffffffffffffffff", "18446744073709551615", "0x8000000000000000"]))
+                conds.append(f"ts {draw(st.sampled_from(CMPS))} {big}")
             else:
                 conds.append("pid != 0")
         if conds:
             joined = conds[0]
             for c in conds[1:]:
-                joined = f"{draw(st.sampled_from(['not ', '']))}({joined}) {draw(st.sampled_from(['and', 'or']))} {c}"
+                if draw(st.integers(0, 3)):  # flat, as long as the size limit allows
+                    joined = f"{joined} {draw(st.sampled_from(['and', 'or']))} {c}"
+                else:  # nested, as deep as the nesting limit allows
+                    neg, op = draw(st.sampled_from(["not ", ""])), draw(st.sampled_from(["and", "or"]))
+                    joined = f"{neg}({joined}) {op} {c}"
+            r = check(f"probe x = {target}\n  where {joined}\n", "probe")
+            if not r.ok and any("deep" in d.message or "more than" in d.message for d in r.errors):
+                joined = conds[0]  # over a limit: that is the other test's business
             lines.append("where " + joined)
-        rec = draw(st.lists(st.sampled_from(fields + BUILTIN), unique=True, max_size=5))
+        arith = [f"{f} * 3 + ts / 7" for f in sorted(numeric)] + ["(latency >> 3) - ts", "ts << 2"]
+        rec = draw(st.lists(st.sampled_from(fields + BUILTIN + arith), unique=True, max_size=12))
         if "retval" in rec and target.endswith("Synchronize"):
             rec.remove("retval")
         if rec:
@@ -280,9 +325,12 @@ def valid_specs(draw) -> str:
         if draw(st.booleans()):
             aggs = ["count"] + [
                 f"{f}(latency)"
-                for f in draw(st.lists(st.sampled_from(["sum", "min", "max", "hist"]), unique=True, max_size=3))
+                for f in draw(st.lists(st.sampled_from(["sum", "min", "max", "hist", "avg"]), unique=True, max_size=4))
             ]
-            by = draw(st.lists(st.sampled_from(["pid", "tid", "symbol", "comm"] + fields[:2]), unique=True, max_size=2))
+            if draw(st.booleans()):
+                aggs.append(f"lhist(latency, 0, {draw(st.integers(1, 999))}us, {draw(st.integers(1, 10))}us)")
+            keys = ["pid", "tid", "symbol", "comm", "ts / 1000000000", "pid * 2 + tid"] + fields[:2]
+            by = draw(st.lists(st.sampled_from(keys), unique=True, max_size=6))
             lines.append("aggregate " + ", ".join(aggs) + (" by " + ", ".join(by) if by else ""))
         budgets = []
         if draw(st.booleans()):

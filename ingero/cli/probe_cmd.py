@@ -16,11 +16,12 @@ def probe() -> None:
     """Check and run probe specs (see docs/dsl.md)."""
 
 
-def _read(path: str) -> tuple[str, str]:
+def _read(path: str) -> tuple[bytes, str]:
+    """The spec's bytes (the checker reports any that are not text, located)."""
     if path == "-":
-        return sys.stdin.read(), "<stdin>"
+        return sys.stdin.buffer.read(), "<stdin>"
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, "rb") as f:
             return f.read(), path
     except OSError as e:
         raise click.ClickException(f"cannot read {path}: {e.strerror}") from None
@@ -200,6 +201,21 @@ def run(file: str, command: tuple[str, ...], pid: int | None, interval: float, a
                 if child.poll() is None:
                     child.terminate()
                 child.wait()
+    _exit_now()
+
+
+def _exit_now() -> None:
+    """End the process as soon as the run is over: everything is detached, closed and printed, and the
+    interpreter's own teardown (libbcc's LLVM destructors) would take up to a second more after a Ctrl-C.
+    Only when run as the ``ingero`` command (not inside another program, such as a test's CLI runner)."""
+    if click.get_current_context().find_root().info_name != "ingero":
+        return
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(0)
 
 
 #: ring buffer pages per recording probe of ``probe run`` (16 MiB: bursts of ~100k events at full speed)

@@ -20,6 +20,7 @@ reached only through a :class:`~ingero.dsl.lookup.Lookups`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -67,14 +68,21 @@ MAX_PROBE_NAME_CHARS = 64
 MAX_SPEC_CHARS = 64 * 1024
 
 
-def check(text: str, name: str = "<spec>", *, pid: int | None = None, lookups: Lookups = MACHINE) -> CheckResult:
+def check(
+    text: str | bytes, name: str = "<spec>", *, pid: int | None = None, lookups: Lookups = MACHINE
+) -> CheckResult:
     """Parse and check a spec against this machine's libraries and the signature catalogue.
 
     ``pid``: resolve libraries from what that process mapped (a ``pid N`` in a target wins). ``lookups``:
     where libraries, symbols and signatures come from. Never raises for a bad spec: errors come back in
     ``CheckResult.errors`` (each with line, column, message, hint).
     """
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "surrogateescape")
     source = Source(text, name)
+    bad = _not_text(text)
+    if bad is not None:
+        return CheckResult(source, None, (bad,))
     if len(text) > MAX_SPEC_CHARS:
         return CheckResult(source, None, (Diagnostic(
             Span(1, 1, 1, 2), f"the spec is {len(text)} characters, more than the {MAX_SPEC_CHARS} allowed",
@@ -140,8 +148,24 @@ def resolved_probe(ctx: ProbeContext, text: str) -> ResolvedProbe:
 
 
 def check_file(path: str, *, pid: int | None = None, lookups: Lookups = MACHINE) -> CheckResult:
-    with open(path, encoding="utf-8") as f:
+    with open(path, "rb") as f:
         return check(f.read(), path, pid=pid, lookups=lookups)
+
+
+_NOT_TEXT = re.compile(r"[\udc80-\udcff\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def _not_text(text: str) -> Diagnostic | None:
+    """A located error at the first byte that is not UTF-8 text (as decoded with surrogateescape) or is a
+    control character, or None."""
+    m = _NOT_TEXT.search(text)
+    if m is None:
+        return None
+    line = text.count("\n", 0, m.start()) + 1
+    col = m.start() - (text.rfind("\n", 0, m.start()) + 1) + 1
+    ch = m.group()
+    what = f"byte {ord(ch) - 0xDC00:#04x} is not UTF-8 text" if ch >= "\udc80" else f"control character {ord(ch):#04x}"
+    return Diagnostic(Span(line, col, line, col + 1), f"{what}: a spec is text", "is this the right file?")
 
 
 

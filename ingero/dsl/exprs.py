@@ -25,8 +25,6 @@ from ingero.dsl.resolved import BUILTINS, Const, Deref, RArith, Value, ValueRef
 from ingero.dsl.units import number
 from ingero.errors import IngeroError, suggestion
 
-#: how deep an arithmetic expression may nest (the generated C and the verifier stay small)
-MAX_ARITH_DEPTH = 16
 _READABLE = ("int", "uint", "bool", "enum", "pointer")
 
 
@@ -137,7 +135,7 @@ class ValueExprs:
         key = node.text
         if key in self.values:
             return self.values[key]
-        expr = self._arith(node, 1)
+        expr = self._arith(node)
         if expr is None:
             return None
         keys = expr.keys()
@@ -148,11 +146,7 @@ class ValueExprs:
         self.values[key] = v
         return v
 
-    def _arith(self, node, depth: int):
-        if depth > MAX_ARITH_DEPTH:
-            self.report.error(node.span, f"the arithmetic nests more than {MAX_ARITH_DEPTH} deep",
-                       "split it, or record the parts")
-            return None
+    def _arith(self, node):  # how deep it nests is bounded by the parser (MAX_NESTING)
         if isinstance(node, ast.Number):
             num = number(node, self.report)
             if num is None:
@@ -172,8 +166,8 @@ class ValueExprs:
                            "use integer fields, sizes, counts, times or pointers")
                 return None
             return ValueRef(v.key)
-        left = self._arith(node.left, depth + 1)
-        right = self._arith(node.right, depth + 1)
+        left = self._arith(node.left)
+        right = self._arith(node.right)
         if left is None or right is None:
             return None
         if isinstance(right, Const):

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-from lark import Lark, Token, Transformer, v_args
+from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
 from ingero.dsl import ast
@@ -300,6 +300,37 @@ def _hint_for(expected, found, in_where: bool = True) -> str | None:
     return None
 
 
+#: how deep conditions and arithmetic may nest (each level is a level of parentheses in the generated C)
+MAX_NESTING = 32
+#: how many comparisons and operators one probe may hold (each is code the kernel's verifier walks)
+MAX_EXPR_NODES = 256
+
+
+def _too_deep(tree: Tree) -> Diagnostic | None:
+    """A located error for a probe whose expressions nest deeper than MAX_NESTING or hold more than
+    MAX_EXPR_NODES operators, found without recursion (the AST is built recursively after this)."""
+    nested = {"or_expr", "and_expr", "not_", "comparison", "arith"}
+    for probe in tree.children:
+        count = 0
+        stack = [(probe, 0)]
+        while stack:
+            node, depth = stack.pop()
+            if not isinstance(node, Tree):
+                continue
+            if node.data in nested:
+                depth += 1
+                count += 1
+                span = Span.of(node.meta) if not node.meta.empty else Span(1, 1, 1, 2)
+                if depth > MAX_NESTING:
+                    return Diagnostic(span, f"this nests more than {MAX_NESTING} deep",
+                                      "write the condition flatter: a and b and c, not (a and (b and c))")
+                if count > MAX_EXPR_NODES:
+                    return Diagnostic(span, f"probe has more than {MAX_EXPR_NODES} comparisons and operators",
+                                      "split it into several probes")
+            stack.extend((c, depth) for c in node.children)
+    return None
+
+
 def parse(text: str, name: str = "<spec>") -> ast.Spec:
     """Parse a spec; raises :class:`SpecError` with one located diagnostic on a syntax error."""
     source = Source(text, name)
@@ -307,6 +338,9 @@ def parse(text: str, name: str = "<spec>") -> ast.Spec:
         tree = _parser().parse(text)
     except UnexpectedInput as e:
         raise SpecError([_syntax_error(e, source)], source) from None
+    too_deep = _too_deep(tree)
+    if too_deep is not None:
+        raise SpecError([too_deep], source)
     spec = _ToAst().transform(tree)
     if not spec.probes:
         raise SpecError(

@@ -200,3 +200,62 @@ def test_arithmetic_in_record_key_and_where(run):
         want_groups[a * a][0] += 1
         want_groups[a * a][1] += a * 2
     assert groups == {k: tuple(v) for k, v in want_groups.items()}
+
+
+_CTYPES_CALLER = r"""
+import ctypes, sys
+lib = ctypes.CDLL(sys.argv[1])
+print("ready", flush=True)
+sys.stdin.readline()
+out = []
+for _ in range(3):
+    v, n = ctypes.c_int(-1), ctypes.c_int(-1)
+    rv = lib.cudaRuntimeGetVersion(ctypes.byref(v))
+    rn = lib.cudaGetDeviceCount(ctypes.byref(n))
+    out.append(f"version={v.value} rv={rv} count={n.value} rn={rn}")
+print("\n".join(out), flush=True)
+print("done", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_cuda_out_parameters_equal_what_the_ctypes_caller_saw(need_bpf, cudart12, tmp_path):
+    spec = f"""
+probe ver = {cudart12}:cudaRuntimeGetVersion
+    record *runtimeVersion, retval
+probe devs = {cudart12}:cudaGetDeviceCount
+    record *count, retval
+"""
+    script = tmp_path / "caller.py"
+    script.write_text(_CTYPES_CALLER)
+    import sys
+
+    p = subprocess.Popen([sys.executable, script, cudart12], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         text=True)
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        r = check(spec, "cuda.probe", pid=p.pid)
+        assert r.ok, r.errors
+        session = ProbeSession(compile_spec(r.resolved()), pid=p.pid).start()
+        try:
+            p.stdin.write("go\n")
+            p.stdin.flush()
+            lines = []
+            while (line := p.stdout.readline().strip()) != "done":
+                assert line
+                lines.append(line)
+            events = session.poll(200) + session.poll(0)
+        finally:
+            session.close()
+        p.stdin.write("bye\n")
+        p.stdin.flush()
+        p.wait(timeout=10)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    truth = [dict(re.findall(r"(\w+)=(-?\d+)", line)) for line in lines]
+    ver = [(e.fields["*runtimeVersion"], e.fields["retval"]) for e in events if e.probe == "ver"]
+    devs = [(e.fields["*count"], e.fields["retval"]) for e in events if e.probe == "devs"]
+    assert ver == [(int(t["version"]), int(t["rv"])) for t in truth]
+    assert devs == [(int(t["count"]), int(t["rn"])) for t in truth]
+    assert ver[0][0] >= 12000  # the runtime's version, e.g. 12090
