@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sqlite3
 import subprocess
 import sys
@@ -140,6 +141,7 @@ def main() -> int:
     from ingero.workload import wheel_libcudart
 
     lib = str(wheel_libcudart(12))
+    load0 = os.getloadavg()[0]
     rows: list[tuple[str, dict]] = []
     with tempfile.TemporaryDirectory(prefix="ingero-bench-fleet-") as tmp:
         exe = build(tmp)
@@ -209,7 +211,8 @@ def main() -> int:
     print(f"A C loop calls `cudaMemcpy` of libcudart.so.12 at {RATE:,} calls/s, {secs:g} s per phase; a real "
           "`TraceSession` (no stacks) records every call, alternately without metrics and with `FleetMetrics` fed "
           "per batch, `/metrics` served on loopback and scraped every second by another process. *ingest* is "
-          "stored events / (phase + drain); *tracer CPU* is this process's CPU time per stored event.\n")
+          "stored events / (phase + drain); *tracer CPU* is this process's CPU time per stored event. Load "
+          f"average of the machine (shared): {load0:.1f} before, {os.getloadavg()[0]:.1f} after.\n")
     print("| phase | metrics | achieved (calls/s) | calls | stored | lost | drain (ms) | ingest (events/s) | "
           "tracer CPU (µs/event) | scrapes |")
     print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")

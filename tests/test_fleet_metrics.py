@@ -99,3 +99,27 @@ def test_bad_labels_are_refused_clearly(label, message):
 def test_labels_from_the_environment_and_overrides():
     lab = node_labels({"RANK": "5", "LOCAL_RANK": "1", "SLURM_JOB_ID": "77"}, ["node=gpu-a"], hostname="h")
     assert lab.pairs == (("node", "gpu-a"), ("rank", "5"), ("local_rank", "1"), ("job", "77"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["trace", "--label", "job=x", "--", "true"], "--label only applies to exported metrics"),
+    (["trace", "--metrics", "0.0.0.0:9464", "--", "true"], "refusing to serve metrics on 0.0.0.0 without TLS"),
+    (["trace", "--metrics", ":abc", "--", "true"], 'invalid --metrics address ":abc"'),
+    (["trace", "--otlp", "ftp://x", "--", "true"], "expected an http(s) URL of an OTLP/HTTP collector"),
+    (["trace", "--metrics", ":9464", "--span-threshold", "1ms", "--", "true"], "add --otlp URL"),
+    (["mcp", "--metrics", ":9464"], "--metrics and --otlp export a live trace"),
+    (["fleet", "stragglrs", "--prometheus", "http://127.0.0.1:1"], "did you mean 'stragglers'?"),
+    (["fleet", "ops", "--prometheus", "http://127.0.0.1:1"], "cannot reach Prometheus at http://127.0.0.1:1"),
+    (["fleet", "ops", "--prometheus", "127.0.0.1:9090"], "expected the http(s) URL of a Prometheus server"),
+    (["fleet", "promql", "--prometheus", "http://127.0.0.1:1"], "query is required for action promql"),
+    (["fleet", "ops", "--since", "5parsecs", "--prometheus", "http://127.0.0.1:1"], "expected a duration"),
+    (["fleet", "stragglers", "-k", "0.5", "--prometheus", "http://127.0.0.1:1"], "k must be > 1"),
+])
+def test_cli_mistakes_get_clear_errors(args, message):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    r = subprocess.run([str(Path(sys.executable).parent / "ingero"), *args], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode != 0 and message in r.stderr and "Traceback" not in r.stderr, r.stderr

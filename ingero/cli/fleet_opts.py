@@ -52,7 +52,7 @@ def start_export(fleet: dict, *, mcp_hint: str, tls_cert: Path | None = None, tl
             if fleet.get(key):
                 from ingero.errors import IngeroError
 
-                raise IngeroError(f"{flag} labels exported metrics: add --metrics HOST:PORT or --otlp URL")
+                raise IngeroError(f"{flag} only applies to exported metrics: add --metrics HOST:PORT or --otlp URL")
         return None
     from ingero.analysis.window import parse_duration_ns
     from ingero.fleet import ExportOptions, NodeExport
