@@ -39,6 +39,21 @@ from ingero.errors import NotFound, SymbolNotFound, suggestion
 DATA_DIR = Path(__file__).resolve().parent / "data"
 FORMAT = 1
 
+#: Library stems whose signatures the catalogue holds, and the family name the catalogue uses.
+FAMILIES = {
+    "libcudart": "cudart",
+    "libcuda": "cuda",
+    "libcublas": "cublas",
+    "libcublasLt": "cublasLt",
+    "libnccl": "nccl",
+    "libcudnn": "cudnn",
+}
+
+
+def family_of(stem: str) -> str | None:
+    """The catalogue family that types a library's functions (``libcudnn_ops`` -> cudnn), or None."""
+    return FAMILIES.get(stem) or ("cudnn" if stem.startswith("libcudnn") else None)
+
 __all__ = [
     "CType",
     "Catalogue",

@@ -141,14 +141,24 @@ def run(file: str, command: tuple[str, ...], pid: int | None, interval: float, a
         _fail(result, as_json)
     compiled = compile_spec(result.resolved(), ringbuf_pages=RUN_RINGBUF_PAGES)
     printer = _Printer(as_json)
-    child = gate_w = None
+    child = gate_w = watcher = None
     if command:
+        from ingero.runtime.libwatch import LibraryWatcher
+
         child, gate_w = _spawn_gated(list(command))
         pid = child.pid
-    session = ProbeSession(compiled, pid=pid)
+        # the probes bind to the copies the command maps, when it maps them: the watcher holds it at each
+        # open of such a library until the probes are on that file
+        watcher = LibraryWatcher(hold=True, share_targets=False)
+    session = ProbeSession(compiled, pid=pid, bind_mapped=watcher is not None)
     stop = _Stop()
     try:
         stop.install()
+        if watcher is not None:
+            from ingero.runtime.libwatch import watch_names
+
+            watcher.start([pid])
+            watcher.watch(watch_names(p.probe.library.name for p in compiled.probes))
         session.start()
         printer.session = session
         names = ", ".join(p.probe.name for p in compiled.probes)
@@ -158,13 +168,17 @@ def run(file: str, command: tuple[str, ...], pid: int | None, interval: float, a
                " to every process (any process calling these functions traps; --pid N or -- CMD limits it)")
             + "; Ctrl-C to stop"
         )
+        for pname, what in session.waiting().items():
+            printer.waiting(pname, what)
         if gate_w is not None:
             os.write(gate_w, b"g")
             os.close(gate_w)
             gate_w = None
         next_print = time.monotonic() + interval if interval > 0 else None
         while not stop.signum:
-            printer.rows(session.wait(100))
+            if watcher is not None:
+                _bind_loads(watcher, session, printer)
+            printer.rows(session.wait(20 if watcher is not None else 100))
             session.enforce_budgets()
             for pname, why in list(session.ended.items()):
                 printer.ended(pname, why)
@@ -183,6 +197,8 @@ def run(file: str, command: tuple[str, ...], pid: int | None, interval: float, a
         if gate_w is not None:
             os.close(gate_w)
         try:
+            if watcher is not None:
+                watcher.close()
             if session._bpf is not None:
                 session.detach_all("run ended")
                 deadline = time.monotonic() + DRAIN_SECONDS
@@ -245,6 +261,28 @@ class _Stop:
         self._old = {}
 
 
+def _bind_loads(watcher, session, printer) -> None:
+    """Attach the waiting probes to the libraries the command has just opened, then let it go on."""
+    from dataclasses import replace
+
+    from ingero.errors import IngeroError
+    from ingero.runtime.libwatch import load_path
+    from ingero.symbols import resolve_library
+
+    for load in watcher.poll(0):
+        try:
+            here = load_path(load)
+            if here is None:
+                continue
+            lib = replace(resolve_library(here), path=os.path.normpath(load.path), pid=load.pid)
+            for b in session.offer(lib):
+                printer.bound(b)
+        except IngeroError as e:
+            printer.status(f"cannot probe {load.path} opened by pid {load.pid}: {e.message}")
+        finally:
+            watcher.release(load.pid)
+
+
 def _spawn_gated(cmd: list[str]):
     """Fork ``cmd`` held before exec until the gate pipe is written, so the probes attach (by pid) before
     it runs. The pid survives exec. (``subprocess.Popen`` waits for the exec itself, so it cannot hold.)"""
@@ -305,6 +343,22 @@ class _Printer:
     def status(self, msg: str) -> None:
         if not self.as_json:
             click.echo(msg, err=True)
+
+    def waiting(self, name: str, what: str) -> None:
+        if self.as_json:
+            click.echo(json.dumps({"waiting": name, "reason": what}))
+        else:
+            click.echo(f"probe {name}: {what}", err=True)
+
+    def bound(self, b) -> None:
+        if self.as_json:
+            click.echo(json.dumps({"attached": b.probe, "path": b.path, "pid": b.pid, "symbols": b.symbols,
+                                   "missing": list(b.missing)}))
+        elif b.symbols:
+            click.echo(f"probe {b.probe}: attached to {b.path} (mapped by pid {b.pid})"
+                       + (f"; that copy lacks {', '.join(b.missing)}" if b.missing else ""), err=True)
+        else:
+            click.echo(f"probe {b.probe}: {b.path} (pid {b.pid}) has none of its functions", err=True)
 
     def ended(self, name: str, why: str) -> None:
         if name in self.reported or why == "run ended":
@@ -378,9 +432,12 @@ class _Printer:
                 continue
             click.echo("")
             extra = [f"{k.replace('_', ' ')} {v}" for k, v in st.__dict__.items() if v and k not in ("hits", "matched")]
+            why = session.ended.get(rp.name, "")
+            never = why.split(" (")[0] if "never appeared" in why else ""
             click.echo(
                 f"probe {rp.name}: {st.matched} matched of {st.hits} calls"
                 + (f" ({', '.join(extra)})" if extra else "")
+                + (f": not attached, {never}" if never else "")
             )
             for r in rows:
                 key = ", ".join(f"{k}={value_text(rp, k, v, r.names, session.enum_name)}" for k, v in r.key.items())

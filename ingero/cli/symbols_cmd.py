@@ -38,7 +38,16 @@ def _lib_dict(lib) -> dict:
         "chosen": lib.chosen,
         "deleted": lib.deleted,
         "pid": lib.pid,
+        "links": list(lib.links),
+        "typed_by_catalogue": _typed(lib),
     }
+
+
+def _typed(lib) -> str | None:
+    """The catalogue family that types this library's functions, or None (declare them in the spec)."""
+    from ingero.catalogue import family_of
+
+    return family_of(lib.stem)
 
 
 @click.command()
@@ -49,7 +58,9 @@ def libs(pid: int | None, as_json: bool) -> None:
 
     Without --pid: every copy found on this machine, deduplicated by GNU build-id, in search order
     (pip nvidia-* wheels, LD_LIBRARY_PATH, CUDA_HOME, conda, the ldconfig cache). '*' marks the copy a
-    bare name such as 'libcudart' picks.
+    bare name such as 'libcudart' picks. With --pid: every CUDA library the process mapped, and every
+    mapped library that links one (libtorch_cuda.so, libc10_cuda.so: LINKS names what it links).
+    TYPED names the catalogue family that types a library's functions ('-': declare them in a spec).
 
     \b
     Example:
@@ -71,6 +82,8 @@ def libs(pid: int | None, as_json: bool) -> None:
     for lib in found:
         mark = "*" if lib.chosen else " "
         flags = " (deleted)" if lib.deleted else ""
+        links = "-" if lib.is_cuda or not lib.links else lib.links[0] + (
+            f" +{len(lib.links) - 1}" if len(lib.links) > 1 else "")
         rows.append(
             (
                 f"{mark} {lib.soname or '-'}",
@@ -78,10 +91,13 @@ def libs(pid: int | None, as_json: bool) -> None:
                 str(symbol_count(lib)),
                 (lib.build_id or "-")[:12],
                 lib.source,
+                _typed(lib) or "-",
+                *((links,) if pid else ()),
                 f"{lib.path}{flags}",
             )
         )
-    click.echo(_columns(rows, ("  SONAME", "VERSION", "SYMBOLS", "BUILD-ID", "SOURCE", "PATH")))
+    header = ("  SONAME", "VERSION", "SYMBOLS", "BUILD-ID", "SOURCE", "TYPED", *(("LINKS",) if pid else ()), "PATH")
+    click.echo(_columns(rows, header))
 
 
 @click.command()

@@ -242,6 +242,10 @@ def describe(p: ResolvedProbe, full: bool = True) -> str:
     lib = p.library
     where = lib.path if lib.installed else "not installed here: checked against the signature catalogue"
     cat = f", CUDA {lib.cuda_major} signatures" if lib.cuda_major else ""
+    if lib.installed and "/" not in lib.name and p.pid is None:
+        # checked against this copy; `probe run -- CMD`, `trace` and `mcp --live` bind the copies the
+        # traced processes map (docs/dsl.md)
+        where = f"first on the search path: {where}"
     lines = [f"probe {p.name}: {lib.soname or lib.name} ({where}{cat})"]
     n = len(p.symbols)
     names = ", ".join(s.name for s in p.symbols[:6]) + (f", ... ({n - 6} more)" if n > 6 else "")

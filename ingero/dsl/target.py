@@ -12,26 +12,14 @@ from dataclasses import replace
 from ingero.catalogue import Catalogue
 from ingero.dsl import ast
 from ingero.dsl.budgets import MAX_SYMBOLS
+from ingero.catalogue import family_of
 from ingero.dsl.context import ProbeContext, Report
 from ingero.dsl.resolved import LibraryRef
 from ingero.errors import IngeroError, suggestion
 from ingero.symbols import Library, SymbolTable
 from ingero.symbols.discovery import stem_of
 
-#: Library stems whose signatures the catalogue holds, and the family name the catalogue uses.
-FAMILIES = {
-    "libcudart": "cudart",
-    "libcuda": "cuda",
-    "libcublas": "cublas",
-    "libcublasLt": "cublasLt",
-    "libnccl": "nccl",
-    "libcudnn": "cudnn",
-}
 _GLOB = re.compile(r"[*?\[]")
-
-
-def family_of(stem: str) -> str | None:
-    return FAMILIES.get(stem) or ("cudnn" if stem.startswith("libcudnn") else None)
 
 
 def target(ctx: ProbeContext, report: Report) -> ProbeContext:

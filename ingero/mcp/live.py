@@ -175,16 +175,22 @@ class ProbeTools:
         if not libs:
             extra = " (it may not have loaded one yet: call again after it starts)" if target else ""
             return f"0 CUDA libraries {where}{extra}."
+        from ingero.catalogue import family_of
+
         shown = libs[off: off + lim]
         rows = []
         for lib in shown:
             rows.append((lib_label(lib), lib.version or "", symbol_count(lib), (lib.build_id or "")[:16],
                          "yes" if self.allowed(lib.stem, lib.soname, lib.path) else "no",
-                         "*" if lib.chosen else "", lib.path))
-        head = (f"{len(libs)} CUDA libraries {where}; rows {off + 1}-{off + len(shown)}. "
+                         "*" if lib.chosen else "", family_of(lib.stem) or "",
+                         "" if lib.is_cuda else " ".join(lib.links), lib.path))
+        what = "CUDA libraries and libraries linking one" if target else "CUDA libraries"
+        head = (f"{len(libs)} {what} {where}; rows {off + 1}-{off + len(shown)}. "
                 f"'*' = the copy a bare name (libcudart) picks; allowed = on the probe allow-list "
-                f"({self.allow_list_text()}).")
-        body = _csv(("soname", "version", "symbols", "build_id", "allowed", "chosen", "path"), rows)
+                f"({self.allow_list_text()}); typed = the catalogue family that types its functions (else "
+                f"declare them in the spec); links = the CUDA libraries a non-CUDA library links.")
+        body = _csv(("soname", "version", "symbols", "build_id", "allowed", "chosen", "typed", "links", "path"),
+                    rows)
         more = f"\nnext page: offset={off + lim}" if off + lim < len(libs) else ""
         return cap(head + "\n" + _wrap(body) + more)
 

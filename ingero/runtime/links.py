@@ -211,6 +211,19 @@ class ProcessLinks:
             self._by_pid[pid] = links
             return True
 
+    def extend(self, spec: LinkSpec) -> None:
+        """Attach one more spec (another file) to every process that has the others."""
+        with self._lock:
+            if self._closed:
+                return
+            self.specs += (spec,)
+            for pid, links in list(self._by_pid.items()):
+                try:
+                    links.append(attach_uprobe_multi(spec.prog_fd, spec.path, spec.offsets, spec.cookies,
+                                                     retprobe=spec.retprobe, session=spec.session, pid=pid))
+                except NoSuchProcess:
+                    continue  # exited meanwhile: its links go when it is dropped
+
     def drop(self, pid: int) -> None:
         """Detach process ``pid``'s links (it exited, or stops being traced)."""
         with self._lock:

@@ -69,6 +69,25 @@ class AggregateRow:
 
 
 @dataclass(frozen=True)
+class Binding:
+    """A probe attached to one more file a traced process maps (``pid``: the one seen mapping it).
+    ``symbols``: how many of the probe's functions that copy has; ``missing``: the ones it lacks."""
+
+    probe: str
+    path: str
+    pid: int | None
+    symbols: int
+    missing: tuple[str, ...]
+
+
+def _file_key(path: str) -> tuple[int, int]:
+    import os
+
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+@dataclass(frozen=True)
 class ProbeStats:
     hits: int
     filtered: int
@@ -138,6 +157,10 @@ class _Probe:
         self.per_process: ProcessLinks | None = None
         self.attached = False
         self.deadline: float | None = None
+        #: the files this probe is on, by (st_dev, st_ino) -> the path as the process names it
+        self.bound: dict[tuple[int, int], str] = {}
+        #: bound when the traced processes map its library (named by a stem, soname or glob), not yet
+        self.waiting = False
         self.ring: RingReader | None = None
         self.record = struct.Struct(_HEADER_FORMAT + (cp.event.struct_format() if cp.event else ""))
         #: the spec's name of each recorded value -> its column in a record tuple (and its status column)
@@ -167,15 +190,21 @@ class ProbeSession:
     unless ``tree`` is given: a process tree that a live trace follows (its ``on_process(added, dropped)``
     returns the processes now and reports those that join and leave; ``off_process(added)`` ends that),
     each of which gets its own links, so no process outside it ever traps.
-    ``on_event``: called with each :class:`ProbeEvent` as it is decoded (else they queue for ``poll``)."""
+    ``on_event``: called with each :class:`ProbeEvent` as it is decoded (else they queue for ``poll``).
+    ``bind_mapped``: a probe whose library is named by a stem, soname or glob attaches to nothing at
+    :meth:`attach`; it waits until :meth:`offer` gives it a file a traced process maps (see
+    :mod:`ingero.runtime.libwatch`), and attaches to every such file. A library named by its path is
+    attached at once in any case."""
 
     def __init__(
         self, compiled: CompiledSpec, *, pid: int | None = None, on_event: Callable[[ProbeEvent], None] | None = None,
-        tree=None,
+        tree=None, bind_mapped: bool = False,
     ) -> None:
         self.compiled = compiled
         self.pid = pid
         self.tree = tree
+        self.bind_mapped = bind_mapped
+        self._tree_pids: set[int] = set()
         self.on_event = on_event
         self.probes = [_Probe(cp) for cp in compiled.probes]
         self.ended: dict[str, str] = {}
@@ -234,6 +263,11 @@ class ProbeSession:
             for p in self.probes:
                 rp = p.cp.probe
                 lib = rp.library
+                if self.bind_mapped and "/" not in lib.name:
+                    p.waiting = True
+                    if rp.budgets.ttl_s is not None:
+                        p.deadline = time.monotonic() + rp.budgets.ttl_s
+                    continue
                 if not lib.installed or not lib.attach_path:
                     raise IngeroError(
                         f"probe {rp.name}: {lib.name} is not installed on this machine",
@@ -245,6 +279,7 @@ class ProbeSession:
                 p.per_process = ProcessLinks([LinkSpec(fd, str(lib.attach_path), offsets, cookies,
                                                        session=p.cp.session)])
                 p.attached = True
+                p.bound[_file_key(str(lib.attach_path))] = lib.path or str(lib.attach_path)
                 if rp.pid is not None or self.tree is None:
                     pid = rp.pid if rp.pid is not None else (self.pid or 0)
                     if not p.per_process.add(pid):
@@ -270,8 +305,60 @@ class ProbeSession:
     def start(self) -> ProbeSession:
         return self.load().attach()
 
+    def offer(self, lib) -> list[Binding]:
+        """A traced process maps ``lib`` (a :class:`~ingero.symbols.Library`): attach every probe that
+        waits for a library of that name and is not on that file yet. Returns what was attached (a
+        probe whose functions that copy lacks says so in ``Binding.missing``)."""
+        from ingero.symbols import read_symbols
+        from ingero.symbols.discovery import names_library
+
+        if self._bpf is None or not self.bind_mapped:
+            return []
+        try:
+            key = _file_key(str(lib.attach_path))
+        except OSError:
+            return []
+        out = []
+        for p in self.probes:
+            rp = p.cp.probe
+            if p.name in self.ended or key in p.bound or "/" in rp.library.name:
+                continue
+            if not names_library(rp.library.name, lib.path, lib.soname):
+                continue
+            table = read_symbols(lib)
+            offsets, cookies, missing = [], [], []
+            for i, sym in enumerate(rp.symbols):
+                if sym.name in table:
+                    offsets.append(table.get(sym.name).file_offset)
+                    cookies.append(i)
+                else:
+                    missing.append(sym.name)
+            p.bound[key] = lib.path
+            if offsets:
+                spec = LinkSpec(self._fns[p.cp.program].fd, str(lib.attach_path), tuple(offsets), tuple(cookies),
+                                session=p.cp.session)
+                if p.per_process is None:
+                    p.per_process = ProcessLinks([spec])
+                    if rp.pid is not None or self.tree is None:
+                        p.per_process.add(rp.pid if rp.pid is not None else (self.pid or 0))
+                    else:
+                        for pid in sorted(self._tree_pids):
+                            p.per_process.add(pid)
+                else:
+                    p.per_process.extend(spec)
+                p.attached = True
+                p.waiting = False
+            out.append(Binding(p.name, lib.path, lib.pid, len(offsets), tuple(missing)))
+        return out
+
+    def waiting(self) -> dict[str, str]:
+        """The probes still waiting for their library, each with what it waits for."""
+        return {p.name: f"waiting for {p.cp.probe.library.name} in the traced tree"
+                for p in self.probes if p.waiting and p.name not in self.ended}
+
     def _process_added(self, pid: int) -> None:
         """A process joined the followed tree: attach its links (probes that name their own pid excepted)."""
+        self._tree_pids.add(pid)
         for p in self.probes:
             if p.attached and p.cp.probe.pid is None and p.per_process is not None:
                 p.per_process.add(pid)
@@ -293,6 +380,7 @@ class ProbeSession:
                 self.python.configure(int(name))
 
     def _process_dropped(self, pid: int) -> None:
+        self._tree_pids.discard(pid)
         for p in self.probes:
             if p.per_process is not None:
                 p.per_process.drop(pid)
@@ -306,9 +394,12 @@ class ProbeSession:
                     self.ended[name] = reason
 
     def detach_all(self, reason: str = "detached") -> float:
-        """Close every link; returns the seconds it took."""
+        """Close every link; returns the seconds it took. A probe that never found its library ends
+        with that reason instead."""
         t0 = time.perf_counter()
         for p in self.probes:
+            if p.waiting and p.name not in self.ended:
+                self.ended[p.name] = f"{p.cp.probe.library.name} never appeared in the traced tree ({reason})"
             self.detach(p.name, reason)
         return time.perf_counter() - t0
 
@@ -332,7 +423,7 @@ class ProbeSession:
 
     @property
     def active(self) -> list[str]:
-        return [p.name for p in self.probes if p.name not in self.ended and p.attached]
+        return [p.name for p in self.probes if p.name not in self.ended and (p.attached or p.waiting)]
 
     # -- reading ---------------------------------------------------------------------------------
     def read(self, max_events: int = 4096) -> list[tuple[_Probe, list[tuple]]]:
@@ -383,13 +474,14 @@ class ProbeSession:
         done = []
         now = time.monotonic()
         for p in self.probes:
-            if p.name in self.ended or not p.attached:
+            if p.name in self.ended or not (p.attached or p.waiting):
                 continue
             b = p.cp.probe.budgets
             if b.events is not None and self.stats(p.name).matched >= b.events:
                 why = f"events budget reached ({b.events} events)"
             elif p.deadline is not None and now >= p.deadline:
-                why = f"ttl {b.ttl_s:g}s elapsed"
+                why = f"ttl {b.ttl_s:g}s elapsed" + (
+                    f" while waiting for {p.cp.probe.library.name} in the traced tree" if p.waiting else "")
             else:
                 continue
             self.detach(p.name, why)

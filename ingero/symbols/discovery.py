@@ -118,6 +118,14 @@ class Library:
     mapped_path: str | None = None
     duplicates: tuple[str, ...] = ()
     alternatives: tuple[Library, ...] = ()
+    #: the CUDA libraries this file links (its DT_NEEDED entries with a CUDA stem): with a pid, a mapped
+    #: library that is not CUDA itself is listed when it links one (libtorch_cuda.so, libc10_cuda.so)
+    links: tuple[str, ...] = ()
+
+    @property
+    def is_cuda(self) -> bool:
+        """A CUDA library itself (by its stem), not only linking one."""
+        return is_cuda_stem(self.stem)
 
     @property
     def read_path(self) -> str:
@@ -176,6 +184,21 @@ class _Spec:
             names = (stem_of(basename), basename) + ((stem_of(soname), soname) if soname else ())
             return any(fnmatch.fnmatchcase(n, self.raw) for n in names)
         return self.prefilter(basename)
+
+
+def names_library(name: str, path: str, soname: str | None) -> bool:
+    """Does a probe's library ``name`` (a stem, soname, glob or path) mean this file (``path``, its
+    ``soname``)? A path means only the file it names."""
+    spec = _Spec(name)
+    if spec.kind == "path":
+        try:
+            return os.path.samefile(name, path)
+        except OSError:
+            return False
+    base = os.path.basename(path)
+    return spec.prefilter(base) and spec.accepts(base, soname) or (
+        soname is not None and spec.prefilter(soname) and spec.accepts(soname, soname)
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -593,6 +616,7 @@ def _mapped_library(pid: int, m: _Mapping) -> Library | None:
         replaced=replaced,
         pid=pid,
         mapped_path=read,
+        links=tuple(n for n in (info.needed if info else ()) if is_cuda_stem(stem_of(n))),
     )
 
 
@@ -614,13 +638,19 @@ def _mapped(pid: int, spec: _Spec) -> list[Library]:
         if spec.kind == "path":
             if not (m.path == spec.raw or (m.dev, m.inode) == target or os.path.realpath(spec.raw) == m.path):
                 continue
+        elif spec.kind == "cuda":
+            if not _is_shared_name(base):
+                continue
         elif not spec.prefilter(base):
             continue
         seen.add((m.dev, m.inode, m.path))
         lib = _mapped_library(pid, m)
         if lib is None:
             continue
-        if spec.kind != "path" and not spec.accepts(base, lib.soname):
+        if spec.kind == "cuda":
+            if not (spec.accepts(base, lib.soname) or lib.links):  # CUDA, or links a CUDA library
+                continue
+        elif spec.kind != "path" and not spec.accepts(base, lib.soname):
             continue
         cands.append((lib, lib.build_id or f"pid-{m.dev}-{m.inode}"))
     out: list[Library] = []
@@ -651,9 +681,10 @@ def find_libraries(
     Without ``pid``: every copy on the search path (see :mod:`ingero.symbols`); with ``pid``: the files
     the process has mapped. ``name`` filters: a stem (``libcudart``/``cudart``), a soname or file name
     (``libcudart.so.12``), a glob (``libcu*``) or a path; without it, only CUDA libraries
-    (:data:`CUDA_LIBRARY_STEMS`) are listed. The first copy of each stem has ``chosen=True`` and lists
-    the other copies in ``alternatives``. ``env``/``sys_path`` replace ``os.environ``/``sys.path`` for
-    the search (tests, or inspecting another environment).
+    (:data:`CUDA_LIBRARY_STEMS`) are listed, and with a pid also every mapped library that links one
+    (``Library.links``: libtorch_cuda.so, libc10_cuda.so, libnvshmem_host.so, ...). The first copy of
+    each stem has ``chosen=True`` and lists the other copies in ``alternatives``. ``env``/``sys_path``
+    replace ``os.environ``/``sys.path`` for the search (tests, or inspecting another environment).
     """
     spec = _Spec(name)
     if pid is not None:

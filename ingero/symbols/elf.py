@@ -32,7 +32,7 @@ PT_LOAD, PT_DYNAMIC, PT_NOTE = 1, 2, 4
 SHT_SYMTAB, SHT_NOTE, SHT_DYNSYM = 2, 7, 11
 SHT_GNU_VERDEF, SHT_GNU_VERSYM = 0x6FFFFFFD, 0x6FFFFFFF
 STT_FUNC, STT_GNU_IFUNC = 2, 10
-DT_NULL, DT_STRTAB, DT_SONAME = 0, 5, 14
+DT_NULL, DT_NEEDED, DT_STRTAB, DT_SONAME = 0, 1, 5, 14
 NT_GNU_BUILD_ID = 3
 SHN_UNDEF, SHN_LORESERVE, SHN_XINDEX = 0, 0xFF00, 0xFFFF
 VERSYM_HIDDEN = 0x8000
@@ -67,6 +67,8 @@ class ElfInfo:
     #: sizes of .dynsym and .symtab: a stripped copy keeps the build-id but not the .symtab, so the
     #: symbol cache keys on both
     table_sizes: tuple[int, int] = (0, 0)
+    #: the DT_NEEDED entries: the libraries it links (``libcudart.so.13``, ...)
+    needed: tuple[str, ...] = ()
 
 
 class _Layout:
@@ -210,12 +212,14 @@ class _Elf:
                 return desc.hex()
         return None
 
-    def soname(self) -> str | None:
+    def dynamic_names(self) -> tuple[str | None, tuple[str, ...]]:
+        """(DT_SONAME, the DT_NEEDED names) from the dynamic segment."""
         dyn = [(off, filesz) for (t, off, _v, filesz, _m, _a) in self.phdrs if t == PT_DYNAMIC]
         if not dyn:
-            return None
+            return None, ()
         off, size = dyn[0]
         strtab = soname = None
+        needed: list[int] = []
         for tag, val in self.lay.dyn.iter_unpack(self.read(off, size - size % self.lay.dyn.size)):
             if tag == DT_NULL:
                 break
@@ -223,24 +227,31 @@ class _Elf:
                 strtab = val
             elif tag == DT_SONAME:
                 soname = val
-        if strtab is None or soname is None:
-            return None
-        base = self.vaddr_to_offset(strtab)
-        return None if base is None else self.cstr(base + soname)
+            elif tag == DT_NEEDED:
+                needed.append(val)
+        base = None if strtab is None else self.vaddr_to_offset(strtab)
+        if base is None:
+            return None, ()
+        return (None if soname is None else self.cstr(base + soname)), tuple(self.cstr(base + n) for n in needed)
+
+    def soname(self) -> str | None:
+        return self.dynamic_names()[0]
 
     def table_sizes(self) -> tuple[int, int]:
         dyn = sum(s.size for s in self.sections if s.type == SHT_DYNSYM)
         return dyn, sum(s.size for s in self.sections if s.type == SHT_SYMTAB)
 
     def info(self) -> ElfInfo:
+        soname, needed = self.dynamic_names()
         return ElfInfo(
             self.path,
-            self.soname(),
+            soname,
             self.build_id(),
             self.machine,
             self.elf_class,
             self.type,
             self.table_sizes(),
+            needed,
         )
 
     # -- symbols ---------------------------------------------------------------------------------
@@ -404,14 +415,17 @@ def _pyelftools_symbols(path: str) -> tuple[ElfInfo, list[RawSymbol]]:
             if seg["p_type"] == "PT_LOAD"
         ]
         soname = build_id = None
+        needed: list[str] = []
         verdef_names: dict[int, str] = {}
         versym = None
         sections = list(elf.iter_sections())
         for sec in sections:
-            if isinstance(sec, DynamicSection) and soname is None:
+            if isinstance(sec, DynamicSection) and soname is None and not needed:
                 for tag in sec.iter_tags():
                     if tag.entry.d_tag == "DT_SONAME":
                         soname = tag.soname
+                    elif tag.entry.d_tag == "DT_NEEDED":
+                        needed.append(tag.needed)
             elif isinstance(sec, NoteSection) and build_id is None:
                 for note in sec.iter_notes():
                     if note["n_type"] == "NT_GNU_BUILD_ID":
@@ -495,6 +509,7 @@ def _pyelftools_symbols(path: str) -> tuple[ElfInfo, list[RawSymbol]]:
             elf.elfclass,
             {"ET_REL": 1, "ET_EXEC": 2, "ET_DYN": 3}.get(elf["e_type"], 0),
             sizes,
+            tuple(needed),
         )
         return info, out
 

@@ -59,13 +59,17 @@ class LiveProbe:
 
 class DynamicProbes:
     def __init__(self, writer, *, pid: int | None, limits: ProbeLimits | None = None,
-                 tree_filter: bool = False, tree=None, metrics=None) -> None:
+                 tree_filter: bool = False, tree=None, metrics=None, watcher=None) -> None:
         """``pid``: the traced process (resolving libraries, and the attach filter without a tree);
         ``tree_filter``: follow the live trace's process tree instead (the standard probe set must be loaded
         in this process, and be ``tree``): each process of the tree gets its own links, forked workers
         included, and the programs also check the tree in the kernel; ``metrics``: an
-        :class:`ingero.fleet.metrics.FleetMetrics` counting each probe's events (once per tick)."""
+        :class:`ingero.fleet.metrics.FleetMetrics` counting each probe's events (once per tick).
+        ``watcher``: a :class:`~ingero.runtime.libwatch.LibraryWatcher` on the tree: a probe naming its
+        library by a stem, soname or glob then binds to the copies the tree maps, as it maps them
+        (:meth:`offer`)."""
         self.writer = writer
+        self.watcher = watcher
         self.metrics = metrics
         self.pid = pid
         self.tree_filter = tree_filter
@@ -105,25 +109,71 @@ class DynamicProbes:
                 )
             compiled = compile_spec(spec, tree_filter=self.tree_filter,
                                     python_extern=self.tree_filter and getattr(self.tree, "python", None) is not None)
+            bind = self.watcher is not None
+            if bind:
+                from ingero.runtime.libwatch import watch_names
+
+                self.watcher.watch(watch_names(rp.library.name for rp in spec.probes))
             session = ProbeSession(compiled, pid=None if self.tree_filter else self.pid,
-                                   tree=self.tree if self.tree_filter else None).start()
+                                   tree=self.tree if self.tree_filter else None, bind_mapped=bind).start()
             self._sessions.append(session)
+            if bind:
+                for lib in self._mapped_now(spec):
+                    session.offer(lib)
             out = []
             for rp in spec.probes:
                 kinds = {v.key: v for v in rp.values}
                 fields = tuple(ProbeField(k, _field_type(kinds.get(k))) for k in rp.record)
+                # bound later to the copies the tree maps: the name, until then (see :meth:`offer`)
+                library = rp.library.name if bind and "/" not in rp.library.name else rp.library.path or ""
                 handle = self.writer.register_probe(ProbeInfo(
                     name=rp.name, spec=rp.text or text, fields=fields,
-                    library=rp.library.path or rp.library.name, symbols=tuple(s.name for s in rp.symbols),
+                    library=library or rp.library.name, symbols=tuple(s.name for s in rp.symbols),
                 ))
                 lp = LiveProbe(
-                    id=handle.probe_id, name=rp.name, spec=rp.text or text, library=rp.library.path or "",
+                    id=handle.probe_id, name=rp.name, spec=rp.text or text, library=library,
                     symbols=tuple(s.name for s in rp.symbols), fields=tuple(rp.record), direction=rp.direction,
                     budgets={"ttl_s": rp.budgets.ttl_s, "events": rp.budgets.events, "rate": rp.budgets.rate},
                     owner=owner, attached_at=time.time(), _session=session, _handle=handle,
                 )
                 self.probes[lp.id] = lp
                 out.append(lp)
+            return out
+
+    def _mapped_now(self, spec) -> list:
+        """The files the traced processes map already that the probes of ``spec`` name."""
+        from ingero.symbols import find_libraries
+
+        pids = self.tree.followed() if self.tree is not None else ({self.pid} if self.pid else set())
+        out = []
+        for pid in sorted(pids):
+            for rp in spec.probes:
+                if "/" in rp.library.name:
+                    continue
+                try:
+                    out += find_libraries(pid=pid, name=rp.library.name)
+                except IngeroError:
+                    continue  # exited meanwhile
+        return out
+
+    def offer(self, lib) -> list:
+        """A traced process maps ``lib``: attach the probes waiting for it (see ProbeSession.offer)."""
+        with self._lock:
+            out = []
+            for session in self._sessions:
+                for b in session.offer(lib):
+                    out.append(b)
+                    for lp in self.probes.values():
+                        if lp._session is session and lp.name == b.probe and b.symbols:
+                            lp.library = ", ".join(dict.fromkeys([*filter(None, lp.library.split(", ")), b.path])
+                                                   ) if "/" in lp.library else b.path
+            return out
+
+    def waiting(self) -> dict[str, str]:
+        with self._lock:
+            out = {}
+            for session in self._sessions:
+                out.update(session.waiting())
             return out
 
     def within_limits(self, spec):

@@ -145,6 +145,7 @@ class TraceSession:
         self._chains_cost_s = 1e-6  # seconds per stored event of one chain analysis (measured as it runs)
         self._selective = None
         self.dynamic = None
+        self._watcher = None
         self._stop = threading.Event()
         self.stopped_because = ""
         self._t0 = 0.0
@@ -186,15 +187,21 @@ class TraceSession:
                                          python_frames=self.options.python_frames,
                                          ringbuf_pages=self.options.ringbuf_pages,
                                          cuda_ringbuf_pages=self.options.cuda_ringbuf_pages).start()
-            if self.options.preattach:
-                self.tracer.attach_known()
+            from ingero.runtime.libwatch import LibraryWatcher, WatchName
             from ingero.tracer.dynamic import DynamicProbes
 
+            if self.command:
+                # the command is held at each open of a watched library until the probes are on that file:
+                # the standard set and the DSL probes bind to the copies it really loads, from its first call
+                self._watcher = LibraryWatcher(hold=True, share_targets=False).start(self.pids)
+                self._watcher.watch([WatchName("libcudart", True), WatchName("libcuda", True)])
+            elif self.options.preattach:
+                self.tracer.attach_known()
             self.dynamic = DynamicProbes(self.writer, pid=self.pids[0] if len(self.pids) == 1 else None,
                                          limits=self.options.probe_limits, tree_filter=True,
-                                         tree=self.tracer, metrics=self.metrics)
+                                         tree=self.tracer, metrics=self.metrics, watcher=self._watcher)
             for name, text in self.options.probe_specs:
-                # a command has not loaded anything yet: resolve on the search paths, filter by its pid
+                # a command has not loaded anything yet: checked on the search paths, bound when it maps it
                 self.dynamic.attach(text, name=name, owner="command line", in_process=not self.command)
         except BaseException:
             if self.child is not None:
@@ -276,8 +283,31 @@ class TraceSession:
             raise IngeroError("the trace is not running")
         return self.dynamic.attach(text, name=name, owner=owner)
 
+    def _bind_loads(self) -> None:
+        """The traced tree opened watched libraries: put the standard set and the waiting DSL probes on
+        those files, then let the processes the kernel held at the open go on."""
+        from dataclasses import replace
+
+        from ingero.runtime.libwatch import load_path
+        from ingero.symbols import resolve_library
+
+        for load in self._watcher.poll(0):
+            try:
+                here = load_path(load)
+                if here is None:
+                    continue
+                lib = replace(resolve_library(here), path=os.path.normpath(load.path), pid=load.pid)
+                self.tracer.consider(lib)
+                self.dynamic.offer(lib)
+            except IngeroError as e:
+                log.info("cannot probe %s opened by %d: %s", load.path, load.pid, e)
+            finally:
+                self._watcher.release(load.pid)
+
     def _tick(self, timeout_ms: int) -> int:
         """Move one batch from the kernel to the database; returns how many events it held."""
+        if self._watcher is not None:
+            self._bind_loads()
         cuda, host = self.tracer.poll(timeout_ms)
         if self.dynamic is not None:
             probed = self.dynamic.tick()
@@ -426,6 +456,8 @@ class TraceSession:
         self._closed = True
         t_close = time.monotonic()
         try:
+            if self._watcher is not None:
+                self._watcher.close()  # continues any process still held at an open
             if self.tracer is not None and self.tracer._bpf is not None and self.writer is not None:
                 try:
                     # detach first, so the rest is bounded by what the ring buffers hold, then drain them

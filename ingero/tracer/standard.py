@@ -405,6 +405,11 @@ class StandardTracer:
         self.libraries[key] = attached
         return attached
 
+    def consider(self, lib) -> AttachedLibrary | None:
+        """Attach to ``lib`` (a :class:`~ingero.symbols.Library`) if it is a CUDA runtime/driver library not
+        attached yet."""
+        return self._consider(lib)
+
     def _consider(self, lib) -> AttachedLibrary | None:
         """Attach to ``lib`` if it is a CUDA runtime/driver library not attached yet."""
         which = _symbols_for(lib.soname or str(lib.path))

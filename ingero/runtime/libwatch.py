@@ -1,0 +1,192 @@
+"""Binding probes to the library files a traced process tree really maps, when it maps them.
+
+A probe names its library by a stem (``libcudart``), a soname (``libcudart.so.13``), a glob or a path.
+Only a path names one file; any other name means "the copy the traced processes load", which may be
+none of the copies on ingero's own search path (PyTorch's wheels bring theirs). :class:`LibraryWatcher`
+tells which files those are, as they appear:
+
+* at start, the files already mapped by the traced processes (``/proc/PID/maps``);
+* afterwards, every successful ``openat`` by a process of the tree of a file whose name starts with a
+  watched stem (``bpf/libwatch.bpf.c``). With ``hold`` (a command ingero started itself), the process is
+  stopped by the kernel before it returns from ``openat`` and continued once the probes are attached to
+  that file, so no call into the library runs unprobed. Without ``hold`` (``--pid``: stopping a process
+  another program waits for would confuse it, e.g. a shell's job control), the probes attach as soon as
+  the open is seen: calls made in the first milliseconds after a late load may be missed.
+
+Each load comes out of :meth:`LibraryWatcher.poll` as a :class:`LibraryLoad`; the caller resolves it
+(:func:`mapped_library`), attaches, then :meth:`LibraryWatcher.release` continues the process.
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import logging
+import os
+import signal
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from ingero.errors import BpfUnavailable, IngeroError
+
+log = logging.getLogger(__name__)
+
+#: the kernel program matches at most this many names, each shorter than NAME_LEN (bpf/libwatch.bpf.c)
+MAX_NAMES = 8
+NAME_LEN = 64
+
+
+@dataclass(frozen=True)
+class LibraryLoad:
+    """A traced process opened a watched library. ``held``: it is stopped until :meth:`release`."""
+
+    pid: int
+    path: str
+    held: bool
+
+
+@dataclass(frozen=True)
+class WatchName:
+    """What the kernel compares a file name with: ``text`` followed by ``.`` (a stem), or a prefix."""
+
+    text: str
+    exact: bool
+
+
+def watch_names(library_names: Iterable[str]) -> list[WatchName]:
+    """The kernel-side names for the library names of probe specs (path names need no watching).
+
+    ``cudart`` and ``libcudart`` and ``libcudart.so.13`` -> the stem ``libcudart``; a glob -> its literal
+    head as a prefix. User space checks the full name of every reported file again."""
+    from ingero.symbols.discovery import stem_of
+
+    out: list[WatchName] = []
+    for name in library_names:
+        if "/" in name:
+            continue
+        if any(c in name for c in "*?["):
+            head = min((name.split(c, 1)[0] for c in "*?["), key=len)
+            wanted = [WatchName(head or "lib", False)]
+        elif stem_of(name) != name:  # a soname or file name
+            wanted = [WatchName(stem_of(name), True)]
+        else:  # a bare stem: "cudart" means libcudart, and "python3.11" may still be an executable's name
+            wanted = [WatchName(name, True)] + ([] if name.startswith("lib") else [WatchName("lib" + name, True)])
+        out += [w for w in wanted if w not in out]
+    too_long = [w.text for w in out if len(w.text.encode()) + w.exact > NAME_LEN]
+    if too_long:
+        raise IngeroError(f"library name too long to watch for: {too_long[0]}",
+                          hint=f"a library name of at most {NAME_LEN - 1} bytes, or a path")
+    return out
+
+
+class LibraryWatcher:
+    """Reports the watched libraries the traced tree opens (see the module docstring).
+
+    It follows the tree from the pids given to :meth:`start` through forks and exits itself.
+    ``share_targets``: its map of the tree is the ``ingero_targets`` the DSL probes compiled with
+    ``tree_filter`` filter on (``ingero probe run``, where no standard set is loaded; start it before
+    them). A live trace's standard set shares its own map; the watcher's is private then."""
+
+    def __init__(self, *, hold: bool, share_targets: bool) -> None:
+        self.hold = hold
+        self.share_targets = share_targets
+        self.names: list[WatchName] = []
+        self._bpf = None
+        self._loads: list[LibraryLoad] = []
+        self._held: set[int] = set()
+
+    def start(self, pids: Iterable[int] = ()) -> LibraryWatcher:
+        from ingero.paths import data_dir
+
+        try:
+            from bcc import BPF
+        except ImportError as e:
+            raise BpfUnavailable("the bcc Python package is missing (Debian: python3-bpfcc)") from e
+        bpf_dir = data_dir("bpf")
+        text = (bpf_dir / "libwatch.bpf.c").read_text()
+        try:
+            self._bpf = BPF(text=text, cflags=[f"-DSHARE_TARGETS={int(self.share_targets)}"])
+        except Exception as e:
+            raise IngeroError(f"the kernel refused the library watcher: {e}",
+                              hint="this is a bug in ingero: report it") from e
+        cfg = self._bpf["watch_cfg"]
+        cfg[ct.c_int(1)] = ct.c_uint32(int(self.hold))
+        self._bpf["lib_loads"].open_ring_buffer(self._on_load)
+        for pid in pids:
+            self.follow(pid)
+        return self
+
+    def follow(self, pid: int) -> None:
+        t = self._bpf["ingero_targets"]
+        t[t.Key(int(pid))] = t.Leaf(1)
+
+    def watch(self, names: Iterable[WatchName]) -> None:
+        """Watch these names too (the names already watched stay)."""
+        new = [n for n in names if n not in self.names]
+        if not new:
+            return
+        if len(self.names) + len(new) > MAX_NAMES:
+            raise IngeroError(f"at most {MAX_NAMES} different library names can be waited for at once",
+                              hint="name the library by its path, or use fewer libraries")
+        table = self._bpf["watch_names"]
+        for n in new:
+            raw = (n.text + ("." if n.exact else "")).encode()
+            padded = raw.ljust(NAME_LEN, b"\0")
+            mask = (b"\xff" * len(raw)).ljust(NAME_LEN, b"\0")
+            leaf = table.Leaf()
+            for j in range(NAME_LEN // 8):
+                leaf.word[j] = int.from_bytes(padded[8 * j : 8 * j + 8], "little")
+                leaf.mask[j] = int.from_bytes(mask[8 * j : 8 * j + 8], "little")
+            table[ct.c_int(len(self.names))] = leaf
+            self.names.append(n)
+        self._bpf["watch_cfg"][ct.c_int(0)] = ct.c_uint32(len(self.names))
+
+    def poll(self, timeout_ms: int = 0) -> list[LibraryLoad]:
+        if self._bpf is None:
+            return []
+        self._bpf.ring_buffer_poll(timeout_ms)
+        out, self._loads = self._loads, []
+        return out
+
+    def _on_load(self, ctx, data, size) -> int:
+        class Rec(ct.Structure):
+            _fields_ = [("pid", ct.c_uint32), ("held", ct.c_uint32), ("path", ct.c_char * 256)]
+
+        rec = ct.cast(data, ct.POINTER(Rec)).contents
+        load = LibraryLoad(int(rec.pid), rec.path.decode("utf-8", "replace"), bool(rec.held))
+        if load.held:
+            self._held.add(load.pid)
+        self._loads.append(load)
+        return 0
+
+    def release(self, pid: int) -> None:
+        """Continue a process the kernel stopped at a watched open (a no-op for any other)."""
+        if pid in self._held:
+            self._held.discard(pid)
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+
+    def close(self) -> None:
+        if self._bpf is not None:
+            try:
+                self.poll(0)  # loads reported but not read yet may have stopped their process
+            finally:
+                for pid in list(self._held):
+                    self.release(pid)
+                self._bpf.cleanup()
+                self._bpf = None
+
+
+def load_path(load: LibraryLoad) -> str | None:
+    """The path this process can read the opened file at (the process's mount namespace first)."""
+    path = load.path
+    if not path.startswith("/"):
+        try:
+            path = os.path.join(os.readlink(f"/proc/{load.pid}/cwd"), path)
+        except OSError:
+            return None
+    for candidate in (f"/proc/{load.pid}/root{path}", path):
+        if os.path.exists(candidate):
+            return candidate
+    return None
