@@ -1,15 +1,14 @@
 /* Watching a traced process tree open the libraries probes wait for (ingero.runtime.libwatch).
  *
- * A traced process (tgid in ingero_targets) whose openat() of a file succeeds, the file's name starting
+ * A traced process (tgid in watch_targets) whose openat() of a file succeeds, the file's name starting
  * with one of the watched stems followed by '.' (libcudart -> libcudart.so.13), or with a watched prefix
  * (a glob's literal head), is reported with its pid and the path it opened. With HOLD set, the process is
  * also stopped (SIGSTOP, delivered as the syscall returns, so before the loader maps the file): user space
  * attaches the waiting probes to that very file, then continues it (SIGCONT). Nothing it calls in that
  * library can run unprobed.
  *
- * ingero_targets: the traced tree, seeded by user space, followed through forks and exits here. SHARE_TARGETS
- * (probe run): shared by name with the DSL probes loaded next, which filter on it; otherwise private (a
- * live trace's standard set has its own). */
+ * watch_targets: the traced tree, seeded by user space, followed through forks and exits here (a private map:
+ * a live trace's standard set keeps its own). */
 #include <uapi/linux/ptrace.h>
 
 #define SIGSTOP 19
@@ -31,11 +30,7 @@ struct lib_load {
     u32 off;                /* scratch: where the file name starts in path */
 };
 
-#if SHARE_TARGETS
-BPF_TABLE_SHARED("hash", u32, u8, ingero_targets, 4096);
-#else
-BPF_HASH(ingero_targets, u32, u8, 4096);
-#endif
+BPF_HASH(watch_targets, u32, u8, 4096);
 BPF_ARRAY(watch_names, struct watch_name, MAX_NAMES);
 BPF_ARRAY(watch_cfg, u32, 2); /* [0] number of names, [1] hold */
 BPF_HASH(open_names, u64, u64, 4096);
@@ -43,7 +38,7 @@ BPF_RINGBUF_OUTPUT(lib_loads, 16);
 BPF_PERCPU_ARRAY(load_scratch, struct lib_load, 1);
 
 static __always_inline int watched_tgid(u32 tgid) {
-    return ingero_targets.lookup(&tgid) != 0;
+    return watch_targets.lookup(&tgid) != 0;
 }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_openat) {
@@ -121,7 +116,7 @@ TRACEPOINT_PROBE(sched, sched_process_fork) {
     u32 child = args->child_pid;
     u8 one = 1;
     /* a thread's tid is never another live process's tgid; it is removed when the thread exits */
-    ingero_targets.update(&child, &one);
+    watch_targets.update(&child, &one);
     return 0;
 }
 
@@ -131,8 +126,8 @@ TRACEPOINT_PROBE(sched, sched_process_exit) {
     if (!watched_tgid(tgid))
         return 0;
     if (tid != tgid)
-        ingero_targets.delete(&tid); /* the entry the thread's creation added */
+        watch_targets.delete(&tid); /* the entry the thread's creation added */
     if (args->group_dead)
-        ingero_targets.delete(&tgid); /* the last thread of the process, whichever it is */
+        watch_targets.delete(&tgid); /* the last thread of the process, whichever it is */
     return 0;
 }

@@ -183,8 +183,10 @@ def test_cache_per_build_id_and_warm_path_imports(native, tmp_path):
         "import sys, json\n"
         "from ingero.symbols import read_symbols\n"
         f"t = read_symbols({str(lib)!r})\n"
+        "n = len(t), t.get('_ZNK11ingero_test6Widget4areaEv').file_offset, 'cxxfilt' in sys.modules\n"
+        "t.display()\n"
         "print(json.dumps([len(t), t.get('_ZNK11ingero_test6Widget4areaEv').demangled,"
-        " 'elftools' in sys.modules, 'cxxfilt' in sys.modules]))\n"
+        " 'elftools' in sys.modules, 'cxxfilt' in sys.modules, n[2]]))\n"
     )
 
     def run() -> list:
@@ -194,13 +196,14 @@ def test_cache_per_build_id_and_warm_path_imports(native, tmp_path):
         return json.loads(out.stdout)
 
     cold = run()
+    assert cold[4] is False  # reading and looking up by name demangles nothing: only display() does
     assert cold[:2] != [0, None] and cold[1] == "ingero_test::Widget::area() const"
     assert cold[3] is True  # demangling needed cxxfilt
     info = read_elf_info(lib)
     entries = [p.name for p in (cache / "symbols").iterdir()]
-    assert entries == [f"{info.build_id}-{info.table_sizes[0]:x}-{info.table_sizes[1]:x}.json"]
+    assert entries == [f"{info.build_id}-{info.table_sizes[0]:x}-{info.table_sizes[1]:x}.syms"]
     warm = run()
-    assert warm == [cold[0], cold[1], False, False]  # no pyelftools, no cxxfilt on the warm path
+    assert warm == [cold[0], cold[1], False, False, False]  # no pyelftools, no cxxfilt on the warm path
 
 
 def test_cached_table_equals_fresh_read(cudart12):
@@ -221,7 +224,7 @@ def test_file_without_build_id_is_keyed_by_inode_and_mtime(native, tmp_path):
     from ingero.paths import cache_dir
 
     assert (
-        cache_dir() / "symbols" / f"nobid-{st.st_dev}-{st.st_ino}-{st.st_size}-{st.st_mtime_ns}.json"
+        cache_dir() / "symbols" / f"nobid-{st.st_dev}-{st.st_ino}-{st.st_size}-{st.st_mtime_ns}.syms"
     ).exists()
     # a different file at the same path is not served from the old entry
     build(

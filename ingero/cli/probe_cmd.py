@@ -149,7 +149,7 @@ def run(file: str, command: tuple[str, ...], pid: int | None, interval: float, a
         pid = child.pid
         # the probes bind to the copies the command maps, when it maps them: the watcher holds it at each
         # open of such a library until the probes are on that file
-        watcher = LibraryWatcher(hold=True, share_targets=False)
+        watcher = LibraryWatcher(hold=True)
     session = ProbeSession(compiled, pid=pid, bind_mapped=watcher is not None)
     stop = _Stop()
     try:

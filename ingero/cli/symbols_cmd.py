@@ -8,6 +8,7 @@ pipes into grep and awk like ``nm``) or JSON with ``--json``. Imports stay insid
 from __future__ import annotations
 
 import json
+import sys
 
 import click
 
@@ -15,12 +16,9 @@ import click
 def _columns(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
     """Left-aligned columns separated by two spaces; the last column is not padded."""
     allrows = [header, *rows]
-    widths = [max(len(r[i]) for r in allrows) for i in range(len(header) - 1)]
-    lines = []
-    for r in allrows:
-        cells = [c.ljust(w) for c, w in zip(r, widths, strict=False)] + [r[-1]]
-        lines.append("  ".join(cells).rstrip())
-    return "\n".join(lines)
+    widths = [max(map(len, col)) for col in list(zip(*allrows, strict=True))[:-1]]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths) + "  {}"
+    return "\n".join(fmt.format(*r).rstrip() for r in allrows)
 
 
 def _lib_dict(lib) -> dict:
@@ -123,17 +121,18 @@ def symbols(library: str, pattern: str, pid: int | None, as_json: bool, demangle
 
     lib = resolve_library(library, pid=pid)
     table = read_symbols(lib)
-    matched = table.match(pattern)
+    matched = table.match_indexes(pattern)
     if not matched:
         hint = None
         if not any(ch in pattern for ch in "*?["):
             from ingero.errors import suggestion
 
-            hint = suggestion(pattern, [s.name for s in table.symbols])
+            hint = suggestion(pattern, table.all_names)
         raise SymbolNotFound(f"no symbol of {lib.soname or lib.path} matches '{pattern}'", hint=hint)
-    known = _known_names(table)
+    known = _known_names(table, lib)
     if as_json:
-        for s in matched:
+        for i in matched:
+            s = table.symbol(i)
             click.echo(
                 json.dumps(
                     {
@@ -150,28 +149,43 @@ def symbols(library: str, pattern: str, pid: int | None, as_json: bool, demangle
                 )
             )
         return
-    rows = [
-        (
-            f"{s.file_offset:#010x}",
-            str(s.size),
-            s.binding,
-            s.version or "-",
-            "sig" if s.name in known else "",
-            s.demangled if demangle else s.name,
-        )
-        for s in matched
-    ]
+    # straight from the table's columns, written in batches: no object per symbol, no whole-output string
+    # (libtorch_cuda.so has 120k symbols and 80 MB of demangled names)
+    c = table.columns
+    shown = table.display() if demangle else table.all_names
+    names = table.all_names if known else shown
+    vers = [v or "-" for v in table.versions]
+    binds = table.bindings
+    header = ("OFFSET", "SIZE", "BIND", "VERSION", "SIG", "NAME")
+    widths = (
+        max(10, len(header[0]), *(len(f"{c.file_offset[i]:#x}") for i in matched)),
+        max(len(header[1]), *(len(str(c.size[i])) for i in matched)),
+        max(len(header[2]), *(len(binds[b]) for b in {c.binding[i] for i in matched})),
+        max(len(header[3]), *(len(vers[v]) for v in {c.version[i] for i in matched})),
+        len(header[4]),
+    )
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths) + "  {}"
     click.echo(f"# {lib.soname or '-'}  {lib.path}  build-id {lib.build_id or '-'}")
-    click.echo(_columns(rows, ("OFFSET", "SIZE", "BIND", "VERSION", "SIG", "NAME")))
+    out = sys.stdout
+    out.write(fmt.format(*header).rstrip() + "\n")
+    for k in range(0, len(matched), 4096):
+        out.write("".join(
+            fmt.format(f"{c.file_offset[i]:#010x}", c.size[i], binds[c.binding[i]], vers[c.version[i]],
+                       "sig" if names[i] in known else "", shown[i]).rstrip() + "\n"
+            for i in matched[k : k + 4096]))
     click.echo(f"# {len(matched)} of {len(table)} function symbols match '{pattern}'")
 
 
-def _known_names(table) -> set[str]:
+def _known_names(table, lib) -> set[str]:
     """Names of the table's functions whose exact exported symbol the signature catalogue types."""
-    from ingero.catalogue import load_catalogue
+    from ingero.catalogue import family_of, load_catalogue
 
+    if family_of(lib.stem) is None:
+        return set()  # the catalogue types CUDA libraries' functions only
     cat = load_catalogue()
-    return {s.name for s in table.symbols if cat.lookup_symbol(s.name) is not None}
+    # only names that start like a catalogue function can be one (a C++ library has 100k+ others)
+    heads = {n[:3] for n in cat.names()}  # legacy and alias names share these heads (checked in tests)
+    return {n for n in table.all_names if n[:3] in heads and cat.lookup_symbol(n) is not None}
 
 
 @click.command()

@@ -9,10 +9,9 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
-from ingero.catalogue import Catalogue
+from ingero.catalogue import Catalogue, family_of
 from ingero.dsl import ast
 from ingero.dsl.budgets import MAX_SYMBOLS
-from ingero.catalogue import family_of
 from ingero.dsl.context import ProbeContext, Report
 from ingero.dsl.resolved import LibraryRef
 from ingero.errors import IngeroError, suggestion

@@ -81,14 +81,10 @@ def watch_names(library_names: Iterable[str]) -> list[WatchName]:
 class LibraryWatcher:
     """Reports the watched libraries the traced tree opens (see the module docstring).
 
-    It follows the tree from the pids given to :meth:`start` through forks and exits itself.
-    ``share_targets``: its map of the tree is the ``ingero_targets`` the DSL probes compiled with
-    ``tree_filter`` filter on (``ingero probe run``, where no standard set is loaded; start it before
-    them). A live trace's standard set shares its own map; the watcher's is private then."""
+    It follows the tree from the pids given to :meth:`start` through forks and exits itself."""
 
-    def __init__(self, *, hold: bool, share_targets: bool) -> None:
+    def __init__(self, *, hold: bool) -> None:
         self.hold = hold
-        self.share_targets = share_targets
         self.names: list[WatchName] = []
         self._bpf = None
         self._loads: list[LibraryLoad] = []
@@ -104,7 +100,7 @@ class LibraryWatcher:
         bpf_dir = data_dir("bpf")
         text = (bpf_dir / "libwatch.bpf.c").read_text()
         try:
-            self._bpf = BPF(text=text, cflags=[f"-DSHARE_TARGETS={int(self.share_targets)}"])
+            self._bpf = BPF(text=text)
         except Exception as e:
             raise IngeroError(f"the kernel refused the library watcher: {e}",
                               hint="this is a bug in ingero: report it") from e
@@ -116,7 +112,7 @@ class LibraryWatcher:
         return self
 
     def follow(self, pid: int) -> None:
-        t = self._bpf["ingero_targets"]
+        t = self._bpf["watch_targets"]
         t[t.Key(int(pid))] = t.Leaf(1)
 
     def watch(self, names: Iterable[WatchName]) -> None:

@@ -6,13 +6,14 @@ import fnmatch
 import logging
 import os
 import re
+from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from ingero.errors import IngeroError, NoSymbols, SymbolNotFound, suggestion
 from ingero.symbols import cache
 from ingero.symbols.discovery import Library, resolve_library
-from ingero.symbols.elf import RawSymbol, read_elf_info, read_function_symbols
+from ingero.symbols.elf import read_elf_info, read_function_symbols
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,8 @@ class Symbol:
     """
 
     name: str
-    demangled: str
+    #: the demangled name, or None until first asked for (see :attr:`demangled`)
+    dem: str | None = field(compare=False)
     address: int
     file_offset: int
     size: int
@@ -38,6 +40,13 @@ class Symbol:
     default_version: bool
     section: str
     kind: str = "func"
+
+    @property
+    def demangled(self) -> str:
+        """The C++ name (``ns::Widget::area() const``), or the name itself for a C function."""
+        if self.dem is None:
+            object.__setattr__(self, "dem", demangle_all([self.name])[0])
+        return self.dem  # type: ignore[return-value]
 
     @property
     def versioned_name(self) -> str:
@@ -52,62 +61,200 @@ def _preference(s: Symbol) -> tuple:
     return (s.section != "dynsym", not s.default_version, s.binding != "GLOBAL", s.address)
 
 
-@dataclass(frozen=True)
 class SymbolTable:
-    """The function symbols of one library file, sorted by name (then address)."""
+    """The function symbols of one library file, sorted by name (then address).
 
-    path: str
-    build_id: str | None
-    soname: str | None
-    symbols: tuple[Symbol, ...]
-    _by_name: dict[str, list[Symbol]] = field(default_factory=dict, init=False, repr=False, compare=False)
+    Held as columns (:class:`~ingero.symbols.cache.Columns`), not one object per symbol: a C++ library of
+    100k+ functions costs a few MB. Names are loaded when a lookup by name needs them; demangled names
+    when a caller asks for them (:meth:`display`, :attr:`symbols`, :meth:`match`), demangled then and
+    kept in the cache; :meth:`display_name` reads or demangles one name (a stack frame)."""
 
-    def __post_init__(self) -> None:
-        by_name = self._by_name
-        for s in self.symbols:
-            by_name.setdefault(s.name, []).append(s)
-        for group in by_name.values():
-            if len(group) > 1:
-                group.sort(key=_preference)
+    def __init__(self, path: str, build_id: str | None, soname: str | None, columns: cache.Columns,
+                 versions: list[str], bindings: list[str], *, names: list[str] | None = None,
+                 display: list[str] | None = None, entry: cache.Entry | None = None, key: str | None = None
+                 ) -> None:
+        self.path, self.build_id, self.soname = path, build_id, soname
+        self.columns, self.versions, self.bindings = columns, versions, bindings
+        self._names, self._display, self._entry, self._key = names, display, entry, key
+        self._by_name: dict[str, list[int]] | None = None
+        self._symbols: tuple[Symbol, ...] | None = None
+        self._chunks: dict[tuple[str, int], list[str]] = {}
+        self._objs: dict[int, Symbol] = {}
+
+    def at(self, path: str) -> SymbolTable:
+        """The same table read through another path."""
+        t = SymbolTable(path, self.build_id, self.soname, self.columns, self.versions, self.bindings,
+                        names=self._names, display=self._display, entry=self._entry, key=self._key)
+        t._by_name = self._by_name
+        return t
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, SymbolTable) and (self.path, self.build_id, self.soname) ==
+                (other.path, other.build_id, other.soname) and self.symbols == other.symbols)
+
+    __hash__ = None  # type: ignore[assignment]
 
     def __len__(self) -> int:
-        return len(self.symbols)
+        return len(self.columns.address)
 
     def __iter__(self) -> Iterator[Symbol]:
         return iter(self.symbols)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._by_name
+        return name in self.by_name
+
+    # -- names -------------------------------------------------------------------------------------
+    @property
+    def all_names(self) -> list[str]:
+        """The symbol names, by index."""
+        if self._names is None:
+            self._names = self._entry.all("names") if self._entry is not None else []
+        return self._names
+
+    @property
+    def by_name(self) -> dict[str, list[int]]:
+        """name -> the indexes of the symbols of that name, preferred first (see :meth:`get`)."""
+        if self._by_name is None:
+            by: dict[str, list[int]] = {}
+            for i, n in enumerate(self.all_names):
+                by.setdefault(n, []).append(i)
+            for n, group in by.items():
+                if len(group) > 1:
+                    group.sort(key=lambda i: _preference(self._make(i, demangled=n)))
+            self._by_name = by
+        return self._by_name
 
     def names(self) -> list[str]:
-        return list(self._by_name)
+        return list(self.by_name)
+
+    def display(self) -> list[str]:
+        """The demangled name of every symbol (the name itself when it is not a C++ name), by index.
+        Demangles on the first call for a library (and keeps the result in the cache)."""
+        if self._display is None:
+            if self._entry is not None and self._entry.display_at is not None:
+                self._display = self._entry.all("display")
+            else:
+                self._display = demangle_all(self.all_names)
+                if self._key is not None:
+                    self._store()
+        return self._display
+
+    def name_of(self, i: int) -> str:
+        """The name of symbol ``i``, reading one chunk of the cache when the names are not loaded."""
+        if self._names is not None:
+            return self._names[i]
+        return self._chunk("names", i)
+
+    def display_name(self, i: int) -> str:
+        """The demangled name of symbol ``i`` alone (demangled now if the cache holds none)."""
+        if self._display is not None:
+            return self._display[i]
+        if self._entry is not None and self._entry.display_at is not None:
+            return self._chunk("display", i)
+        return demangle_all([self.name_of(i)])[0]
+
+    def _known_display(self, i: int, name: str) -> str | None:
+        """The demangled name of symbol ``i`` if it costs no demangling now, else None (done lazily)."""
+        if not name.startswith("_Z"):
+            return name
+        if self._display is not None or (self._entry is not None and self._entry.display_at is not None):
+            return self.display_name(i)
+        return None
+
+    def _chunk(self, which: str, i: int) -> str:
+        k = i // cache.CHUNK
+        got = self._chunks.get((which, k))
+        if got is None:
+            if len(self._chunks) >= 64:
+                self._chunks.clear()
+            got = self._chunks[(which, k)] = self._entry.chunk(which, k)  # type: ignore[union-attr]
+        return got[i % cache.CHUNK]
+
+    def _store(self) -> None:
+        cache.store(self._key, path=self.path, build_id=self.build_id, soname=self.soname,  # type: ignore[arg-type]
+                    versions=self.versions, bindings=self.bindings, columns=self.columns,
+                    names=self.all_names, display=self._display)
+
+    # -- symbols -----------------------------------------------------------------------------------
+    def symbol(self, i: int, demangled: str | None = None) -> Symbol:
+        """Symbol ``i`` (the same object each time it is asked for)."""
+        if self._symbols is not None:
+            return self._symbols[i]
+        got = self._objs.get(i)
+        if got is None:
+            got = self._objs[i] = self._make(i, demangled)
+        return got
+
+    def _make(self, i: int, demangled: str | None = None) -> Symbol:
+        c = self.columns
+        name = self.name_of(i)
+        flags = c.flags[i]
+        return Symbol(
+            name,
+            demangled if demangled is not None else self._known_display(i, name),
+            c.address[i],
+            c.file_offset[i],
+            c.size[i],
+            self.bindings[c.binding[i]],
+            self.versions[c.version[i]] if c.version[i] else None,
+            bool(flags & 1),
+            "symtab" if flags & 2 else "dynsym",
+            "ifunc" if flags & 4 else "func",
+        )
+
+    @property
+    def symbols(self) -> tuple[Symbol, ...]:
+        if self._symbols is None:
+            disp = self.display()
+            objs = self._objs
+            self._symbols = tuple(objs.get(i) or self._make(i, disp[i]) for i in range(len(self)))
+            self._objs = {}
+        return self._symbols
 
     def get(self, name: str) -> Symbol:
         """The symbol called ``name``: a plain name (the default version of an exported function wins
         over a hidden version and a local copy), ``name@@VERSION``/``name@VERSION``, or a full demangled
         name such as ``ns::Widget::area() const``. SymbolNotFound with a did-you-mean otherwise."""
-        group = self._by_name.get(name)
+        group = self.by_name.get(name)
         if group:
-            return group[0]
+            return self.symbol(group[0])
         if "@" in name:
             base, _, ver = name.partition("@")
             hidden_ok = not ver.startswith("@")
             ver = ver.lstrip("@")
-            for s in self._by_name.get(base, ()):
+            for i in self.by_name.get(base, ()):
+                s = self.symbol(i)
                 if s.version == ver and (hidden_ok or s.default_version):
                     return s
-        demangled = [s for s in self.symbols if s.demangled == name and s.demangled != s.name]
-        if demangled:
-            return min(demangled, key=_preference)
+        if "(" in name or "::" in name or " " in name:
+            disp, names = self.display(), self.all_names
+            found = [self.symbol(i, d) for i, d in enumerate(disp) if d == name and d != names[i]]
+            if found:
+                return min(found, key=_preference)
         what = self.soname or os.path.basename(self.path)
-        hint = suggestion(name, self._by_name) or f"list them with `ingero symbols {what}`"
+        hint = suggestion(name, self.by_name) or f"list them with `ingero symbols {what}`"
         raise SymbolNotFound(f"{what} has no function '{name}'", hint=hint)
 
     def match(self, pattern: str) -> list[Symbol]:
         """Symbols whose name or demangled name matches the case-sensitive shell glob ``pattern``."""
-        rx = re.compile(fnmatch.translate(pattern))
-        m = rx.match
-        return [s for s in self.symbols if m(s.name) or (s.demangled is not s.name and m(s.demangled))]
+        if pattern == "*":
+            return list(self.symbols)
+        disp = self.display()
+        return [self.symbol(i, disp[i]) for i in self.match_indexes(pattern)]
+
+    def match_indexes(self, pattern: str) -> list[int]:
+        """The indexes of :meth:`match` (no symbol objects: for listing 100k symbols)."""
+        if pattern == "*":
+            return list(range(len(self)))
+        disp, names = self.display(), self.all_names
+        m = re.compile(fnmatch.translate(pattern)).match
+        return [i for i, n in enumerate(names) if m(n) or (disp[i] != n and m(disp[i]))]
+
+    def by_offset(self) -> tuple[array, array]:
+        """(file offsets sorted, the symbol index of each): for finding the function holding an address."""
+        offs = self.columns.file_offset
+        order = sorted(range(len(offs)), key=offs.__getitem__)
+        return array("Q", (offs[i] for i in order)), array("I", order)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -117,84 +264,53 @@ _MEMO: dict[str, SymbolTable] = {}
 _MEMO_MAX = 16
 
 
-def _demangle_all(raw: list[RawSymbol]) -> list[str]:
-    mangled = [r.name for r in raw if r.name.startswith("_Z")]
-    if not mangled:
-        return [r.name for r in raw]
+def demangle_all(names: list[str]) -> list[str]:
+    """The demangled form of each name (the name itself when it is not a mangled C++ name)."""
+    if not any(n.startswith("_Z") for n in names):
+        return list(names)
     import cxxfilt
 
-    done: dict[str, str] = {}
-    for n in mangled:
-        try:
-            done[n] = cxxfilt.demangle(n)
-        except cxxfilt.InvalidName:
-            done[n] = n
-    return [done.get(r.name, r.name) for r in raw]
+    out = []
+    demangle = cxxfilt.demangle
+    for n in names:
+        if n.startswith("_Z"):
+            try:
+                out.append(demangle(n))
+                continue
+            except cxxfilt.InvalidName:
+                pass
+        out.append(n)
+    return out
 
 
-def _from_cache(data: dict) -> SymbolTable:
-    syms = []
-    for name, dem, addr, off, size, bind, ver, dflt, sec, kind in data["symbols"]:
-        syms.append(
-            Symbol(
-                name,
-                dem if dem is not None else name,
-                addr,
-                off,
-                size,
-                bind,
-                ver,
-                bool(dflt),
-                "symtab" if sec else "dynsym",
-                "ifunc" if kind else "func",
-            )
-        )
-    return SymbolTable(data["path"], data["build_id"], data["soname"], tuple(syms))
-
-
-def _to_cache(t: SymbolTable) -> dict:
-    return {
-        "path": t.path,
-        "build_id": t.build_id,
-        "soname": t.soname,
-        "symbols": [
-            [
-                s.name,
-                None if s.demangled == s.name else s.demangled,
-                s.address,
-                s.file_offset,
-                s.size,
-                s.binding,
-                s.version,
-                int(s.default_version),
-                int(s.section == "symtab"),
-                int(s.kind == "ifunc"),
-            ]
-            for s in t.symbols
-        ],
-    }
-
-
-def _parse(path: str, reader: str) -> SymbolTable:
+def _parse(path: str, reader: str, key: str | None = None) -> SymbolTable:
     info, raw = read_function_symbols(path, reader=reader)
     raw.sort(key=lambda r: (r.name, r.address, r.section))
-    demangled = _demangle_all(raw)
-    syms = tuple(
-        Symbol(
-            r.name,
-            d if d != r.name else r.name,
-            r.address,
-            r.file_offset,
-            r.size,
-            r.binding,
-            r.version,
-            r.default_version,
-            r.section,
-            r.kind,
-        )
-        for r, d in zip(raw, demangled, strict=True)
-    )
-    return SymbolTable(path, info.build_id, info.soname, syms)
+    versions: list[str] = [""]
+    bindings: list[str] = []
+    vidx: dict[str, int] = {}
+    bidx: dict[str, int] = {}
+    cols = cache.Columns(array("Q"), array("Q"), array("Q"), array("H"), array("B"), array("B"))
+    for r in raw:
+        cols.address.append(r.address)
+        cols.file_offset.append(r.file_offset)
+        cols.size.append(r.size)
+        if r.version:
+            v = vidx.get(r.version)
+            if v is None:
+                v = vidx[r.version] = len(versions)
+                versions.append(r.version)
+            cols.version.append(v)
+        else:
+            cols.version.append(0)
+        b = bidx.get(r.binding)
+        if b is None:
+            b = bidx[r.binding] = len(bindings)
+            bindings.append(r.binding)
+        cols.binding.append(b)
+        cols.flags.append(int(r.default_version) | (r.section == "symtab") << 1 | (r.kind == "ifunc") << 2)
+    return SymbolTable(path, info.build_id, info.soname, cols, versions, bindings,
+                       names=[r.name for r in raw], key=key)
 
 
 def _no_symbols(table: SymbolTable) -> NoSymbols:
@@ -221,7 +337,7 @@ def read_symbols(
 
     if not use_cache:
         table = _parse(path, reader)
-        if not table.symbols:
+        if not len(table):
             raise _no_symbols(table)
         return table
 
@@ -237,20 +353,19 @@ def read_symbols(
 
     table = _MEMO.get(key)
     if table is None:
-        data = cache.load(key)
-        if data is not None:
-            table = _from_cache(data)
-            if table.path != path:
-                table = SymbolTable(path, table.build_id, table.soname, table.symbols)
+        entry = cache.load(key)
+        if entry is not None:
+            table = SymbolTable(entry.path, entry.build_id, entry.soname, entry.columns, entry.versions,
+                                entry.bindings, entry=entry, key=key)
         else:
-            table = _parse(path, reader)
-            cache.store(key, _to_cache(table))
+            table = _parse(path, reader, key)
+            table._store()  # names now, demangled names when someone needs them
         if len(_MEMO) >= _MEMO_MAX:
             _MEMO.pop(next(iter(_MEMO)))
         _MEMO[key] = table
-    elif table.path != path:
-        table = SymbolTable(path, table.build_id, table.soname, table.symbols)
-    if not table.symbols:
+    if table.path != path:
+        table = table.at(path)
+    if not len(table):
         raise _no_symbols(table)
     return table
 

@@ -193,7 +193,7 @@ class TraceSession:
             if self.command:
                 # the command is held at each open of a watched library until the probes are on that file:
                 # the standard set and the DSL probes bind to the copies it really loads, from its first call
-                self._watcher = LibraryWatcher(hold=True, share_targets=False).start(self.pids)
+                self._watcher = LibraryWatcher(hold=True).start(self.pids)
                 self._watcher.watch([WatchName("libcudart", True), WatchName("libcuda", True)])
             elif self.options.preattach:
                 self.tracer.attach_known()

@@ -33,26 +33,35 @@ class _Mapping:
 
 
 class _FunctionIndex:
-    """Functions of one file sorted by file offset, for containment lookups."""
+    """Functions of one file sorted by file offset, for containment lookups. Holds two arrays, not the
+    names: a frame's name is read (and demangled) when a stack holds it, so a traced PyTorch process,
+    whose libraries hold half a million C++ functions, costs a few MB here."""
 
     def __init__(self, path: str) -> None:
         from ingero.symbols import read_symbols
 
         try:
-            table = read_symbols(path)
-            syms = sorted((s.file_offset, s.size, s.demangled or s.name) for s in table.symbols if s.file_offset)
+            self.table = read_symbols(path)
+            self.starts, self.order = self.table.by_offset()
         except Exception:  # noqa: BLE001 - no symbols: frames in this file stay unnamed
-            syms = []
-        self.starts = [s[0] for s in syms]
-        self.syms = syms
+            self.table = None
+            self.starts, self.order = [], []
+        self._names: dict[int, str] = {}
 
     def lookup(self, off: int) -> str:
         i = bisect.bisect_right(self.starts, off) - 1
-        if i < 0:
+        if i < 0 or self.table is None:
             return ""
-        start, size, name = self.syms[i]
-        if size and off >= start + size:
+        start = self.starts[i]
+        k = self.order[i]
+        size = self.table.columns.size[k]
+        if not start or (size and off >= start + size):
             return ""
+        name = self._names.get(k)
+        if name is None:
+            if len(self._names) >= 4096:
+                self._names.clear()
+            name = self._names[k] = self.table.display_name(k)
         return f"{name}+{off - start:#x}"
 
 

@@ -1,0 +1,120 @@
+"""PyTorch scale: `ingero symbols libtorch_cuda.so` (120k C++ functions) cold and warm beside
+`nm -C --defined-only` on the same file, with peak RSS and the cache file's size; and `ingero trace` over
+`import torch` (tens of thousands of `__cudaRegister*` calls) with its peak RSS and lost events, beside
+the import alone. One run of each (a torch import costs seconds of CPU; the machine may be shared).
+
+Targets (issue 11): symbols warm < 0.5 s, cold no slower than `nm -C`, peak RSS < 250 MB, cache file
+< 30 MB; trace peak RSS < 250 MB with events lost counted and under 1%.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PY = sys.executable
+INGERO = str(Path(PY).parent / "ingero")
+FIXTURE = Path(os.environ.get("TORCH_FIXTURE", "/var/cache/ingero-fixtures/torch-2.14.1-py3.11"))
+IMPORT = "import torch; torch.cuda.is_available()"
+
+
+def hwm(cmd: list[str]) -> tuple[float, float, str]:
+    """(wall seconds, peak RSS in MB of the command's own process -- not of its children --, stdout):
+    the kernel's high-water mark (VmHWM) of that process, read until it exits."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    peak = 0
+    while p.poll() is None:
+        try:
+            with open(f"/proc/{p.pid}/status") as f:
+                peak = max([peak] + [int(ln.split()[1]) for ln in f if ln.startswith("VmHWM:")])
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    out = p.stdout.read()
+    if p.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed with exit {p.returncode}")
+    return time.perf_counter() - t0, peak / 1024, out
+
+
+def run(cmd: list[str], env=None) -> tuple[float, float, str]:
+    """(wall seconds, peak RSS in MB, stdout) of a command that starts no big process of its own: the
+    children's high-water mark of a fresh helper process that runs it."""
+    helper = (
+        "import json, os, resource, subprocess, sys, time\n"
+        "t0 = time.perf_counter()\n"
+        "p = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+        "wall = time.perf_counter() - t0\n"
+        "rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024\n"
+        "print(json.dumps([p.returncode, wall, rss, p.stdout[-4000:], p.stderr[-2000:]]))\n"
+    )
+    import json
+
+    r = subprocess.run([PY, "-c", helper, *cmd], capture_output=True, text=True, env=env, timeout=3600)
+    code, wall, rss, out, err = json.loads(r.stdout)
+    if code:
+        raise SystemExit(f"{' '.join(cmd)} failed with exit {code}: {err}")
+    return wall, rss, out
+
+
+def main() -> None:
+    tpy = FIXTURE / "bin" / "python"
+    if not (FIXTURE / ".ready").exists():
+        raise SystemExit(f"the PyTorch fixture is not built at {FIXTURE} (run: make torch-fixture)")
+    lib = next(FIXTURE.glob("lib/python3*/site-packages/torch/lib/libtorch_cuda.so"))
+    print("## PyTorch scale (bench_torch.py)\n")
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, INGERO_CACHE_DIR=cache)
+        nm_wall, nm_rss, _ = run(["nm", "-C", "--defined-only", str(lib)])
+        cold_wall, cold_rss, out = run([INGERO, "symbols", str(lib)], env=env)
+        count = int(re.search(r"# (\d+) of (\d+) function symbols", out).group(2))
+        warm_wall, warm_rss, _ = run([INGERO, "symbols", str(lib)], env=env)
+        size = sum(f.stat().st_size for f in Path(cache, "symbols").iterdir()) / 2**20
+    print(f"`ingero symbols` on {lib.name} ({lib.stat().st_size / 2**20:.0f} MiB, {count} function symbols, "
+          "C++ names demangled), a fresh cache then warm; baseline `nm -C --defined-only` on the same file "
+          "in the same run. One run each.\n")
+    print("| what | s | peak RSS MB | vs nm -C |")
+    print("|---|---|---|---|")
+    print(f"| `nm -C --defined-only` | {nm_wall:.2f} | {nm_rss:.0f} | 1.0x |")
+    print(f"| `ingero symbols`, cold (parse, demangle, write the cache) | {cold_wall:.2f} | {cold_rss:.0f} | "
+          f"{cold_wall / nm_wall:.2f}x the time |")
+    print(f"| `ingero symbols`, warm | {warm_wall:.2f} | {warm_rss:.0f} | {warm_wall / nm_wall:.2f}x the time |")
+    print()
+    print(f"Cache file: {size:.1f} MB (target < 30 MB: {'met' if size < 30 else 'NOT met'}). "
+          f"Warm {warm_wall:.2f} s (target < 0.5 s: {'met' if warm_wall < 0.5 else 'NOT met'}); cold "
+          f"{cold_wall / nm_wall:.2f}x nm -C (target <= 1x: {'met' if cold_wall <= nm_wall else 'NOT met'}); "
+          f"peak RSS {max(cold_rss, warm_rss):.0f} MB (target < 250 MB: "
+          f"{'met' if max(cold_rss, warm_rss) < 250 else 'NOT met'}).\n")
+
+    with tempfile.TemporaryDirectory() as d:
+        base_wall, base_rss, _ = run([str(tpy), "-c", IMPORT])
+        db = Path(d) / "torch.db"
+        wall, rss, out = hwm([INGERO, "trace", "--quiet", "--db", str(db), "--", str(tpy), "-c", IMPORT])
+        conn = sqlite3.connect(db)
+        try:
+            events = conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+            calls = conn.execute("SELECT COUNT(*) FROM events WHERE source IN (1, 4)").fetchone()[0]
+            lost = conn.execute("SELECT COALESCE(SUM(count), 0) FROM lost_events").fetchone()[0]
+        finally:
+            conn.close()
+    share = lost / max(events + lost, 1)
+    print(f"`ingero trace -- python -c '{IMPORT}'` (the standard set, stacks on), beside the same command "
+          "alone. One run each.\n")
+    print("| what | s | peak RSS MB |")
+    print("|---|---|---|")
+    print(f"| the command alone | {base_wall:.1f} | {base_rss:.0f} |")
+    print(f"| `ingero trace` (the tracer's own peak RSS) | {wall:.1f} | {rss:.0f} |")
+    print()
+    print(f"Recorded {events} events ({calls} CUDA runtime/driver calls), {lost} lost ({share:.2%}; target "
+          f"< 1%: {'met' if share < 0.01 else 'NOT met'}). Tracer peak RSS {rss:.0f} MB (target < 250 MB: "
+          f"{'met' if rss < 250 else 'NOT met'}).")
+
+
+if __name__ == "__main__":
+    main()
