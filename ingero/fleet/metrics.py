@@ -36,6 +36,9 @@ from ingero.fleet.labels import NodeLabels
 BUCKETS_S: tuple[float, ...] = tuple(m * 10.0 ** e for e in range(-6, 1) for m in (1, 2, 5)) + (10.0,)
 BUCKETS_NS = np.array([round(b * 1e9) for b in BUCKETS_S], dtype=np.int64)
 _NB = len(BUCKETS_S) + 1  # with +Inf
+_INITIAL_SLOTS = 64
+#: return codes below this are counted with one bincount (CUDA runtime and driver errors are)
+_SMALL_CODES = 1024
 
 #: metric names, each in one place (the collector, the OTLP exporter and query_fleet use them)
 CALLS = "ingero_calls"
@@ -135,9 +138,14 @@ class FleetMetrics:
         self._start_ns = time.time_ns()
         self._keys: dict[int, tuple[str, str]] = {}
         self.error_names = ErrorNames()
-        self._calls: dict[tuple[str, str], int] = {}
-        self._durations: dict[tuple[str, str], Histogram] = {}
-        self._errors: dict[tuple[str, str, str], int] = {}
+        self._calls: dict[tuple[str, str], int] = {}  # events of other sources (host, I/O), by name
+        # CUDA/driver calls by slot: (source << 8 | op) -> slot, the slots' keys, bucket counts, sums (ns),
+        # and failed calls by (slot, return code)
+        self._slot = np.full(1 << 16, -1, dtype=np.int64)
+        self._slot_keys: list[int] = []
+        self._hist = np.zeros((_INITIAL_SLOTS, _NB), dtype=np.int64)
+        self._sums = np.zeros(_INITIAL_SLOTS, dtype=np.int64)
+        self._err: dict[tuple[int, int], int] = {}
         self._lost: dict[str, int] = {}
         self._probe_events: dict[str, int] = {}
         self._probe_durations: dict[str, Histogram] = {}
@@ -147,7 +155,11 @@ class FleetMetrics:
     # -- feeding (the tracing loop) --------------------------------------------------------------------
     def observe_calls(self, calls: Sequence[tuple], chunk: bytes | None = None) -> None:
         """A batch of CUDA/driver call tuples (``CUDA_FIELDS`` order). ``chunk``: the same batch's raw ring
-        records (``CUDA_RECORD`` each), read as numpy columns with no per-event work at all."""
+        records (``CUDA_RECORD`` each), read as numpy columns with no per-event work at all.
+
+        Each (source, op) has a slot (a row of the totals): a batch is bucketed with one ``searchsorted``
+        and counted with ``bincount`` into a slots x buckets array, added to the totals in one operation;
+        no sort, no Python loop over events or ops (new ops get their slot once)."""
         n = len(calls)
         if not n:
             return
@@ -158,36 +170,58 @@ class FleetMetrics:
             ret = raw["ret"].astype(np.int64)
         else:
             dur = np.fromiter(map(itemgetter(_DUR), calls), np.int64, n)
-            key = np.fromiter(map(itemgetter(_SRC), calls), np.int64, n) * 256 + \
-                np.fromiter(map(itemgetter(_OP), calls), np.int64, n)
+            key = (np.fromiter(map(itemgetter(_SRC), calls), np.int64, n) & 0xFF) * 256 + \
+                (np.fromiter(map(itemgetter(_OP), calls), np.int64, n) & 0xFF)
             ret = np.fromiter(map(itemgetter(_RET), calls), np.int64, n)
-        keys, inv = np.unique(key, return_inverse=True)
-        hist = np.bincount(inv * _NB + np.searchsorted(BUCKETS_NS, dur, side="left"),
-                           minlength=len(keys) * _NB).reshape(len(keys), _NB)
-        sums = np.bincount(inv, weights=dur)
-        failed = ret != 0
-        ekeys, ecounts = (np.unique(key[failed] * (1 << 32) + (ret[failed] & 0xFFFFFFFF), return_counts=True)
-                          if failed.any() else ((), ()))
+        idx = self._slot[key]
+        if idx.min() < 0:  # an op seen for the first time
+            with self._lock:
+                for k in np.unique(key[idx < 0]).tolist():
+                    self._new_slot(k)
+            idx = self._slot[key]
+        slots = len(self._slot_keys)
+        hist = np.bincount(idx * _NB + np.searchsorted(BUCKETS_NS, dur, side="left"),
+                           minlength=slots * _NB).reshape(slots, _NB)
+        sums = np.rint(np.bincount(idx, weights=dur, minlength=slots)).astype(np.int64)
+        errors = self._batch_errors(idx, ret, slots)
         with self._lock:
-            for i, k in enumerate(keys.tolist()):
-                name = self._key(k)
-                h = self._durations.get(name)
-                if h is None:
-                    h = self._durations[name] = Histogram()
-                h.buckets += hist[i]
-                h.sum_ns += int(round(sums[i]))
-                self._calls[name] = self._calls.get(name, 0) + int(hist[i].sum())
-            for ek, c in zip(ekeys.tolist() if len(ekeys) else (), ecounts.tolist() if len(ekeys) else (),
-                             strict=True):
-                k, code = ek >> 32, ek & 0xFFFFFFFF
-                code = code - (1 << 32) if code >= 1 << 31 else code
-                source, op = self._key(k)
-                ename = self.error_names.name(k >> 8, code)
-                self._errors[(source, op, ename)] = self._errors.get((source, op, ename), 0) + int(c)
+            self._hist[:slots] += hist
+            self._sums[:slots] += sums
+            for k, c in errors:
+                self._err[k] = self._err.get(k, 0) + c
         if self.on_slow_calls is not None and self.slow_call_ns > 0:
             slow = np.flatnonzero(dur > self.slow_call_ns)
             if len(slow):
                 self.on_slow_calls([calls[i] for i in slow.tolist()])
+
+    @staticmethod
+    def _batch_errors(idx: np.ndarray, ret: np.ndarray, slots: int) -> list[tuple[tuple[int, int], int]]:
+        """((slot, return code), count) of a batch's failed calls."""
+        failed = ret != 0
+        if not failed.any():
+            return []
+        codes, where = ret[failed], idx[failed]
+        if codes.min() >= 0 and codes.max() < _SMALL_CODES:  # CUDA's error codes: no sort needed
+            counts = np.bincount(where * _SMALL_CODES + codes, minlength=slots * _SMALL_CODES)
+            nz = np.flatnonzero(counts)
+            return [((int(i) // _SMALL_CODES, int(i) % _SMALL_CODES), int(counts[i])) for i in nz]
+        keys, counts = np.unique(where * (1 << 32) + (codes & 0xFFFFFFFF), return_counts=True)
+        out = []
+        for k, c in zip(keys.tolist(), counts.tolist(), strict=True):
+            code = k & 0xFFFFFFFF
+            out.append(((k >> 32, code - (1 << 32) if code >= 1 << 31 else code), c))
+        return out
+
+    def _new_slot(self, key: int) -> None:
+        """Give (source, op) ``key`` the next slot, growing the totals' arrays (under the lock)."""
+        if self._slot[key] >= 0:
+            return
+        slot = len(self._slot_keys)
+        if slot == len(self._hist):
+            self._hist = np.vstack([self._hist, np.zeros_like(self._hist)])
+            self._sums = np.concatenate([self._sums, np.zeros_like(self._sums)])
+        self._slot_keys.append(key)
+        self._slot[key] = slot
 
     def _key(self, k: int) -> tuple[str, str]:
         name = self._keys.get(k)
@@ -245,13 +279,26 @@ class FleetMetrics:
     # -- reading ---------------------------------------------------------------------------------------
     def snapshot(self) -> MetricsSnapshot:
         with self._lock:
-            return MetricsSnapshot(
-                labels=self.labels, info=dict(self.info), start_ns=self._start_ns,
-                calls=dict(self._calls),
-                durations={k: Histogram(h.buckets.copy(), h.sum_ns) for k, h in self._durations.items()},
-                errors=dict(self._errors), lost=dict(self._lost), probe_events=dict(self._probe_events),
-                probe_durations={k: Histogram(h.buckets.copy(), h.sum_ns) for k, h in self._probe_durations.items()},
-                chains=dict(self._chains), spans=dict(self._spans))
+            slots = len(self._slot_keys)
+            hist, sums, err = self._hist[:slots].copy(), self._sums[:slots].copy(), dict(self._err)
+            calls = dict(self._calls)
+            keys = list(self._slot_keys)
+            rest = dict(lost=dict(self._lost), probe_events=dict(self._probe_events),
+                        probe_durations={k: Histogram(h.buckets.copy(), h.sum_ns)
+                                         for k, h in self._probe_durations.items()},
+                        chains=dict(self._chains), spans=dict(self._spans))
+        durations = {}
+        for slot, key in enumerate(keys):
+            name = self._key(key)
+            durations[name] = Histogram(hist[slot], int(sums[slot]))
+            calls[name] = calls.get(name, 0) + int(hist[slot].sum())
+        errors: dict[tuple[str, str, str], int] = {}
+        for (slot, code), c in err.items():
+            key = keys[slot]
+            name = (*self._key(key), self.error_names.name(key >> 8, code))
+            errors[name] = errors.get(name, 0) + c
+        return MetricsSnapshot(labels=self.labels, info=dict(self.info), start_ns=self._start_ns, calls=calls,
+                               durations=durations, errors=errors, **rest)
 
 
 class MetricsCollector:
