@@ -7,6 +7,8 @@
 #   scripts/setup.sh python     the venv (VENV, default .venv) with Debian's bcc linked in + ingero[test]
 #   scripts/setup.sh torch      the PyTorch test fixture: a venv outside the checkout (TORCH_FIXTURE) with
 #                               torch==TORCH_VERSION, built once per machine and reused by every clone
+#   scripts/setup.sh pythons    checks the CPython builds the Python-frame tests trace (3.10 to 3.13, pyenv,
+#                               shared libpython, with headers) and says how to get a missing one
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PHASE=${1:-all}
@@ -95,11 +97,31 @@ torch_setup() {
   say "torch fixture built in $((SECONDS - t0)) s"
 }
 
+pythons_setup() {
+  # tests/e2e/test_pyframes.py traces every CPython 3.10+ here; these four must exist (under CI=true the
+  # tests fail without them). pyenv builds them with a shared libpython; Debian's python3.11 (static) is
+  # traced too when present.
+  local root=${PYENV_ROOT:-$HOME/.pyenv} v exe missing=""
+  for v in 3.10 3.11 3.12 3.13; do
+    exe=$(ls -d "$root"/versions/"$v".*/bin/python"$v" 2>/dev/null | sort -V | tail -1 || true)
+    if [ -n "$exe" ] && "$exe" -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'; then
+      say "CPython $v: $exe"
+    else
+      missing="$missing $v"
+    fi
+  done
+  if [ -n "$missing" ]; then
+    say "CPython${missing} missing: the Python-frame tests need them; get them with pyenv:"
+    say "  PYTHON_CONFIGURE_OPTS=--enable-shared pyenv install <3.X.Y>   (for each of${missing})"
+  fi
+}
+
 case "$PHASE" in
   system) system_setup ;;
   python) python_setup ;;
   torch) torch_setup ;;
+  pythons) pythons_setup ;;
   all) system_setup; python_setup ;;
-  test) system_setup; python_setup; torch_setup ;;
-  *) say "unknown phase $PHASE (system|python|torch|all|test)"; exit 2 ;;
+  test) system_setup; python_setup; torch_setup; pythons_setup ;;
+  *) say "unknown phase $PHASE (system|python|torch|pythons|all|test)"; exit 2 ;;
 esac

@@ -161,12 +161,21 @@ def test_an_upstream_database_with_python_frames_reads_the_same(tmp_path):
         n = conn.execute("UPDATE events SET stack_hash = 42 WHERE source = 1 AND op = 1").rowcount
     conn.close()
     assert n > 0
+    import io
+
+    from ingero.export.perfetto import export_perfetto
+
     r = TraceReader.open(db)
     try:
         got = top_stacks(r, op="cudaMalloc")
         lines = top_stacks(r, op="cudaMalloc", group="python_line")
+        out = io.StringIO()
+        export_perfetto(r, out)
     finally:
         r.close()
+    slices = [e for e in json.loads(out.getvalue())["traceEvents"] if e.get("name") == "cudaMalloc"]
+    assert len(slices) == n
+    assert all("-> repeat_kv (/app/models/sdpa_attention.py:6)" in e["args"]["stack"] for e in slices)
     assert got[0].frames == ("cudaMalloc+0x1cb at libcudart.so.12", "-> repeat_kv (/app/models/sdpa_attention.py:6)",
                              "-> <module> (/app/train.py:84)")
     assert got[0].count == n

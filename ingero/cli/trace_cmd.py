@@ -129,6 +129,9 @@ def _run_live(session):
         libs = Text("probing: " + (", ".join(s.libraries) or "waiting for a CUDA library to be loaded"),
                     style="dim")
         parts = [head, libs]
+        if s.python_lines:
+            parts.append(Text("Python lines making the calls: " + ", ".join(
+                f"{line} ({n:,})" for line, n in s.python_lines.most_common(3))))
         dyn = session.dynamic
         if dyn is not None and dyn.probes:
             probes = ", ".join(f"#{p.id} {p.name} ({p.events:,} events{'' if p.status == 'active' else ', ended'})"

@@ -73,6 +73,8 @@ class Snapshot:
     processes: set[int]
     chains: int
     stopped_because: str = ""
+    #: CUDA/driver calls per innermost Python frame ("file:line in function"), with Python frames on
+    python_lines: Counter = field(default_factory=Counter)
     held: int = 0  # new processes of the tree held at their first return from fork until probed
     held_max_ms: float = 0.0
     unlinked: dict = field(default_factory=dict)  # pid -> why it ran on without its probes
@@ -84,6 +86,7 @@ class _Totals:
     stored: int = 0
     by_op: Counter = field(default_factory=Counter)
     chains: int = 0
+    python_lines: Counter = field(default_factory=Counter)
 
 
 def spawn_gated(command: Sequence[str], stdout=None, *,
@@ -138,7 +141,8 @@ class TraceSession:
         self.tracer = None
         self.writer = None
         self._symbolizer = None
-        self._stack_hashes: dict[tuple[int, int], int] = {}
+        self._stack_hashes: dict[tuple[int, int, int], int] = {}
+        self._py_lines: dict[int, str] = {}  # stack hash -> its innermost Python frame
         self._names: dict[int, str] = {}
         self._lost_written: dict[str, int] = {}
         self._totals = _Totals()
@@ -271,6 +275,7 @@ class TraceSession:
             processes=self.tracer.followed() if self.tracer and self.tracer._bpf else set(),
             chains=t.chains,
             stopped_because=self.stopped_because,
+            python_lines=Counter(t.python_lines),
             held=follower.held if follower else 0,
             held_max_ms=follower.held_max_ns / 1e6 if follower else 0.0,
             unlinked=dict(follower.unlinked) if follower else {},
@@ -370,6 +375,12 @@ class TraceSession:
         else:
             rows = [(seq, ts, pid, tid, src, op, dur, 0, a0, a1, ret, 0, comms[c], 0)
                     for seq, (ts, dur, pid, tid, src, op, ret, a0, a1, _, _, c) in enumerate(cuda, first)]
+        if self._py_lines:
+            lines = self._totals.python_lines
+            for h, k in Counter(map(itemgetter(11), rows)).items():
+                line = self._py_lines.get(h)
+                if line:
+                    lines[line] += k
         # counted once the stacks are resolved: a watcher of the counts may then let the processes exit
         by_op = self._totals.by_op
         for (source, op), k in Counter(map(itemgetter(4, 5), cuda)).items():
@@ -396,6 +407,10 @@ class TraceSession:
             if py is not None:
                 frames = merge(frames, py, Frame)
             h = self.writer.add_stack(frames=frames, ips=ips) if frames or ips else 0
+            if py is not None and py.frames:
+                f = py.frames[0]
+                where = f"{f.filename}:{f.line}" if f.line else f.filename
+                self._py_lines[h] = f"{where} in {f.qualname}"
             if py is None or not py.missing:  # a stack whose Python part could not be read is tried again
                 self._stack_hashes[key] = h
         return h

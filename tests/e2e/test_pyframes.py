@@ -102,7 +102,7 @@ def traced(tmp_path_factory):
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    return db, callers, pythons
+    return db, callers, pythons, session.snapshot().python_lines
 
 
 def stacks_of(db: Path, pid: int) -> list[tuple[int, list[dict]]]:
@@ -117,7 +117,7 @@ def stacks_of(db: Path, pid: int) -> list[tuple[int, list[dict]]]:
 
 @pytest.mark.parametrize("mode", MODES)
 def test_the_stack_of_every_call_has_its_python_frames(traced, mode):
-    db, callers, pythons = traced
+    db, callers, pythons, _ = traced
     lines = marked_lines()
     target = str(TARGET)
     for label in pythons:
@@ -148,7 +148,7 @@ def test_the_stack_of_every_call_has_its_python_frames(traced, mode):
 
 
 def test_static_and_shared_libpython_both_covered(traced):
-    _, _, pythons = traced
+    _, _, pythons, _ = traced
     from ingero.pyframes.process import find_runtime
 
     # which of them link libpython statically is a fact of the builds; both kinds are traced above when present
@@ -284,7 +284,7 @@ def test_the_database_replays_with_its_python_frames(traced):
     from ingero.mcp.format import format_stacks
     from ingero.store import TraceReader
 
-    db, callers, _ = traced
+    db, callers, _, _ = traced
     lines = marked_lines()
     target = str(TARGET)
     r = TraceReader.open(db)
@@ -306,3 +306,10 @@ def test_the_database_replays_with_its_python_frames(traced):
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith(f"{target}:{lines['alloc']} in alloc: n={CALLS * len(callers)} "), out.stdout
     assert f"    -> train_step ({target}:{lines['train_step']})" in out.stdout
+
+
+def test_the_live_view_counts_calls_per_python_line(traced):
+    """What ``ingero trace``'s live view shows (the session's snapshot): every call, by its Python line."""
+    _, callers, _, got = traced
+    lines = marked_lines()
+    assert dict(got) == {f"{TARGET}:{lines['alloc']} in alloc": CALLS * len(callers)}
