@@ -379,13 +379,14 @@ class _ProbeEmitter:
                 upd += [
                     "{",
                     f"    {ty} x_ = {x};",
-                    "    u32 b_;",
+                    "    u64 b_;",
                     f"    if ({below})",
                     "        b_ = 0;",
                     f"    else if ({above})",
                     f"        b_ = {nb - 1};",
                     "    else",
-                    f"        b_ = 1 + (u32)(((u64)x_ - (u64){lo}LL) / {step}ULL);",
+                    f"        b_ = 1 + ((u64)x_ - (u64){lo}LL) / {step}ULL;",
+                    "    asm volatile(\"\" : \"+r\"(b_));  /* keep the bound check: the verifier needs it */",
                     f"    if (b_ > {nb - 1})",
                     f"        b_ = {nb - 1};",
                     f"    __sync_fetch_and_add(&a->{name}[b_], 1);",
@@ -405,7 +406,8 @@ class _ProbeEmitter:
                 neg = f"{x} < 0 ? 0 : " if v.signed else ""
                 upd += [
                     "{",
-                    f"    u32 b_ = {neg}ingero_log2((u64){x});",
+                    f"    u64 b_ = {neg}ingero_log2((u64){x});",
+                    "    asm volatile(\"\" : \"+r\"(b_));  /* keep the bound check: the verifier needs it */",
                     "    if (b_ > 64)",
                     "        b_ = 64;",
                     f"    __sync_fetch_and_add(&a->{name}[b_], 1);",

@@ -4,10 +4,10 @@ A mixin of :class:`ingero.dsl.fields.Fields`: ``value(node)`` turns
 any value node of record, ``by``, an aggregation or a comparison into a :class:`Value`, or reports why
 not (located, with a hint) and returns None.
 
-- ``*p`` reads what the pointer argument ``p`` points to. A pointer to ``const`` is an input and is read
-  at entry; any other pointer is taken as an out-parameter and is read at return (``record *devPtr`` on
-  cudaMalloc gives the device pointer it wrote). The pointer itself is read at entry.
-- ``p->m`` reads member ``m`` of the catalogue or declared struct ``p`` points to, at entry.
+- ``*p`` reads what the pointer argument ``p`` points to; ``p->m`` reads member ``m`` of the catalogue or
+  declared struct ``p`` points to. Through a pointer to ``const`` (an input) the read is at entry; through
+  any other pointer (declared pointers included) it is taken as an out-parameter and read at return
+  (``record *devPtr`` on cudaMalloc gives the device pointer it wrote). The pointer itself is read at entry.
 - A read through a pointer can fail (NULL, unmapped): it carries a read status, is counted
   (``read failed``) and shows as a miss, never as 0.
 - ``+ - * / << >>`` compute in 64 bits, wrapping; signed only when both sides are signed. ``x / 0`` is 0;
@@ -90,7 +90,7 @@ class ValueExprs:
                            or f"its members: {', '.join(x.name for x in ct.fields[:8])}")
                 return None
             leaf, off = fld.ctype, fld.offset
-            at_return = False
+            at_return = not const
         if leaf.kind == "char_pointer":
             leaf = CType(leaf.name, "pointer", 8, 8)
         if leaf.kind not in _READABLE or not leaf.size or leaf.size > 8:

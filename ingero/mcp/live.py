@@ -30,6 +30,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from ingero.errors import IngeroError
+from ingero.runtime.format import ABSENT
 from ingero.tracer.dynamic import ProbeLimits
 
 log = logging.getLogger(__name__)
@@ -630,7 +631,11 @@ class ProbeTools:
             if rows:
                 out.append(f"recent events, newest last (rows {off + 1}-{off + len(rows)} counted from the newest "
                            f"of {n}; view {view} in run_sql has them all):")
-                out.append(_wrap(_csv(tuple(cols), [tuple(_cell(v) for v in r) for r in rows])))
+                # a built-in the probe does not have (an entry-only probe has no latency or retval) prints as
+                # absent, never as the 0 stored in its place
+                absent = {i for i, c in enumerate(cols) if c in ("latency", "retval") and c not in fields}
+                out.append(_wrap(_csv(tuple(cols), [tuple(ABSENT if i in absent else _cell(v) for i, v in enumerate(r))
+                                                    for r in rows])))
                 if off + lim < n:
                     out.append(f"older: offset={off + lim}")
         elif not n and not any("aggregates" in line for line in out[1:]):
