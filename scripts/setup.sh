@@ -42,6 +42,11 @@ system_setup() {
     # shellcheck disable=SC2086
     apt-get install -y -qq --no-install-recommends $PKGS >/dev/null
   fi
+  # Debian's prometheus is the server the fleet tests start themselves (a temporary one on a loopback port);
+  # installing it starts a system service on :9090 under systemd: stop and disable that one if we installed it
+  if [[ " $missing " == *" prometheus "* ]] && [ -d /run/systemd/system ]; then
+    systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
   # BCC compiles against a kernel header tree. Custom kernels (like this VM's) have no
   # linux-headers-$(uname -r): point /lib/modules/$(uname -r)/{build,source} at Debian's newest tree,
   # which is enough for uprobes (only struct pt_regs and the BPF uapi are used).
