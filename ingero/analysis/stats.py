@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from ingero.analysis.failures import NONE, Failures, OpErrors, find_failures
 from ingero.analysis.window import ALL, TimeWindow
 from ingero.store.reader import TraceReader
-from ingero.store.schema import op_name
+from ingero.store.schema import SOURCE_PROBE, op_name
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ class TraceStats:
     ops: tuple[OpStats, ...]          # sorted by total duration, descending (as upstream)
     stored_events: int
     aggregate_events: int             # SUM(count) of event_aggregates in the window, 0 if none
-    span_ns: int                      # first to last event in the window
+    span_ns: int                      # the window's length (its ends, or its first/last event where open)
     window: TimeWindow
     failures: Failures = NONE         # failing CUDA runtime/driver calls of the window
 
@@ -102,9 +102,10 @@ def trace_stats(reader: TraceReader, window: TimeWindow = ALL, pids: tuple[int, 
     descs = reader.op_descriptions
     failures = find_failures(reader, window, pids)
     ops = []
+    probe_names = probe_op_names(reader) if any(s == SOURCE_PROBE for s, _ in durations) else {}
     for (s, o), ds in durations.items():
         ds.sort()
-        name = op_name(s, o)
+        name = probe_names.get(o, op_name(s, o)) if s == SOURCE_PROBE else op_name(s, o)
         p50 = nearest_rank(ds, 0.50)
         anomalies = len(ds) - bisect.bisect_right(ds, 3 * p50) if p50 > 0 else 0
         ops.append(OpStats(s, o, name, len(ds), agg.get((s, o), 0), p50, nearest_rank(ds, 0.95),
@@ -112,8 +113,31 @@ def trace_stats(reader: TraceReader, window: TimeWindow = ALL, pids: tuple[int, 
                            tuple(e for e in failures.errors if (e.source, e.op) == (s, o))))
     ops.sort(key=lambda x: (-x.sum_ns, x.source, x.op))
     stored = sum(x.count for x in ops)
-    span = (last - first) if first is not None else 0
+    span = 0
+    if first is not None:
+        # the window asked for, where it has ends: shares of wall time are over it, not over its events
+        lo = window.start_ns if window.start_ns is not None else first
+        hi = window.end_ns if window.end_ns is not None else last
+        span = max(hi - lo, last - first)
     return TraceStats(tuple(ops), stored, sum(agg.values()), span, window, failures)
+
+
+def probe_op_names(reader: TraceReader) -> dict[int, str]:
+    """A dynamic probe's op (its id) -> ``probe:NAME``, from the database's ``ops`` table."""
+    if not reader.has_table("ops"):
+        return {}
+    return {int(o): f"probe:{n}" for o, n in reader.query(
+        "SELECT op_id, name FROM ops WHERE source_id = ?", (SOURCE_PROBE,))}
+
+
+def no_events_message(reader: TraceReader, window: TimeWindow = ALL, pids: tuple[int, ...] = ()) -> str:
+    """What an empty answer means: nothing in the database, or nothing matching the filter."""
+    total = reader.count("events") if reader.has_table("events") else 0
+    if not total:
+        return "No events found in the database."
+    asked = [w for w, on in (("the time window", not window.is_open),
+                             (f"pid {', '.join(map(str, pids))}", bool(pids))) if on]
+    return f"No events match the filter ({' and '.join(asked) or 'none'}): {total} events in the database."
 
 
 def _aggregate_counts(reader: TraceReader, window: TimeWindow, pids: tuple[int, ...]

@@ -53,16 +53,18 @@ def stats(db: Path, since: str, until: str, as_json: bool) -> None:
     """
     from ingero.analysis import trace_stats
     from ingero.analysis.failures import failure_findings
+    from ingero.analysis.stats import no_events_message
     from ingero.analysis.window import go_duration
 
     with _open(db) as r:
         st = trace_stats(r, _window(r, since, until))
+        empty = no_events_message(r, st.window) if not st.ops else ""
     if as_json:
         click.echo(json.dumps({"stored_events": st.stored_events, "aggregate_events": st.aggregate_events,
                                "span_ns": st.span_ns, "ops": [asdict(o) for o in st.ops]}, indent=2))
         return
     if not st.ops:
-        click.echo("No events found in the database.")
+        click.echo(empty)
         return
     span = max(st.span_ns, 1)
     rows = [[o.name, str(o.count), str(o.total) if o.total > o.count else "", go_duration(o.p50_ns),

@@ -36,6 +36,8 @@ from ingero.tracer.dynamic import ProbeLimits
 log = logging.getLogger(__name__)
 
 MAX_OUTPUT = 48 * 1024
+#: longest window validate_probe's estimate looks back over, in seconds
+MAX_ESTIMATE_WINDOW_S = 3600.0
 #: why a probe ended when its tracer died without closing it (shown on the next open, replay included)
 TRACER_DIED = ("the tracer stopped without closing the probe (killed or crashed); in-kernel aggregates "
                "not yet read were lost")
@@ -380,7 +382,10 @@ class ProbeTools:
 
         if self._conn is None:
             return "estimate: no basis (no trace database is open)"
-        window_s = max(0.5, min(float(window_s or ESTIMATE_WINDOW_S), 3600.0))
+        window_s = float(window_s)
+        if not 0 < window_s <= MAX_ESTIMATE_WINDOW_S:
+            raise ToolRefused(f"window_s must be more than 0 and at most {MAX_ESTIMATE_WINDOW_S:g} seconds, got "
+                              f"{window_s:g}", hint="the estimate counts calls over the last window_s seconds")
         with self._db_lock:
             row = self._conn.execute("SELECT MIN(timestamp), MAX(timestamp) FROM events").fetchone()
         if not row or row[0] is None:
@@ -414,11 +419,19 @@ class ProbeTools:
             with self._db_lock:
                 n = int(self._conn.execute(q, [source, *ops, start, end]).fetchone()[0])
             rate = n / span_s
+            sampled = self._aggregate_rate(source, ops, start, end, int(row[0]), int(row[1]))
+            basis = f"{n} calls in {span_s:.1f} s"
+            if sampled is not None and sampled[0] > n:
+                # --selective stored a sample: the per-minute totals of event_aggregates count every call
+                counted, covered_s = sampled
+                rate = counted / covered_s
+                basis = (f"{counted} calls counted in {covered_s:.1f} s by event_aggregates (per-minute totals: "
+                         f"the stored events are sampled, {n} stored)")
             per_call = COST_ENTRY_NS + (COST_RETURN_NS if p.needs_return else 0) + (COST_RECORD_NS if p.record else 0)
             cost = rate * per_call / 1e9
             total_rate += rate
             total_cost += cost
-            part = f"  {p.name}: {n} calls in {span_s:.1f} s -> ~{rate:.1f} events/s"
+            part = f"  {p.name}: {basis} -> ~{rate:.1f} events/s"
             if p.filter is not None:
                 part += " at most (the where filter drops some)"
             part += f"; overhead ~{cost * 100:.3f}% of one CPU (~{per_call / 1000:.1f} us per call)"
@@ -428,6 +441,21 @@ class ProbeTools:
         if len(rs.probes) > 1:
             out.append(f"  total: ~{total_rate:.1f} events/s, ~{total_cost * 100:.3f}% of one CPU")
         return "\n".join(out)
+
+    def _aggregate_rate(self, source: int, ops: list[int], start: int, end: int, first: int,
+                        last: int) -> tuple[int, float] | None:
+        """(calls counted, seconds covered) by the minute buckets of event_aggregates overlapping
+        [start, end], clipped to the trace; None without such buckets."""
+        if not self._db("SELECT 1 FROM sqlite_master WHERE name = 'event_aggregates'"):
+            return None
+        minute = 60 * 10**9
+        rows = self._db(f"SELECT MIN(bucket), MAX(bucket), SUM(count) FROM event_aggregates WHERE source = ? AND "
+                        f"op IN ({','.join('?' * len(ops))}) AND bucket > ? AND bucket <= ?",
+                        [source, *ops, start - minute, end])
+        if not rows or rows[0][2] is None:
+            return None
+        lo, hi, counted = max(int(rows[0][0]), first), min(int(rows[0][1]) + minute, last), int(rows[0][2])
+        return counted, max((hi - lo) / 1e9, 1e-3)
 
     # -- attach / detach -----------------------------------------------------------------------------------
     def attach(self, spec: str, owner: str, facts: dict | None = None) -> tuple[str, dict]:

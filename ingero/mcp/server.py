@@ -24,12 +24,13 @@ from ingero.analysis.check import format_checks, run_all_checks
 from ingero.analysis.demo import SCENARIOS, find_scenario, run_scenario
 from ingero.analysis.failures import trace_calls_check
 from ingero.analysis.stacks import why_no_stacks
+from ingero.analysis.stats import no_events_message
 from ingero.audit import AuditLog, AuditRecord, dumps_args, now_ns, token_fingerprint
 from ingero.dsl.check import MAX_SPEC_CHARS
 from ingero.errors import IngeroError
 from ingero.mcp import format as fmt
 from ingero.mcp.dslref import DSL_SUMMARY, DSL_URI, dsl_reference
-from ingero.mcp.live import ProbeTools
+from ingero.mcp.live import MAX_ESTIMATE_WINDOW_S, ProbeTools
 from ingero.mcp.prompt import INVESTIGATE_DESCRIPTION, INVESTIGATE_TEXT, INVESTIGATE_TITLE
 from ingero.mcp.strict import (
     MAX_ARG_CHARS,
@@ -208,7 +209,9 @@ def build_server(reader: TraceReader | None, audit: AuditLog | None,
 
     @server.tool(structured_output=False, description=(
         "Get CUDA and host operation statistics: count, p50/p95/p99/max (exact, over all stored events), "
-        "share of the trace's wall time and anomalies (> 3x p50) per operation. Works with both live and "
+        "share of wall time (w%: summed call durations over the window asked for, the whole trace without "
+        "since/until; calls overlapping on several threads can add up past 100%) and anomalies (> 3x p50) per "
+        "operation. Works with both live and "
         "saved/offline databases. Omit 'since' for saved DBs."))
     async def get_trace_stats(
         since: Annotated[str, Field(description=SINCE_DESC, max_length=MAX_ARG_CHARS)] = "",
@@ -219,7 +222,10 @@ def build_server(reader: TraceReader | None, audit: AuditLog | None,
             if reader is None:
                 return NO_DB
             w = make_window(since, until, backend.anchor())
-            return fmt.format_stats(_probe_names(reader, trace_stats(reader, w)), _tsc(tsc), since)
+            st = trace_stats(reader, w)
+            if not st.ops:
+                return no_events_message(reader, w)
+            return fmt.format_stats(_probe_names(reader, st), _tsc(tsc), since)
         return await _call(backend, work)
 
     @server.tool(structured_output=False, description=(
@@ -243,7 +249,7 @@ def build_server(reader: TraceReader | None, audit: AuditLog | None,
             chosen = tuple(p for p in (pids or []) if p > 0) or ((pid,) if pid > 0 else ())
             res = causal_chains(reader, w, chosen, top_n)
             if res.path == "replay" and res.events == 0 and not res.chains:
-                return "No events found in the database."
+                return no_events_message(reader, w, chosen)
             return fmt.format_chains(res.chains, _tsc(tsc))
         return await _call(backend, work)
 
@@ -433,7 +439,8 @@ def _add_probe_tools(server: MCPServer, probes: ProbeTools, attach: bool) -> Non
         spec: Annotated[str, Field(description="the probe spec text (one or more probes)",
                                     max_length=MAX_SPEC_CHARS)],
         window_s: Annotated[float, Field(description="estimate window in seconds, counted back from now "
-                                                     "(live) or the end of the trace (default 10)")] = 10.0,
+                                                     "(live) or the end of the trace (default 10, at most 3600)",
+                                         gt=0, le=MAX_ESTIMATE_WINDOW_S)] = 10.0,
     ) -> str:
         text, facts = await _probe_call(lambda: probes.validate(spec, window_s))
         _audit_extra(facts)

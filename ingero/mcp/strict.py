@@ -79,9 +79,12 @@ def _sentence(tool: str, err: ValidationError) -> str:
     if err.validator == "maxLength":
         return (f"invalid arguments for {tool}: {where} is {len(err.instance)} characters, more than the "
                 f"{err.validator_value} this server accepts")
-    if err.validator in ("maximum", "minimum"):
-        bound = "at most" if err.validator == "maximum" else "at least"
-        return f"invalid arguments for {tool}: {where} must be {bound} {err.validator_value}, got {err.instance}"
+    if err.validator in ("maximum", "minimum", "exclusiveMaximum", "exclusiveMinimum"):
+        bound = {"maximum": "at most", "minimum": "at least", "exclusiveMaximum": "less than",
+                 "exclusiveMinimum": "more than"}[str(err.validator)]
+        v = err.validator_value
+        shown = f"{v:g}" if isinstance(v, float) else str(v)
+        return f"invalid arguments for {tool}: {where} must be {bound} {shown}, got {err.instance}"
     return f"invalid arguments for {tool}: {where}: {err.message}"
 
 

@@ -151,9 +151,17 @@ def op_name(source: int, op: int) -> str:
     return UNKNOWN_OP_FORMATS.get(source, "op({})").format(op)
 
 
+#: labels of verbose stats lines: upstream's Host, Driver and CUDA, and the other sources by their own
+#: names (upstream labels every other source CUDA, so block_read read "[CUDA] block_read")
+SOURCE_LABELS: dict[int, str] = {
+    SOURCE_CUDA: "CUDA", SOURCE_HOST: "Host", SOURCE_DRIVER: "Driver", SOURCE_IO: "IO", SOURCE_TCP: "TCP",
+    SOURCE_NET: "Net", SOURCE_GRAPH: "CUDA Graph", SOURCE_PROBE: "Probe",
+}
+
+
 def source_label(source: int) -> str:
-    """The label of verbose stats lines: Host, Driver, else CUDA (upstream's own choice)."""
-    return {SOURCE_HOST: "Host", SOURCE_DRIVER: "Driver"}.get(source, "CUDA")
+    """The label of a verbose stats line: the source's own name (``source N`` for an unknown one)."""
+    return SOURCE_LABELS.get(source, f"source {source}")
 
 
 def resolve_op(name: str) -> tuple[int, int]:

@@ -1,0 +1,113 @@
+"""Every answer says what it means: each message on a database made for it, checked against direct SQL."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import anyio
+import pytest
+
+from ingero.mcp.format import PREAMBLE
+from ingero.store import Event, EventWriter, ProbeField, ProbeInfo, SessionInfo, TraceReader
+from ingero.store.writer import Aggregate
+from tests.replay_helpers import ingero_cmd
+
+S = 10**9
+T0 = 1_800_000_000 * S   # epoch ns, on a minute boundary
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory) -> Path:
+    """cudaMalloc: 5 calls of 1 s in the last 5 s of a 100 s trace (plus one at its start); a block_read; a
+    dynamic probe 'mallocs' with 2 events; event_aggregates counting 600 cudaMalloc calls in the last minute
+    (the stored events are a sample, as --selective stores them)."""
+    path = tmp_path_factory.mktemp("msg") / "messages.db"
+    with EventWriter(path, node="n", session=SessionInfo(command="x")) as w:
+        probe = w.register_probe(ProbeInfo("mallocs", fields=(ProbeField("size"),)))
+        end = T0 + 100 * S
+        rows = [Event(T0, 7, 7, 1, 1, 1000)]
+        rows += [Event(end - (4 - i) * S, 7, 7, 1, 1, S) for i in range(5)]
+        rows += [Event(T0 + 50 * S, 7, 7, 5, 1, 2000, arg0=8)]
+        rows += [Event(T0 + 60 * S + i, 7, 7, 100, probe.op, 500, values=(4096,)) for i in range(2)]
+        w.add_events(rows, epoch=True)
+        w.add_aggregates([Aggregate(T0 + 60 * S, 1, 1, 7, count=600, stored=3)])
+        w.add_events([], epoch=True)
+    return path
+
+
+def _sql(db: Path, q: str):
+    c = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return c.execute(q).fetchall()
+    finally:
+        c.close()
+
+
+def _call(db: Path, tool: str, args: dict) -> tuple[bool, str]:
+    from mcp import Client
+
+    from ingero.mcp.server import build_server
+
+    reader = TraceReader.open(db)
+
+    async def main():
+        from mcp.shared.exceptions import MCPError
+
+        async with Client(build_server(reader, None)) as c:
+            try:
+                r = await c.call_tool(tool, args)
+            except MCPError as e:  # invalid params: a JSON-RPC error
+                return True, f"invalid params: {e.error.message}"
+            return r.is_error, r.content[0].text
+    try:
+        return anyio.run(main)
+    finally:
+        reader.close()
+
+
+def test_wall_share_is_over_the_window_asked_for(db):
+    _, text = _call(db, "get_trace_stats", {"since": "10s"})
+    ops = {o["op"]: o for o in json.loads(text[len(PREAMBLE):])["ops"]}
+    summed = _sql(db, f"SELECT SUM(duration) FROM events WHERE source = 1 AND op = 1 AND timestamp >= "
+                      f"{T0 + 90 * S}")[0][0]
+    assert ops["cudaMalloc"]["w%"] == f"{100 * summed / (10 * S):.1f}" == "50.0"   # over the events' 4 s: 125%
+
+
+def test_empty_filter_says_so_with_the_database_count(db):
+    total = _sql(db, "SELECT COUNT(*) FROM events")[0][0]
+    _, text = _call(db, "get_trace_stats", {"until": "@1000"})
+    assert text == f"No events match the filter (the time window): {total} events in the database."
+    _, text = _call(db, "get_causal_chains", {"pids": [424242]})
+    assert text == f"No events match the filter (pid 424242): {total} events in the database."
+
+
+def test_source_labels_and_probe_ops_by_name(db):
+    _, text = _call(db, "get_trace_stats", {"tsc": False})
+    assert "[IO] block_read" in text and "[CUDA] cudaMalloc" in text and "[Probe] probe:mallocs" in text
+    out = subprocess.run([ingero_cmd(), "stats", "--db", str(db)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    name = _sql(db, "SELECT name FROM ops WHERE source_id = 100")[0][0]
+    assert f"probe:{name}" in out.stdout and "probe_op(" not in out.stdout
+
+
+def test_negative_or_huge_estimate_window_refused(db, cudart12):
+    from ingero.mcp.live import ProbeTools, ToolRefused
+
+    spec = f"probe m = {cudart12}:cudaMalloc\n"
+    for bad, bound in ((-5, "more than 0"), (0, "more than 0"), (86400, "at most 3600")):
+        err, text = _call(db, "validate_probe", {"spec": spec, "window_s": bad})
+        assert err and f'invalid params: invalid arguments for validate_probe: argument "window_s" must be {bound}, ' \
+                       f"got {bad}" in text, text
+    with TraceReader.open(db) as r, pytest.raises(ToolRefused, match="more than 0 and at most 3600 seconds, got -5"):
+        ProbeTools(r).validate(spec, window_s=-5)
+
+
+def test_estimate_uses_event_aggregates_where_stored_events_are_sampled(db, cudart12):
+    err, text = _call(db, "validate_probe", {"spec": f"probe m = {cudart12}:cudaMalloc\n", "window_s": 3600})
+    assert not err
+    counted = _sql(db, "SELECT SUM(count) FROM event_aggregates WHERE source = 1 AND op = 1")[0][0]
+    stored = _sql(db, "SELECT COUNT(*) FROM events WHERE source = 1 AND op = 1")[0][0]
+    assert f"{counted} calls counted in " in text and f"the stored events are sampled, {stored} stored" in text
