@@ -76,6 +76,10 @@ def _sentence(tool: str, err: ValidationError) -> str:
     if err.validator in ("type", "anyOf"):
         want = _wanted(err.schema)
         return f"invalid arguments for {tool}: {where} must be {want}, got {_kind(err.instance)}"
+    if err.validator in ("enum", "const"):
+        allowed = err.validator_value if err.validator == "enum" else [err.validator_value]
+        return (f"invalid arguments for {tool}: {where} must be one of {', '.join(map(json.dumps, allowed))}, "
+                f"got {_kind(err.instance)}")
     if err.validator == "maxLength":
         return (f"invalid arguments for {tool}: {where} is {len(err.instance)} characters, more than the "
                 f"{err.validator_value} this server accepts")
