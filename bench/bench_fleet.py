@@ -4,7 +4,7 @@
    ``cudaMemcpy`` of the wheel's libcudart.so.12 at 400,000 calls/s; a real :class:`TraceSession` records
    every call, once without metrics (the baseline) and once with :class:`FleetMetrics` fed per batch,
    ``/metrics`` served on loopback and scraped every second by another process (as Prometheus would).
-   The two sessions alternate phases (off, on, off, on) so that the machine's load falls on both alike.
+   One session alternates phases (off, on, off, on, ...) so that the machine's load falls on both alike.
 2. One scrape with 8 dynamic probes: 8 DSL probes (``record latency``) attached to the live trace with
    metrics, a phase of calls so that each has its series, then scrapes timed end to end (HTTP request to
    the last byte, from another process).
@@ -33,6 +33,7 @@ sys.path.insert(0, str(HERE))
 RATE = 400_000
 TARGET_SCRAPE_MS = 50.0
 PROBES = 8
+ROUNDS = 3  # phase pairs (without, with)
 TOKEN = "bench-fleet"
 
 #: the scraper: GET /metrics every INTERVAL s, N times (N <= 0: until stdin closes); prints each scrape's ms, size
@@ -166,33 +167,38 @@ def main() -> int:
                 session.stop("benchmark done")
                 runner.join()
                 server.close()
-            # 1. alternate: a session without metrics, one with metrics served and scraped every second
-            phase = 0
+            # 1. one session, phases alternating without metrics and with them fed, served and scraped every second
             scrape_log: list[str] = []
-            for _round in range(2):
-                for with_metrics in (False, True):
-                    phase += 1
-                    db = Path(tmp) / f"p{phase}.db"
-                    metrics = server = scraper = None
+            db = Path(tmp) / "ingest.db"
+            session, runner = _session(db, prod.pid, None)
+            try:
+                for phase in range(1, 2 * ROUNDS + 1):
+                    with_metrics = phase % 2 == 0
+                    server = scraper = None
                     if with_metrics:
                         metrics = FleetMetrics(node_labels({}, ["job=bench"]), mcp="bench")
                         server = MetricsServer(metrics, "127.0.0.1:0", TOKEN).start()
                         scraper = _scraper(server.url, 1.0)
-                    session, runner = _session(db, prod.pid, metrics)
+                        session.metrics = metrics  # the loop reads it at each tick
                     try:
                         r = _phase(prod, session, RATE, secs, phase)
                     finally:
-                        session.stop("benchmark phase done")
-                        runner.join()
+                        session.metrics = None
                         if scraper is not None:
                             scraper.stdin.close()
                             scrape_log += scraper.stdout.read().split("\n")
                             scraper.wait(10)
                         if server is not None:
                             server.close()
-                    r["stored"] = _stored(db).get(phase, 0)
                     r["scrapes"] = server.scrapes if server else 0
                     rows.append(("with /metrics, scraped every 1 s" if with_metrics else "without metrics", r))
+                    time.sleep(0.3)
+            finally:
+                session.stop("benchmark done")
+                runner.join()
+            stored = _stored(db)
+            for _, r in rows:
+                r["stored"] = stored.get(r["phase"], 0)
         finally:
             prod.stdin.close()
             prod.wait(10)
@@ -209,9 +215,10 @@ def main() -> int:
     ratio = sum(map(ingest, on)) / max(sum(map(ingest, off)), 1)
     print("## Fleet metrics: ingest with /metrics served and scraped, scrape time, series (bench_fleet.py)\n")
     print(f"A C loop calls `cudaMemcpy` of libcudart.so.12 at {RATE:,} calls/s, {secs:g} s per phase; a real "
-          "`TraceSession` (no stacks) records every call, alternately without metrics and with `FleetMetrics` fed "
-          "per batch, `/metrics` served on loopback and scraped every second by another process. *ingest* is "
-          "stored events / (phase + drain); *tracer CPU* is this process's CPU time per stored event. Load "
+          "`TraceSession` (no stacks) records every call, its phases alternately without metrics and with "
+          "`FleetMetrics` fed per batch, `/metrics` served on loopback and scraped every second by another "
+          "process. *ingest* is stored events / (phase + drain); *tracer CPU* is this process's CPU time per "
+          "stored event. Load "
           f"average of the machine (shared): {load0:.1f} before, {os.getloadavg()[0]:.1f} after.\n")
     print("| phase | metrics | achieved (calls/s) | calls | stored | lost | drain (ms) | ingest (events/s) | "
           "tracer CPU (µs/event) | scrapes |")
