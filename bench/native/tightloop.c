@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <time.h>
 
-__attribute__((noinline)) long work(long i) {
+__attribute__((noinline, noipa)) long work(long i) {
     __asm__ volatile("" : "+r"(i));
     return i * 3;
 }

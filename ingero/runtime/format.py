@@ -78,7 +78,7 @@ def row_formatter(p, enum_name=None):
     from ingero.runtime.probes import string_value
 
     rp = p.cp.probe
-    if any(rp.value(k).kind in ("stack", "code") for k in rp.record):
+    if any(rp.value(k).kind in ("stack", "pystack", "code") for k in rp.record):
         return None
     syms = [s.name for s in rp.symbols]
     parts = []
