@@ -104,6 +104,8 @@ class _ToAst(Transformer):
     def target(self, meta, items):
         tok = items[0]
         lib, _, sym = str(tok).partition(":")
+        if sym.startswith('"'):  # a quoted demangled C++ name or glob
+            sym = re.sub(r"\\(.)", r"\1", sym[1:-1])
         lspan = Span(tok.line, tok.column, tok.line, tok.column + len(lib))
         sspan = Span(tok.line, tok.column + len(lib) + 1, tok.line, tok.column + len(tok))
         params = params_span = pid = pid_span = returns = None

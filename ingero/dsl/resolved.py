@@ -8,6 +8,7 @@ makes up (``v3``) and numbers.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from ingero.abi import Piece
 
@@ -178,6 +179,18 @@ class ResolvedSymbol:
     file_offset: int
     typed_by: str  # catalogue, declared, untyped
 
+    @property
+    def shown(self) -> str:
+        """The name as output shows it: demangled for a C++ function (``c10::cuda::device_count()``)."""
+        return self.name if not self.name.startswith("_Z") else _demangled(self.name)
+
+
+@lru_cache(maxsize=1 << 16)
+def _demangled(name: str) -> str:
+    from ingero.symbols.table import demangle_all
+
+    return demangle_all([name])[0]
+
 
 @dataclass(frozen=True)
 class ResolvedProbe:
@@ -248,7 +261,8 @@ def describe(p: ResolvedProbe, full: bool = True) -> str:
         where = f"first on the search path: {where}"
     lines = [f"probe {p.name}: {lib.soname or lib.name} ({where}{cat})"]
     n = len(p.symbols)
-    names = ", ".join(s.name for s in p.symbols[:6]) + (f", ... ({n - 6} more)" if n > 6 else "")
+    names = ", ".join(s.shown if s.shown == s.name else f"{s.shown} [{s.name}]" for s in p.symbols[:6]) + (
+        f", ... ({n - 6} more)" if n > 6 else "")
     lines.append(f"  {n} symbol{'s' if n != 1 else ''}: {names}")
     lines.append(f"  attach: {p.direction}" + (f", pid {p.pid}" if p.pid else ", every process"))
     if p.filter is not None:

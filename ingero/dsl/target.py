@@ -19,6 +19,8 @@ from ingero.symbols import Library, SymbolTable
 from ingero.symbols.discovery import stem_of
 
 _GLOB = re.compile(r"[*?\[]")
+#: the suffix of a piece of a function the compiler split off or cloned (GCC's foo.cold, foo.part.3, ...)
+_FRAGMENT = re.compile(r"\.(cold|part|isra|constprop|lto_priv|localalias)(\.\d+)*")
 
 
 def target(ctx: ProbeContext, report: Report) -> ProbeContext:
@@ -63,10 +65,9 @@ def target(ctx: ProbeContext, report: Report) -> ProbeContext:
         _major(cat, lib),
         family_of(lib.stem),
     )
-    offsets: dict[str, int] = {}
-    for s in table:
-        if s.name not in offsets:
-            offsets[s.name] = table.get(s.name).file_offset
+    # the preferred symbol of each name (see SymbolTable.get), from the columns: no demangling here
+    fo = table.columns.file_offset
+    offsets = {n: fo[idx[0]] for n, idx in table.by_name.items()}
     return _pick_symbols(replace(ctx, library=ref), report, list(offsets), offsets, table)
 
 
@@ -100,7 +101,14 @@ def _pick_symbols(
         rx = re.compile(fnmatch.translate(pattern))
         chosen = [n for n in names if rx.match(n)]
         if table is not None:  # demangled C++ names match too
-            chosen += [s.name for s in table.match(pattern) if s.name not in chosen and s.name in offsets]
+            seen = set(chosen)
+            chosen += [s.name for s in table.match(pattern) if s.name not in seen and s.name in offsets]
+        fragments = [n for n in chosen if _FRAGMENT.search(n)]
+        if fragments:
+            chosen = [n for n in chosen if not _FRAGMENT.search(n)]
+            notes.append(f"left out {len(fragments)} compiler fragment{'s' if len(fragments) != 1 else ''} "
+                         f"({', '.join(sorted({_FRAGMENT.search(n).group(0) for n in fragments})[:4])}: parts of "
+                         "functions split off by the compiler, not entry points)")
         if not chosen:
             stripped = _GLOB.sub("", pattern).strip("]!")
             hint = suggestion(stripped, names) if stripped else None
@@ -124,7 +132,7 @@ def _pick_symbols(
                 )
         elif name in offsets:
             chosen = [name]
-        elif table is not None and ("@" in name or " " in name):
+        elif table is not None and ("@" in name or " " in name or "::" in name or "(" in name):
             try:
                 chosen = [table.get(name).name]
             except IngeroError as e:

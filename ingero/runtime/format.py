@@ -80,7 +80,7 @@ def row_formatter(p, enum_name=None):
     rp = p.cp.probe
     if any(rp.value(k).kind in ("stack", "pystack", "code") for k in rp.record):
         return None
-    syms = [s.name for s in rp.symbols]
+    syms = [s.shown for s in rp.symbols]
     parts = []
     for key in rp.record:
         v = rp.value(key)

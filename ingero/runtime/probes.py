@@ -553,14 +553,14 @@ class ProbeSession:
             if key in ("ts", "latency", "pid", "tid"):
                 fields[key] = raw
             elif key == "symbol":
-                fields[key] = rp.symbols[raw].name if 0 <= raw < len(rp.symbols) else raw
+                fields[key] = rp.symbols[raw].shown if 0 <= raw < len(rp.symbols) else raw
             elif key in p.status_columns:
                 fields[key] = read_value(rp.value(key), raw, row[p.status_columns[key]])
             elif key in p.py_columns:  # a stack with its Python frames
                 fields[key] = self._stack(int(raw), pid, row[p.py_columns[key]])
             else:
                 fields[key] = self._decode(rp, key, raw, pid, names)
-        symbol = rp.symbols[cookie].name if 0 <= cookie < len(rp.symbols) else str(cookie)
+        symbol = rp.symbols[cookie].shown if 0 <= cookie < len(rp.symbols) else str(cookie)
         return ProbeEvent(rp.name, symbol, pid, tid, ts, latency if rp.needs_return else None, fields, names)
 
     def _decode(self, rp, key: str, raw, pid: int | None, names: dict | None = None):
@@ -568,7 +568,7 @@ class ProbeSession:
         if v.kind in ("string", "comm"):
             return _cstr(raw)
         if v.kind == "symbol":
-            return rp.symbols[int(raw)].name if 0 <= int(raw) < len(rp.symbols) else int(raw)
+            return rp.symbols[int(raw)].shown if 0 <= int(raw) < len(rp.symbols) else int(raw)
         if v.kind == "stack":
             return self._stack(int(raw), pid)
         if v.kind == "pystack":

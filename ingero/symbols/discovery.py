@@ -57,6 +57,9 @@ CUDA_LIBRARY_STEMS: tuple[str, ...] = (
     "libnvjpeg",
     "libnpp*",
     "libnvvm",
+    "libnvshmem*",  # libnvshmem_host (PyTorch's wheels), which loads the driver with dlopen, not DT_NEEDED
+    "libcutensor*",
+    "libcudss*",
 )
 
 #: The discovery sources, in precedence order (``Library.source`` takes one of these, or ``pid``/``path``).
