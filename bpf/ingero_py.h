@@ -8,7 +8,9 @@
  *      interpreter's thread list walked until that thread's (works while the thread has released the GIL:
  *      its thread state stays in the list, it is just not the GIL holder);
  *   2. walks its frames, innermost first, up to INGERO_PY_FRAMES, keeping (code object, instruction)
- *      per frame -- the instruction pointer (3.11+) or f_lasti (3.10); the shim frames the interpreter
+ *      per frame -- the instruction pointer (3.11+) or f_lasti (3.10); on 3.11+ a frame's whole page is
+ *      read at once (its callers are usually below it in the same page of the thread's data stack), on
+ *      3.10 (heap frame objects) each frame is read alone; the shim frames the interpreter
  *      pushes where C calls into Python (owner FRAME_OWNED_BY_CSTACK, 3.12+) are flagged, and dropped by
  *      user space;
  *   3. stores them in ingero_py_stacks under a hash of their content (once per distinct stack) and returns
@@ -51,9 +53,14 @@ struct ingero_pystack {
     u64 instr[INGERO_PY_FRAMES];
 };
 
+/* 3.11+: the frames of a thread live one after the other in its data stack (a caller below its callee),
+ * so one read of the page holding a frame usually holds its callers too (a page: never a faulting read) */
+#define INGERO_PY_WINDOW 4096
+
 struct ingero_py_scratch_t {
     u8 frame[INGERO_PY_FRAME_BUF + 8];
     struct ingero_pystack s;
+    u8 window[INGERO_PY_WINDOW + INGERO_PY_FRAME_BUF + 8];
 };
 
 #ifdef INGERO_PY_EXTERN
@@ -142,18 +149,37 @@ static __always_inline u64 ingero_py_capture(void) {
             depth = i + 1;
         }
     } else {
+        u64 win = 0, wlen = 0;  /* address of window[0] and the bytes read there (0: none) */
 #pragma nounroll
         for (int i = 0; i < INGERO_PY_FRAMES; i++) {
-            if (!f || bpf_probe_read_user(b->frame, 72, (void *)f))
+            if (!f)
                 break;
-            u64 code = *(u64 *)(b->frame + off_code);
-            u64 instr = *(u64 *)(b->frame + off_instr);
-            u64 d = (u64)b->frame[off_owner] ^ cstack;
+            u64 off = f - win;
+            if (f < win || off + 72 > wlen) {
+                /* not in the window: read the page holding this frame (mapped, since the frame is: no
+                 * faulting read), which usually holds its callers too */
+                win = f & ~(u64)(INGERO_PY_WINDOW - 1);
+                wlen = INGERO_PY_WINDOW;
+                off = f - win;
+                if (off + 72 > wlen || bpf_probe_read_user(b->window, INGERO_PY_WINDOW, (void *)win)) {
+                    /* the frame spans two pages: it alone */
+                    win = f;
+                    wlen = 72;
+                    off = 0;
+                    if (bpf_probe_read_user(b->window, 72, (void *)f))
+                        break;
+                }
+            }
+            off &= (INGERO_PY_WINDOW - 1);
+            u8 *fr = b->window + off;
+            u64 code = *(u64 *)(fr + off_code);
+            u64 instr = *(u64 *)(fr + off_instr);
+            u64 d = (u64)fr[off_owner] ^ cstack;
             shims |= (u32)((((d | -d) >> 63) ^ 1) << i);  /* owner == FRAME_OWNED_BY_CSTACK, no branch */
             b->s.code[i & (INGERO_PY_FRAMES - 1)] = code;
             b->s.instr[i & (INGERO_PY_FRAMES - 1)] = instr;
             h = ((h ^ code) * 0x100000001b3ULL ^ instr) * 0x100000001b3ULL;
-            f = *(u64 *)(b->frame + off_prev);
+            f = *(u64 *)(fr + off_prev);
             depth = i + 1;
         }
     }

@@ -224,6 +224,32 @@ def _collect(reader: TraceReader, window: TimeWindow, pids: tuple[int, ...]) -> 
     return ctx, n
 
 
+#: Python lines named in a chain's timeline
+CHAIN_PYTHON_LINES = 3
+
+
+def _with_python_lines(c: CausalChain, reader: TraceReader, window: TimeWindow, pids: tuple[int, ...],
+                       calls: int) -> CausalChain:
+    """The chain with, before its op's entry, the Python lines that made the op's calls (when the trace has
+    Python frames): the op's stacks grouped by their innermost Python frame, exact counts."""
+    if len(pids) > 1 or not c.cuda_op:
+        return c
+    from dataclasses import replace
+
+    from ingero.analysis.stacks import top_stacks
+
+    try:
+        lines = top_stacks(reader, op=c.cuda_op, pid=pids[0] if pids else 0, window=window,
+                           limit=CHAIN_PYTHON_LINES, group="python_line")
+    except Exception:  # noqa: BLE001 - an op the stack query cannot name: the chain as it is
+        return c
+    if not lines:
+        return c
+    entries = tuple(TimelineEntry("PYTHON", "python_line", f"{s.count} of {calls} {c.cuda_op} calls from "
+                                  f"{s.python_line}") for s in lines)
+    return replace(c, timeline=(*c.timeline[:-1], *entries, c.timeline[-1]))
+
+
 def replay_chains(reader: TraceReader, window: TimeWindow = ALL, pids: tuple[int, ...] = ()
                   ) -> tuple[list[CausalChain], int]:
     """Chains recomputed from the events of the window; returns (chains, events analysed)."""
@@ -236,7 +262,7 @@ def replay_chains(reader: TraceReader, window: TimeWindow = ALL, pids: tuple[int
             continue
         c = _tail_chain(ctx, s, op_name(s, o), p50, p99)
         if c is not None:
-            chains.append(c)
+            chains.append(_with_python_lines(c, reader, window, pids, len(ds)))
     if ctx.oom:
         chains.append(CausalChain(
             "oom", "HIGH", f"OOM killer invoked ({ctx.oom} event(s)) during GPU work",

@@ -287,12 +287,23 @@ def test_the_database_replays_with_its_python_frames(traced):
     db, callers, _, _ = traced
     lines = marked_lines()
     target = str(TARGET)
+    from ingero.analysis.chains import CausalChain, TimelineEntry, _with_python_lines
+    from ingero.analysis.window import ALL
+
     r = TraceReader.open(db)
     try:
         stacks = top_stacks(r, op="cudaMalloc", limit=100)
         by_line = top_stacks(r, op="cudaMalloc", group="python_line")
+        total = CALLS * len(callers)
+        chain = CausalChain("tail-medium-cudaMalloc", "MEDIUM", "s", "r", "e", (),
+                            (TimelineEntry("CUDA", "cudaMalloc", "p99=..."),), "cudaMalloc")
+        chain = _with_python_lines(chain, r, ALL, (), total)
     finally:
         r.close()
+    # a causal chain of cudaMalloc names the Python line of its calls, before its op's entry
+    assert [(e.layer, e.detail) for e in chain.timeline] == [
+        ("PYTHON", f"{total} of {total} cudaMalloc calls from {TARGET}:{marked_lines()['alloc']} in alloc"),
+        ("CUDA", "p99=...")]
     assert sum(s.count for s in stacks) == CALLS * len(callers)
     for s in stacks:
         assert f"-> alloc ({target}:{lines['alloc']})" in s.frames, s.frames
