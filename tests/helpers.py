@@ -218,3 +218,14 @@ def cpythons() -> dict[str, str]:
         if m and int(m.group(1)) >= 10:
             out[f"3.{m.group(1)}-debian"] = exe
     return out
+
+
+def db_rows(db, sql: str, params=()) -> list[tuple]:
+    """Rows of a query on a trace database, read-only (ground truth read beside ingero's own readers)."""
+    import sqlite3
+
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()

@@ -6,10 +6,8 @@ its calls, its pids and its threads' tids."""
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 from collections import Counter
-from pathlib import Path
 
 import anyio
 import pytest
@@ -18,19 +16,13 @@ from ingero import workload
 from ingero.store.schema import INGERO_OPS, op_code
 from ingero.tracer.session import TraceOptions, TraceSession
 from tests.helpers import Workload
+from tests.helpers import db_rows as rows
 
 pytestmark = pytest.mark.bpf
 
 IDLE_THREADS = 2
 WORKERS = 2
 
-
-def rows(db: Path, sql: str, params=()) -> list[tuple]:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ threads each process had (/proc/self/task), and what torch.cuda.is_available() s
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 
 from ingero.store.schema import op_code
 from ingero.tracer.session import TraceOptions, TraceSession
+from tests.helpers import db_rows as rows
 from tests.helpers import torch_python
 
 pytestmark = pytest.mark.bpf
@@ -25,13 +25,6 @@ HOST = 3
 FORK, EXIT = op_code("process_fork")[1], op_code("process_exit")[1]
 THREAD_CREATE, THREAD_EXIT = op_code("thread_create")[1], op_code("thread_exit")[1]
 
-
-def rows(db: Path, sql: str, params=()) -> list[tuple]:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
 
 
 @pytest.fixture(scope="module")
