@@ -141,3 +141,20 @@ def test_every_example_checks_compiles_and_loads(need_bpf, path: Path):
 @pytest.mark.parametrize("name", sorted(GOOD))
 def test_every_test_spec_compiles_and_loads(need_bpf, name):
     _load_all(GOOD[name], name)
+
+
+def test_probe_run_lines_are_the_same_on_the_fast_path():
+    # the one-format-per-line path of `probe run` prints what value_text prints for each field
+    from ingero.runtime.format import _template, row_formatter, value_text
+    from ingero.runtime.probes import HEADER_COLUMNS, _Probe
+
+    spec = check("probe m = libcudart.so.12:cudaMalloc\n    record size, devPtr, pid, ts\n", "t").resolved()
+    p = _Probe(compile_spec(spec).probes[0])
+    rp = p.cp.probe
+    row = [0] * (HEADER_COLUMNS + len(p.cp.event.fields))
+    row[0], row[2], row[5] = 123456789, 4242, 0  # ts, pid, cookie
+    row[p.columns["size"]], row[p.columns["devPtr"]] = 1 << 20, 0x7F0012345678
+    row = tuple(row)
+    assert _template(p, [s.name for s in rp.symbols]) is not None
+    want = "m cudaMalloc pid=4242 " + " ".join(f"{k}={value_text(rp, k, row[p.columns[k]])}" for k in rp.record)
+    assert row_formatter(p)(row) == want + "\n"

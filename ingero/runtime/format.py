@@ -81,6 +81,9 @@ def row_formatter(p, enum_name=None):
     if any(rp.value(k).kind in ("stack", "pystack", "code") for k in rp.record):
         return None
     syms = [s.shown for s in rp.symbols]
+    fast = _template(p, syms)
+    if fast is not None:
+        return fast
     parts = []
     for key in rp.record:
         v = rp.value(key)
@@ -112,6 +115,26 @@ def row_formatter(p, enum_name=None):
         return "".join(out)
 
     return line
+
+
+def _template(p, syms: list[str]):
+    """One ``%`` format per line when the probe has one symbol and records only plain integers and
+    pointers (the common case, and the one that must keep up with a tight loop), else None."""
+    import operator
+
+    rp = p.cp.probe
+    if len(syms) != 1:
+        return None
+    specs, cols = [], [2]  # pid
+    for key in rp.record:
+        v = rp.value(key)
+        if key in p.status_columns or v.source in ("latency", "symbol") or v.kind not in ("int", "uint", "pointer"):
+            return None
+        specs.append(f"{key.replace('%', '%%')}={'%#x' if v.kind == 'pointer' else '%d'}")
+        cols.append(p.columns[key])
+    fmt = f"{rp.name.replace('%', '%%')} {syms[0].replace('%', '%%')} pid=%d " + " ".join(specs) + "\n"
+    get = operator.itemgetter(*cols)
+    return lambda row: fmt % get(row)
 
 
 def _str_text(value) -> str:
