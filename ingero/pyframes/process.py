@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from ingero.pyframes.offsets import DEBUG_OFFSETS_SIZE, TABLE, PyOffsets, from_debug_offsets
+from ingero.tracer.symbolize import file_mappings
 
 log = logging.getLogger(__name__)
 
@@ -108,18 +109,6 @@ def _elf_facts(path: str, _key: tuple[int, int, int]) -> _ElfFacts | None:
         return None
 
 
-def _maps(pid: int) -> list[tuple[int, int, int, str]]:
-    out = []
-    with open(f"/proc/{pid}/maps") as f:
-        for line in f:
-            parts = line.split(None, 5)
-            if len(parts) < 6 or not parts[5].startswith("/"):
-                continue
-            lo, hi = (int(x, 16) for x in parts[0].split("-"))
-            out.append((lo, hi, int(parts[2], 16), parts[5].rstrip("\n")))
-    return out
-
-
 def _readable(pid: int, path: str, lo: int, hi: int) -> str:
     if path.endswith(" (deleted)"):
         return f"/proc/{pid}/map_files/{lo:x}-{hi:x}"
@@ -129,7 +118,7 @@ def _readable(pid: int, path: str, lo: int, hi: int) -> str:
 def find_runtime(pid: int) -> PyRuntime | None:
     """The CPython runtime of process ``pid``, or None (not Python, an unsupported version, or gone)."""
     try:
-        maps = _maps(pid)
+        maps = file_mappings(pid)
         exe = os.readlink(f"/proc/{pid}/exe")
     except OSError:
         return None

@@ -32,6 +32,20 @@ class _Mapping:
     path: str
 
 
+def file_mappings(pid: int) -> list[tuple[int, int, int, str]]:
+    """The file-backed mappings of ``pid`` as in ``/proc/PID/maps``: (start, end, file offset, path, which
+    ends with `` (deleted)`` for a file deleted since). Raises OSError when the process is gone."""
+    out = []
+    with open(f"/proc/{pid}/maps") as f:
+        for line in f:
+            parts = line.split(None, 5)
+            if len(parts) < 6 or not parts[5].startswith("/"):
+                continue
+            lo, hi = (int(x, 16) for x in parts[0].split("-"))
+            out.append((lo, hi, int(parts[2], 16), parts[5].rstrip("\n")))
+    return out
+
+
 class _FunctionIndex:
     """Functions of one file sorted by file offset, for containment lookups. Holds two arrays, not the
     names: a frame's name is read (and demangled) when a stack holds it, so a traced PyTorch process,
@@ -77,20 +91,12 @@ class StackSymbolizer:
 
     def _read_maps(self, pid: int) -> list[_Mapping] | None:
         """The file mappings of ``pid`` (cached); None when the process is gone (the cache is kept)."""
-        out = []
         try:
-            with open(f"/proc/{pid}/maps") as f:
-                for line in f:
-                    parts = line.split(None, 5)
-                    if len(parts) < 6 or not parts[5].startswith("/"):
-                        continue
-                    lo, hi = (int(x, 16) for x in parts[0].split("-"))
-                    path = parts[5].rstrip("\n")
-                    if path.endswith(" (deleted)"):
-                        path = f"/proc/{pid}/map_files/{parts[0]}"
-                    out.append(_Mapping(lo, hi, int(parts[2], 16), path))
+            maps = file_mappings(pid)
         except OSError:
             return None
+        out = [_Mapping(lo, hi, off, f"/proc/{pid}/map_files/{lo:x}-{hi:x}" if path.endswith(" (deleted)") else path)
+               for lo, hi, off, path in maps]
         out.sort(key=lambda m: m.start)
         self._maps[pid] = out
         self._read_at[pid] = time.monotonic()
