@@ -21,7 +21,8 @@ T0 = 1_800_000_000 * S   # epoch ns, on a minute boundary
 
 @pytest.fixture(scope="module")
 def db(tmp_path_factory) -> Path:
-    """cudaMalloc: 5 calls of 1 s in the last 5 s of a 100 s trace (plus one at its start); a block_read; a
+    """cudaMalloc: 5 calls of 1 s in the last 5 s of a 100 s trace (plus one at its start); 3 failing cudaFree
+    calls (error 35, as without a GPU); a block_read; a
     dynamic probe 'mallocs' with 2 events; event_aggregates counting 600 cudaMalloc calls in the last minute
     (the stored events are a sample, as --selective stores them)."""
     path = tmp_path_factory.mktemp("msg") / "messages.db"
@@ -31,6 +32,7 @@ def db(tmp_path_factory) -> Path:
         rows = [Event(T0, 7, 7, 1, 1, 1000)]
         rows += [Event(end - (4 - i) * S, 7, 7, 1, 1, S) for i in range(5)]
         rows += [Event(T0 + 50 * S, 7, 7, 5, 1, 2000, arg0=8)]
+        rows += [Event(T0 + 20 * S + i, 7, 7, 1, 2, 1000, ret_code=35) for i in range(3)]  # failing cudaFree
         rows += [Event(T0 + 60 * S + i, 7, 7, 100, probe.op, 500, values=(4096,)) for i in range(2)]
         w.add_events(rows, epoch=True)
         w.add_aggregates([Aggregate(T0 + 60 * S, 1, 1, 7, count=600, stored=3)])
@@ -111,3 +113,30 @@ def test_estimate_uses_event_aggregates_where_stored_events_are_sampled(db, cuda
     counted = _sql(db, "SELECT SUM(count) FROM event_aggregates WHERE source = 1 AND op = 1")[0][0]
     stored = _sql(db, "SELECT COUNT(*) FROM events WHERE source = 1 AND op = 1")[0][0]
     assert f"{counted} calls counted in " in text and f"the stored events are sampled, {stored} stored" in text
+
+
+def test_get_stacks_on_a_filter_without_stacks_says_why(db):
+    n = _sql(db, "SELECT COUNT(*) FROM events WHERE source = 5 AND op = 1")[0][0]
+    _, text = _call(db, "get_stacks", {"op": "block_read"})
+    assert text.startswith(f"No stacks found: {n} block_read events, none with a call stack") and "--stacks" not in text
+
+
+def test_run_sql_description_states_the_servers_own_limit(db):
+    from mcp import Client
+
+    from ingero.mcp.server import ServerOptions, build_server
+
+    with TraceReader.open(db) as reader:
+        async def main():
+            async with Client(build_server(reader, None, ServerOptions("stdio", 7.5))) as c:
+                return {t.name: t.description for t in (await c.list_tools()).tools}["run_sql"]
+        desc = anyio.run(main)
+    assert "7.5 s wall clock" in desc and "30 s" not in desc
+
+
+def test_recomputed_chains_say_so(db):
+    """This database has no stored chains: what get_causal_chains gives is computed now, and says so."""
+    assert _sql(db, "SELECT COUNT(*) FROM causal_chains")[0][0] == 0
+    _, text = _call(db, "get_causal_chains", {})
+    arr = json.loads(text[len(PREAMBLE):])
+    assert arr and all(c["src"] == "computed now from the stored events of the window asked for" for c in arr)

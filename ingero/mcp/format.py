@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import UTC, datetime
 
 from ingero.analysis.chains import CausalChain
 from ingero.analysis.failures import failure_findings
@@ -129,20 +130,41 @@ def format_stats(st: TraceStats, tsc: bool = True, since: str = "") -> str:
 
 
 # --- get_causal_chains -------------------------------------------------------------------------------
-def format_chains(chains: tuple[CausalChain, ...] | list[CausalChain], tsc: bool = True) -> str:
+#: how a chain came to be, as its answer says (``path`` "stored": the database's causal_chains table)
+STORED_CHAIN = ("stored: computed by the tracer's live correlator at {at} over the events of that moment (its "
+                "numbers may differ from get_trace_stats over the whole trace)")
+COMPUTED_CHAIN = "computed now from the stored events of the window asked for"
+
+
+def chain_origin(c: CausalChain, path: str) -> str:
+    """Where one chain comes from: stored by the tracer (with when), or computed now."""
+    if path == "stored" and c.detected_at > 0:
+        at = datetime.fromtimestamp(c.detected_at / 1e9, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return STORED_CHAIN.format(at=at)
+    return COMPUTED_CHAIN
+
+
+def format_chains(chains: tuple[CausalChain, ...] | list[CausalChain], tsc: bool = True, path: str = "") -> str:
     if not chains:
         return "No causal chains detected. System appears healthy."
     if tsc:
         arr = []
         for c in chains:
-            arr.append({"rc": sanitize(c.root_cause, MAX_FRAME_LEN),
-                        "rec": [sanitize(r, MAX_FRAME_LEN) for r in c.recommendations] or None,
-                        "sev": c.severity, "sum": sanitize(c.summary, MAX_FRAME_LEN),
-                        "tl": [{"det": sanitize(t.detail, MAX_FRAME_LEN), "l": t.layer} for t in c.timeline]})
+            e = {"rc": sanitize(c.root_cause, MAX_FRAME_LEN),
+                 "rec": [sanitize(r, MAX_FRAME_LEN) for r in c.recommendations] or None,
+                 "sev": c.severity, "sum": sanitize(c.summary, MAX_FRAME_LEN),
+                 "tl": [{"det": sanitize(t.detail, MAX_FRAME_LEN), "l": t.layer} for t in c.timeline]}
+            if path:
+                e["src"] = chain_origin(c, path)
+            arr.append(e)
         return PREAMBLE + go_json(arr)
-    parts = [f"{len(chains)} causal chain(s) found:\n"]
+    n_stored = sum(1 for c in chains if path == "stored" and c.detected_at > 0)
+    kind = ("stored " if n_stored == len(chains) else "") if path else ""
+    parts = [f"{len(chains)} {kind}causal chain(s) found:\n"]
     for i, c in enumerate(chains, 1):
         parts.append(f"{i}. [{c.severity}] {sanitize(c.summary, MAX_FRAME_LEN)}")
+        if path:
+            parts.append(f"   Origin: {chain_origin(c, path)}")
         parts.append(f"   Root cause: {sanitize(c.root_cause, MAX_FRAME_LEN)}")
         if c.timeline:
             parts.append("   Timeline:")

@@ -250,7 +250,7 @@ def build_server(reader: TraceReader | None, audit: AuditLog | None,
             res = causal_chains(reader, w, chosen, top_n)
             if res.path == "replay" and res.events == 0 and not res.chains:
                 return no_events_message(reader, w, chosen)
-            return fmt.format_chains(res.chains, _tsc(tsc))
+            return fmt.format_chains(res.chains, _tsc(tsc), res.path)
         return await _call(backend, work)
 
     names = ", ".join(sorted(s.name for s in SCENARIOS))
@@ -266,7 +266,7 @@ def build_server(reader: TraceReader | None, audit: AuditLog | None,
                 return str(e)
             r = run_scenario(scenario)
             stats = fmt.format_stats(r.stats, True).removeprefix(fmt.PREAMBLE)
-            chains = fmt.format_chains(r.chains.chains, True).removeprefix(fmt.PREAMBLE)
+            chains = fmt.format_chains(r.chains.chains, True, r.chains.path).removeprefix(fmt.PREAMBLE)
             return (f"Scenario: {r.scenario.name} — {r.scenario.description}\n\n{stats}\n\n"
                     f"Causal chains: {chains}\n\nInsight: {r.scenario.insight}")
         return await _call(backend, work)

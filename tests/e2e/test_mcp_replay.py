@@ -166,8 +166,15 @@ def test_dataloader_content(tmp_path: Path):
     sevs = [c["sev"] for c in arr]
     assert sevs == ["HIGH"] * 4 + ["MEDIUM"] * 4
     assert arr[0]["sum"].startswith("[traced-data]cudaLaunchKernel p99=") and "356.6x" in arr[0]["sum"]
-    assert all(set(c) == {"rc", "rec", "sev", "sum", "tl"} for c in arr)
-    assert verbose.startswith(PREAMBLE + "8 causal chain(s) found:") and "CONTEXT FOR ANALYSIS" in verbose
+    assert all(set(c) == {"rc", "rec", "sev", "sum", "tl", "src"} for c in arr)
+    # stored chains say so, with when the tracer computed them (ground truth: the table's detected_at)
+    stamps = {time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(d) / 1e9))
+              for (d,) in _direct(DATALOADER, "SELECT detected_at FROM causal_chains")}
+    for c in arr:
+        assert c["src"].startswith("stored: computed by the tracer's live correlator at "), c["src"]
+        assert c["src"].split(" at ")[1].split()[0] in stamps
+    assert verbose.startswith(PREAMBLE + "8 stored causal chain(s) found:") and "CONTEXT FOR ANALYSIS" in verbose
+    assert verbose.count("   Origin: stored: computed by the tracer's live correlator at ") == 8
 
     st = _stats_json(stats)
     by_op = {o["op"]: o for o in st["ops"]}
