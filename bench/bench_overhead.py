@@ -75,9 +75,10 @@ def with_ingero(exe: str, lib: str, n: int) -> tuple[float, int, int]:
 
 
 def _gated_loop(exe: str, lib: str, n: int):
-    from ingero.tracer.session import spawn_gated
+    from ingero.runtime.spawn import spawn_gated
 
-    return spawn_gated([exe, lib, SYMBOL, str(n)], stdout=subprocess.PIPE)
+    held = spawn_gated([exe, lib, SYMBOL, str(n)], stdout=subprocess.PIPE)
+    return held.proc, held.release
 
 
 def with_standard(exe: str, lib: str, n: int, *, stacks: bool, op: int = 4) -> tuple[float, int, int]:

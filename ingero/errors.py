@@ -1,16 +1,41 @@
-"""The exceptions a user can act on.
+"""The one error tree of ingero, and the one way an error is shown.
 
-Every error ingero raises for bad input derives from :class:`IngeroError`; its message says what went
-wrong and, where possible, what to do (``hint``). The CLI and MCP shells print ``str(err)`` and never a
-traceback for these. Errors caused by permissions derive from :class:`PermissionProblem` so that a
-caller can tell "wrong library/symbol/pid" apart from "not allowed".
+::
+
+    IngeroError                    message + hint; exit code 1; shown as "error: ..." / "hint: ..." once
+    |-- NotFound                   something the user named does not exist
+    |   |-- LibraryNotFound, SymbolNotFound, NoSuchProcess
+    |   `-- CatalogueError         (ingero.catalogue) no such signature, type or enum
+    |-- NotAnElf, NoSymbols        the file named is no library to probe
+    |-- PermissionProblem          the input is fine but this user may not do it
+    |-- BpfUnavailable             this kernel cannot do it (no BPF, no uprobe_multi, no bcc)
+    |-- SpecError                  (ingero.dsl) every located error of a spec, rendered compiler style
+    |-- ToolRefused                (ingero.mcp.live) a guard of the MCP server said no
+    |-- SqlRefused, SqlFailed      (ingero.store.sqlguard) a query that may not or did not run
+    |-- StoreError                 (ingero.store.writer) a database that cannot be written
+    |-- HeaderParseError           (ingero.catalogue.cparse) a header the catalogue build cannot read
+    `-- InternalError              ingero's own fault, e.g. the kernel refusing a program ingero
+                                   generated; exit code 2, traceback with --debug or INGERO_DEBUG=1
+
+Everything below :class:`IngeroError` except :class:`InternalError` is a **user error**: the message says
+what is wrong and the hint what to do; no traceback is ever shown. Any other exception reaching a shell
+is an internal error too (a bug). :func:`render` is the one text both shells show: the CLI prints it and
+exits with :func:`exit_code`; the MCP server raises it as a ``ToolError``.
 """
 
 from __future__ import annotations
 
+import os
+
+#: Set to 1 (or pass ``--debug`` to the CLI) to see the traceback of an internal error.
+DEBUG_ENV = "INGERO_DEBUG"
+
 
 class IngeroError(Exception):
-    """Base of all user-facing errors. ``hint`` is an optional next step (did-you-mean, a command)."""
+    """Base of every error ingero raises on purpose. ``hint`` is an optional next step (did-you-mean, a
+    command)."""
+
+    exit_code = 1
 
     def __init__(self, message: str, hint: str | None = None) -> None:
         super().__init__(message)
@@ -19,6 +44,21 @@ class IngeroError(Exception):
 
     def __str__(self) -> str:
         return f"{self.message} ({self.hint})" if self.hint else self.message
+
+    def render(self) -> str:
+        """The text a user sees: ``error: MESSAGE`` and ``hint: HINT``, each once."""
+        return f"error: {self.message}" + (f"\nhint: {self.hint}" if self.hint else "")
+
+
+class InternalError(IngeroError):
+    """ingero's own fault, not the user's: the kernel refused a program ingero generated, an invariant of
+    a generated layout broke. Exit code 2."""
+
+    exit_code = 2
+
+    def render(self) -> str:
+        return (f"internal error: {self.message}" + (f"\nhint: {self.hint}" if self.hint else "")
+                + ("" if debugging() else f"\n(run again with --debug or {DEBUG_ENV}=1 for the traceback)"))
 
 
 class NotFound(IngeroError):
@@ -51,6 +91,23 @@ class PermissionProblem(IngeroError):
 
 class BpfUnavailable(IngeroError):
     """The kernel cannot do what is needed (no BPF, no uprobe_multi, kernel too old, no headers)."""
+
+
+def debugging() -> bool:
+    """Whether internal errors show their traceback (``--debug`` sets the variable too)."""
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def render(err: BaseException) -> str:
+    """The one text an error is shown as, by the CLI and by the MCP server alike."""
+    if isinstance(err, IngeroError):
+        return err.render()
+    return InternalError(f"{type(err).__name__}: {err}", hint="this is a bug in ingero: please report it").render()
+
+
+def exit_code(err: BaseException) -> int:
+    """1 for a user error, 2 for an internal one."""
+    return err.exit_code if isinstance(err, IngeroError) else 2
 
 
 def did_you_mean(word: str, candidates, n: int = 3) -> list[str]:

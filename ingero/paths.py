@@ -38,3 +38,8 @@ def state_dir() -> Path:
     from platformdirs import user_state_dir
 
     return Path(user_state_dir("ingero", appauthor=False))
+
+
+def selftest_dir() -> Path:
+    """Where ``ingero selftest`` writes its reports (``get_test_report`` reads the newest)."""
+    return state_dir() / "selftest"

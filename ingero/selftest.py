@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ingero import __version__, workload
-from ingero.paths import state_dir
+from ingero.paths import selftest_dir
 
 REPORT_FORMAT = 1
 
@@ -32,10 +32,6 @@ class CheckResult:
     duration_ms: float
     detail: str
     figures: dict = field(default_factory=dict)
-
-
-def selftest_dir() -> Path:
-    return state_dir() / "selftest"
 
 
 def _timings(r: workload.TracedRun) -> dict:

@@ -9,12 +9,12 @@ import pytest
 
 from ingero.analysis import TimeWindow, causal_chains, make_window, top_stacks, trace_stats
 from ingero.analysis.chains import CausalChain, dedup_stored, replay_chains
-from ingero.analysis.check import format_checks, run_all_checks
 from ingero.analysis.demo import SCENARIOS, build_scenario_db, find_scenario, run_scenario
 from ingero.analysis.stacks import parse_frames, render_frame
 from ingero.analysis.stats import nearest_rank
 from ingero.analysis.window import go_duration, parse_duration_ns, parse_time
 from ingero.errors import IngeroError
+from ingero.host import format_checks, run_all_checks
 from ingero.store import TraceReader
 from tests.replay_helpers import DATALOADER, DB_DIR, DBS
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from ingero.errors import SymbolNotFound
 from ingero.mcp.live import LiveOptions, ProbeTools, ToolRefused, cap
 from ingero.store import TraceReader
 from tests.replay_helpers import DATALOADER, ingero_cmd
@@ -29,7 +30,7 @@ def test_list_symbols_pages_and_counts(tools, cudart12):
 
 
 def test_list_symbols_did_you_mean(tools, cudart12):
-    with pytest.raises(Exception) as e:
+    with pytest.raises(SymbolNotFound) as e:
         tools.list_symbols(str(cudart12), "cudaMaloc")
     assert "did you mean 'cudaMalloc'" in str(e.value)
 

@@ -101,15 +101,17 @@ def trace_stats(reader: TraceReader, window: TimeWindow = ALL, pids: tuple[int, 
     agg = _aggregate_counts(reader, window, pids) if window.is_open else {}
     descs = reader.op_descriptions
     failures = find_failures(reader, window, pids)
+    probes = reader.probe_ops
     ops = []
-    probe_names = probe_op_names(reader) if any(s == SOURCE_PROBE for s, _ in durations) else {}
     for (s, o), ds in durations.items():
         ds.sort()
-        name = probe_names.get(o, op_name(s, o)) if s == SOURCE_PROBE else op_name(s, o)
+        name, desc = op_name(s, o), ""
+        if s == SOURCE_PROBE and o in probes:  # a dynamic probe's events go by the probe's name
+            name, desc = f"probe:{probes[o][0]}", probes[o][1]
         p50 = nearest_rank(ds, 0.50)
         anomalies = len(ds) - bisect.bisect_right(ds, 3 * p50) if p50 > 0 else 0
         ops.append(OpStats(s, o, name, len(ds), agg.get((s, o), 0), p50, nearest_rank(ds, 0.95),
-                           nearest_rank(ds, 0.99), ds[0], ds[-1], sum(ds), anomalies, descs.get(name, ""),
+                           nearest_rank(ds, 0.99), ds[0], ds[-1], sum(ds), anomalies, desc or descs.get(name, ""),
                            tuple(e for e in failures.errors if (e.source, e.op) == (s, o))))
     ops.sort(key=lambda x: (-x.sum_ns, x.source, x.op))
     stored = sum(x.count for x in ops)
@@ -120,14 +122,6 @@ def trace_stats(reader: TraceReader, window: TimeWindow = ALL, pids: tuple[int, 
         hi = window.end_ns if window.end_ns is not None else last
         span = max(hi - lo, last - first)
     return TraceStats(tuple(ops), stored, sum(agg.values()), span, window, failures)
-
-
-def probe_op_names(reader: TraceReader) -> dict[int, str]:
-    """A dynamic probe's op (its id) -> ``probe:NAME``, from the database's ``ops`` table."""
-    if not reader.has_table("ops"):
-        return {}
-    return {int(o): f"probe:{n}" for o, n in reader.query(
-        "SELECT op_id, name FROM ops WHERE source_id = ?", (SOURCE_PROBE,))}
 
 
 def no_events_message(reader: TraceReader, window: TimeWindow = ALL, pids: tuple[int, ...] = ()) -> str:
@@ -159,26 +153,3 @@ def _aggregate_counts(reader: TraceReader, window: TimeWindow, pids: tuple[int, 
     rows = reader.query(f"SELECT source, op, SUM(count) FROM event_aggregates {where} GROUP BY source, op",
                         params)
     return {(s, o): int(n or 0) for s, o, n in rows}
-
-
-@dataclass(frozen=True)
-class AggregateOp:
-    source: int
-    op: int
-    name: str
-    count: int
-    sum_ns: int
-    min_ns: int
-    max_ns: int
-
-
-def aggregate_stats(reader: TraceReader, window: TimeWindow = ALL) -> tuple[AggregateOp, ...]:
-    """Upstream's aggregate path: count/avg/min/max per op from ``event_aggregates`` (no percentiles)."""
-    if not reader.has_table("event_aggregates"):
-        return ()
-    where, params = window.sql("bucket")
-    rows = reader.query(
-        "SELECT source, op, SUM(count), SUM(sum_dur), MIN(min_dur), MAX(max_dur) FROM event_aggregates "
-        f"{'WHERE ' + where if where else ''} GROUP BY source, op ORDER BY SUM(count) DESC", params)
-    return tuple(AggregateOp(s, o, op_name(s, o), int(n), int(sd), int(mn), int(mx))
-                 for s, o, n, sd, mn, mx in rows)

@@ -408,6 +408,15 @@ class Catalogue:
         """The CUDA major versions the catalogue covers, newest first."""
         return tuple(sorted(set(self._majors) | set(self._pending), reverse=True))
 
+    def major_of(self, version: str | None, soname: str | None = None) -> int | None:
+        """The CUDA major whose signatures fit a library file: the first number of its version, else the
+        one in its soname (``libcudart.so.12``), if the catalogue covers it; else None (use any)."""
+        for text, rx in ((version or "", r"(\d+)"), (soname or "", r".*\.so\.(\d+)")):
+            m = re.match(rx, text)
+            if m and int(m.group(1)) in self.cuda_majors:
+                return int(m.group(1))
+        return None
+
     @property
     def sources(self) -> tuple[Source, ...]:
         """Per part and CUDA major: the wheels and the headers (sha256) it was generated from."""

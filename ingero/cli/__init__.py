@@ -8,9 +8,13 @@ To add a command, add one line to ``COMMANDS``: ``"name": ("ingero.cli.module", 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+import traceback
 
 import click
+
+from ingero.errors import DEBUG_ENV, debugging, exit_code, render
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "libs": ("ingero.cli.symbols_cmd", "libs"),
@@ -48,13 +52,16 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="ingero")
-def cli() -> None:
+@click.option("--debug", is_flag=True, help="Show the traceback of an internal error (also: INGERO_DEBUG=1).")
+def cli(debug: bool) -> None:
     """Trace CUDA workloads with eBPF and widen the tracing mid-investigation."""
+    if debug:
+        os.environ[DEBUG_ENV] = "1"
 
 
 def main(argv: list[str] | None = None) -> None:
-    from ingero.errors import IngeroError
-
+    """Run the CLI. A user error (:class:`~ingero.errors.IngeroError`) prints ``error:``/``hint:`` and
+    exits 1; an internal one exits 2, with its traceback under ``--debug`` or ``INGERO_DEBUG=1``."""
     try:
         cli.main(args=argv, prog_name="ingero", standalone_mode=False)
     except click.exceptions.Abort:
@@ -63,10 +70,11 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)
-    except IngeroError as e:
-        click.echo(f"error: {e.message}", err=True)
-        if e.hint:
-            click.echo(f"hint: {e.hint}", err=True)
-        sys.exit(1)
     except BrokenPipeError:
         sys.exit(0)
+    except Exception as e:  # noqa: BLE001 - the shell: every error is shown one way, bugs included
+        code = exit_code(e)
+        if code != 1 and debugging():
+            traceback.print_exception(e)
+        click.echo(render(e), err=True)
+        sys.exit(code)

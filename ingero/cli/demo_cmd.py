@@ -69,7 +69,7 @@ def demo(db: Path, seconds: float, workers: int, interval: float, replay: bool) 
 def _live(console, db: Path, seconds: float, workers: int, interval: float) -> tuple[str, list[int]] | None:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from ingero.dsl import check, render
+    from ingero.dsl import render
     from ingero.dsl.resolved import describe
     from ingero.runtime.format import hist_lines
     from ingero.tracer.session import TraceOptions, TraceSession
@@ -109,7 +109,7 @@ def _live(console, db: Path, seconds: float, workers: int, interval: float) -> t
             wait_until(1.0)
             progress.console.print(f"[bold]2.[/] the agent wants the allocation sizes and the big copies: it "
                                    f"validates [cyan]examples/{SPEC_NAME}[/] (no root needed)")
-            result = check(spec_text, f"examples/{SPEC_NAME}")
+            result = session.check_spec(spec_text, f"examples/{SPEC_NAME}")
             if not result.ok:
                 progress.console.print(render(result.errors, result.source))
                 raise click.Abort()
@@ -117,11 +117,11 @@ def _live(console, db: Path, seconds: float, workers: int, interval: float) -> t
                 for line in describe(p, full=False).splitlines()[:3]:
                     progress.console.print(f"   {line}")
             t = time.perf_counter()
-            live = session.attach_spec(spec_text, name=f"examples/{SPEC_NAME}", owner="demo")
+            live = session.attach_spec(result.spec, owner="demo")
             took = time.perf_counter() - t
             progress.console.print(f"[bold]3.[/] attach: probes {', '.join(f'#{lp.id} {lp.name}' for lp in live)} "
-                                   f"live in {took:.2f} s (budgets: ttl {live[0].budgets['ttl_s']:g} s, "
-                                   f"{live[0].budgets['events']:,} events)")
+                                   f"live in {took:.2f} s (budgets: ttl {live[0].budgets.ttl_s:g} s, "
+                                   f"{live[0].budgets.events:,} events)")
             wait_until(min(seconds - 1.0, 4.0))
             dyn = session.dynamic
             for lp in live:

@@ -141,11 +141,13 @@ def run(file: str, command: tuple[str, ...], pid: int | None, interval: float, a
         _fail(result, as_json)
     compiled = compile_spec(result.resolved(), ringbuf_pages=RUN_RINGBUF_PAGES)
     printer = _Printer(as_json)
-    child = gate_w = watcher = None
+    held = child = watcher = None
     if command:
         from ingero.runtime.libwatch import LibraryWatcher
+        from ingero.runtime.spawn import spawn_gated
 
-        child, gate_w = _spawn_gated(list(command))
+        held = spawn_gated(list(command))
+        child = held.proc
         pid = child.pid
         # the probes bind to the copies the command maps, when it maps them: the watcher holds it at each
         # open of such a library until the probes are on that file
@@ -170,10 +172,8 @@ def run(file: str, command: tuple[str, ...], pid: int | None, interval: float, a
         )
         for pname, what in session.waiting().items():
             printer.waiting(pname, what)
-        if gate_w is not None:
-            os.write(gate_w, b"g")
-            os.close(gate_w)
-            gate_w = None
+        if held is not None:
+            held.release()
         next_print = time.monotonic() + interval if interval > 0 else None
         while not stop.signum:
             if watcher is not None:
@@ -194,12 +194,12 @@ def run(file: str, command: tuple[str, ...], pid: int | None, interval: float, a
                 next_print = time.monotonic() + interval
     finally:
         # a signal from here on only sets the flag again: the summary always prints, no traceback
-        if gate_w is not None:
-            os.close(gate_w)
+        if held is not None:
+            held.cancel()  # not released (nothing attached): the command never runs
         try:
             if watcher is not None:
                 watcher.close()
-            if session._bpf is not None:
+            if session.loaded:
                 session.detach_all("run ended")
                 deadline = time.monotonic() + DRAIN_SECONDS
                 while time.monotonic() < deadline:  # what the kernel wrote before the links closed
@@ -281,56 +281,6 @@ def _bind_loads(watcher, session, printer) -> None:
             printer.status(f"cannot probe {load.path} opened by pid {load.pid}: {e.message}")
         finally:
             watcher.release(load.pid)
-
-
-def _spawn_gated(cmd: list[str]):
-    """Fork ``cmd`` held before exec until the gate pipe is written, so the probes attach (by pid) before
-    it runs. The pid survives exec. (``subprocess.Popen`` waits for the exec itself, so it cannot hold.)"""
-    import shutil
-
-    exe = shutil.which(cmd[0])
-    if exe is None:
-        raise click.ClickException(f"cannot run {cmd[0]}: command not found")
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: wait for the gate, then become the command
-        try:
-            os.close(w)
-            go = os.read(r, 1)
-            os.close(r)
-            if go:
-                os.execv(exe, cmd)
-        finally:
-            os._exit(127)
-    os.close(r)
-    return _Child(pid), w
-
-
-class _Child:
-    """The bits of Popen the run loop needs, for a forked child."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.returncode: int | None = None
-
-    def poll(self) -> int | None:
-        if self.returncode is None:
-            done, status = os.waitpid(self.pid, os.WNOHANG)
-            if done:
-                self.returncode = os.waitstatus_to_exitcode(status)
-        return self.returncode
-
-    def terminate(self) -> None:
-        import signal
-
-        if self.poll() is None:
-            os.kill(self.pid, signal.SIGTERM)
-
-    def wait(self) -> int:
-        if self.returncode is None:
-            _, status = os.waitpid(self.pid, 0)
-            self.returncode = os.waitstatus_to_exitcode(status)
-        return self.returncode
 
 
 class _Printer:

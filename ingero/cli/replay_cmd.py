@@ -218,8 +218,14 @@ def stacks(db: Path, op: str, source: str, pid: int, since: str, until: str, lim
 @click.command("check")
 @_json
 def check(as_json: bool) -> None:
-    """System readiness: kernel, BTF, NVIDIA driver, GPU, CUDA libraries, processes, privileges."""
-    from ingero.analysis.check import run_all_checks
+    """System readiness: kernel, BTF, NVIDIA driver, GPU, CUDA libraries, processes, privileges.
+
+    \b
+    Example:
+        ingero check
+        ingero check --json
+    """
+    from ingero.host import run_all_checks
 
     checks = run_all_checks()
     if as_json:

@@ -29,11 +29,20 @@ from ingero.dsl.resolved import (
     Value,
     ValueRef,
 )
+from ingero.errors import InternalError
 from ingero.paths import data_dir
 
 HEADER_KEYS = {f.key for f in EVENT_HEADER.fields if f.key}
 _REGS = frozenset(INT_REGS)
-_CMP = {"==", "!=", "<", "<=", ">", ">="}
+_CMP = frozenset({"==", "!=", "<", "<=", ">", ">="})
+#: Every aggregation the compiler emits code for (the checker accepts exactly these: tests/test_compiler.py).
+AGGS = ("count", "sum", "avg", "min", "max", "hist", "lhist")
+
+
+def _require(ok: bool, what: str) -> None:
+    """A guard on what the checker promised; a real check (``python -O`` keeps it), not an ``assert``."""
+    if not ok:
+        raise InternalError(f"the compiler was given a probe it cannot compile: {what}")
 
 
 @dataclass(frozen=True)
@@ -142,13 +151,14 @@ class _ProbeEmitter:
     # -- reading values at entry
     def _raw(self, v: Value, name: str) -> list[str]:
         pc = v.piece
-        assert pc is not None
+        if pc is None:
+            raise InternalError(f"the compiler was given a probe it cannot compile: value {v.key} has no place")
         ty = _int_type(pc.size if v.kind != "string" else 8, v.signed and v.kind != "string")
         if pc.where == "reg":
-            assert pc.reg in _REGS
+            _require(pc.reg in _REGS, f"register {pc.reg!r} is not an argument register")
             shifted = f"(ctx->{pc.reg} >> {int(pc.shift)})" if pc.shift else f"ctx->{pc.reg}"
             return [f"{name} = ({ty}){shifted};"]
-        assert pc.where == "stack"
+        _require(pc.where == "stack", f"value {v.key} is in {pc.where!r}, neither a register nor the stack")
         return [
             "{",
             f"    {ty} t_ = 0;",
@@ -170,7 +180,8 @@ class _ProbeEmitter:
         """``v->slot`` = the ``size`` bytes at ``pointer + offset`` (sign-extended if signed), with its
         status in ``v->slot_len``: STR_NULL for a NULL pointer, the helper's error (counted), else the size."""
         d = v.deref
-        assert d is not None
+        if d is None:
+            raise InternalError(f"the compiler was given a probe it cannot compile: {v.key} reads through no pointer")
         ty = _int_type(d.size, v.signed)
         return [
             "{",
@@ -272,9 +283,9 @@ class _ProbeEmitter:
         if isinstance(e, RSymbolIn):
             inner = " || ".join(f"v->cookie == {int(c)}" for c in e.cookies)
             return f"(!({inner}))" if e.negate else f"({inner})"
-        assert isinstance(e, RCompare) and e.op in _CMP
+        _require(isinstance(e, RCompare) and e.op in _CMP, f"not a comparison the compiler knows: {e!r}")
         left, right = e.left, e.right
-        assert isinstance(left, ValueRef)
+        _require(isinstance(left, ValueRef), f"the left side of a comparison is no value: {left!r}")
         if isinstance(right, StrConst):
             data = list(right.value) + [0]
             lit = ", ".join(str(int(b)) for b in data)
@@ -290,7 +301,7 @@ class _ProbeEmitter:
             rc = f"{c}LL" if signed else f"{c & 0xFFFFFFFFFFFFFFFF}ULL"
             cast = "s64" if signed else "u64"
             return self._read_ok([left.key], f"(({cast}){self.vexpr(left.key)} {e.op} ({cast}){rc})")
-        assert isinstance(right, ValueRef)
+        _require(isinstance(right, ValueRef), f"the right side of a comparison is no value: {right!r}")
         rv = self.p.value(right.key)
         cast = "s64" if (lv.signed and rv.signed) else "u64"
         test = f"(({cast}){self.vexpr(left.key)} {e.op} ({cast}){self.vexpr(right.key)})"
@@ -401,7 +412,7 @@ class _ProbeEmitter:
                     fields.append(LayoutField(f"{name}_n", "u64"))
                     upd.append(f"if (!a->{name}_n || {x} {cmp} a->{name}) a->{name} = {x};")
                     upd.append(f"__sync_fetch_and_add(&a->{name}_n, 1);")
-            else:
+            elif a.func == "hist":
                 fields.append(LayoutField(name, "u64", 65))
                 neg = f"{x} < 0 ? 0 : " if v.signed else ""
                 upd += [
@@ -413,6 +424,8 @@ class _ProbeEmitter:
                     f"    __sync_fetch_and_add(&a->{name}[b_], 1);",
                     "}",
                 ]
+            else:
+                raise InternalError(f"aggregation {a.func!r} is not one the compiler knows ({', '.join(AGGS)})")
             if st is not None:
                 upd.append("}")
         # the key must be fully initialised: scalars first, then byte arrays padded to 8
@@ -454,8 +467,8 @@ def compile_spec(
             "vals_struct": em.vals.c_struct(),
             "needs_return": p.needs_return,
             "stash": p.needs_return and em.stash,
-            "entry_lines": _lines(em.entry_lines),
-            "return_lines": _lines(em.return_lines),
+            "entry_lines": em.entry_lines,
+            "return_lines": em.return_lines,
             "filter": em.expr(p.filter) if p.filter is not None else "",
             "filter_at_return": p.filter is not None and p.filter_at_return,
             "rate": int(p.budgets.rate) if p.budgets.rate else 0,
@@ -478,7 +491,7 @@ def compile_spec(
                 "key_struct": key.c_struct(),
                 "val_struct": val.c_struct(),
                 "key_lines": key_lines,
-                "update_lines": _lines(upd),
+                "update_lines": upd,
             }
         ctxs.append(ctx)
         compiled.append(
@@ -515,6 +528,3 @@ def compile_spec(
     return CompiledSpec(spec, text, tuple(compiled), any_stack, ringbuf_pages, any_python,
                         any_python and python_extern)
 
-
-def _lines(lines: list[str]) -> list[str]:
-    return lines

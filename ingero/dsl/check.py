@@ -143,6 +143,7 @@ def resolved_probe(ctx: ProbeContext, text: str) -> ResolvedProbe:
         needs_return=any(v.at_return for v in values.values()),
         pid=ctx.pid,
         notes=notes,
+        target_pid=ctx.probe.target.pid,
         text=text,
     )
 

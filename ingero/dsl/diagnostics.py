@@ -84,3 +84,7 @@ class SpecError(IngeroError):
 
     def __str__(self) -> str:
         return self.message
+
+    def render(self) -> str:
+        """The diagnostics themselves (each already says ``error:`` and its ``hint:``)."""
+        return self.message

@@ -206,8 +206,9 @@ class ResolvedProbe:
     by: tuple[str, ...]
     budgets: Budgets
     needs_return: bool
-    pid: int | None
+    pid: int | None  # the process the kernel filters on: the target's own pid, else the one checked with
     notes: tuple[str, ...] = ()
+    target_pid: int | None = None  # the pid the target itself names (``pid N``), if any
     text: str = field(default="", compare=False)  # the probe's source text
 
     def value(self, key: str) -> Value:

@@ -72,17 +72,10 @@ def target(ctx: ProbeContext, report: Report) -> ProbeContext:
 
 
 def _major(cat: Catalogue, lib: Library | None) -> int | None:
-    majors = cat.cuda_majors
+    """The CUDA major of an installed library; the newest the catalogue has for one that is not."""
     if lib is not None:
-        v = lib.version or ""
-        m = re.match(r"(\d+)", v)
-        if m and int(m.group(1)) in majors:
-            return int(m.group(1))
-        m = re.search(r"\.so\.(\d+)", lib.soname or "")
-        if m and int(m.group(1)) in majors:
-            return int(m.group(1))
-        return None
-    return majors[0] if majors else None
+        return cat.major_of(lib.version, lib.soname)
+    return cat.cuda_majors[0] if cat.cuda_majors else None
 
 
 def _pick_symbols(

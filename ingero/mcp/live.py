@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 
 from ingero.errors import IngeroError
 from ingero.runtime.format import ABSENT
+from ingero.store.schema import SOURCE_PROBE
+from ingero.store.writer import view_columns
 from ingero.tracer.dynamic import ProbeLimits
 
 log = logging.getLogger(__name__)
@@ -48,7 +50,6 @@ COST_ENTRY_NS = 700
 COST_RETURN_NS = 800
 COST_RECORD_NS = 500
 ESTIMATE_WINDOW_S = 10.0
-SOURCE_PROBE = 100
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,7 @@ class ProbeTools:
             return set()
         pids = set(self.session.pids)
         tracer = self.session.tracer
-        if tracer is not None and getattr(tracer, "_bpf", None) is not None:
+        if tracer is not None and tracer.loaded:
             try:
                 pids |= set(tracer.followed())
             except Exception:  # noqa: BLE001 - the tracer may be closing
@@ -135,10 +136,10 @@ class ProbeTools:
     def trace_state(self) -> str:
         if not self.live:
             return "replay"
-        done = not self.runner.is_alive() if self.runner is not None else self.session._closed
+        done = not self.runner.is_alive() if self.runner is not None else self.session.closed
         if done:
             return f"ended ({self.session.stopped_because or 'stopped'})"
-        return "stopping" if self.session._closed else "running"
+        return "stopping" if self.session.closed else "running"
 
     def _pid_for(self, pid: int) -> int | None:
         """The pid a symbol tool looks at: the given one (live: must be in the traced tree), else the
@@ -240,7 +241,7 @@ class ProbeTools:
                                  f"({len(table.names())} functions)", hint=hint or "try a broader glob")
         lim, off = _page(limit, offset, 100)
         cat = load_catalogue()
-        major = _major(lib.version)
+        major = cat.major_of(lib.version, lib.soname)
         by_name = {s.name: s for s in matched}
         rows = []
         for n in names[off: off + lim]:
@@ -267,7 +268,7 @@ class ProbeTools:
         table = read_symbols(lib)
         sym = table.get(symbol)  # SymbolNotFound with a did-you-mean
         cat = load_catalogue()
-        major = _major(lib.version)
+        major = cat.major_of(lib.version, lib.soname)
         sig = _sig(cat, sym.name, major)
         out = [note.rstrip("\n")] if note else []
         out.append(f"{lib_label(lib)}:{sym.name} at file offset {sym.file_offset:#x}, {sym.size} bytes"
@@ -318,7 +319,7 @@ class ProbeTools:
         facts = {"valid": True, "resolved": {p.name: [s.name for s in p.symbols] for p in rs.probes}}
         for p in rs.probes:
             lines.append(describe(p, full=False))
-            lines.append("  " + self._budget_text(p))
+            lines.append("  " + self.options.limits.describe(p))
             refusal = self._refusal(p)
             if self.live:
                 lines.append("  attach: " + (f"refused: {refusal}" if refusal else
@@ -328,23 +329,6 @@ class ProbeTools:
                 lines.append(f"  attach: would be refused: {refusal}")
         lines.append(self.estimate(rs, window_s))
         return cap("\n".join(lines)), facts
-
-    def _budget_text(self, p) -> str:
-        lim = self.options.limits
-        b = p.budgets
-        ttl = lim.ttl_s if b.ttl_s is None else b.ttl_s
-        ev = lim.events if b.events is None else b.events
-        over = []
-        if b.ttl_s is not None and b.ttl_s > lim.ttl_s:
-            over.append(f"ttl {b.ttl_s:g}s > limit {lim.ttl_s:g}s")
-        if b.events is not None and b.events > lim.events:
-            over.append(f"events {b.events} > limit {lim.events}")
-        if len(p.symbols) > lim.max_symbols:
-            over.append(f"{len(p.symbols)} symbols > limit {lim.max_symbols}")
-        text = (f"budgets in force: ttl {ttl:g}s, events {ev}" + (f", rate {b.rate}/s" if b.rate else "")
-                + f" (server limits: ttl {lim.ttl_s:g}s, events {lim.events}, {lim.max_symbols} symbols, "
-                f"{lim.max_probes} live probes)")
-        return text + (f"; OVER THE LIMIT: {'; '.join(over)}" if over else "")
 
     def _refusal(self, p) -> str:
         """Why a guard would refuse this resolved probe, or ''."""
@@ -358,15 +342,9 @@ class ProbeTools:
         if self.live and p.pid is not None and p.pid not in self.tree():
             return (f"process {p.pid} is not in the traced process tree "
                     f"({', '.join(map(str, sorted(self.tree()))) or 'none left'})")
-        lim = self.options.limits
-        b = p.budgets
-        if b.ttl_s is not None and b.ttl_s > lim.ttl_s:
-            return f"ttl {b.ttl_s:g}s is over this server's limit of {lim.ttl_s:g}s: lower it or omit it"
-        if b.events is not None and b.events > lim.events:
-            return f"events {b.events} is over this server's limit of {lim.events}: lower it or omit it"
-        if len(p.symbols) > lim.max_symbols:
-            return (f"it matches {len(p.symbols)} symbols, over this server's limit of {lim.max_symbols}: "
-                    "narrow the glob")
+        over = self.options.limits.excess(p)
+        if over:
+            return over[0].refusal
         return ""
 
     def _recorded_ops(self, source: int) -> set[int] | None:
@@ -471,7 +449,7 @@ class ProbeTools:
         if not self.options.allow_attach:
             raise ToolRefused("attaching probes is off on this server", hint="the operator enables it with "
                               "--allow-attach")
-        if self.session._closed or self.session.dynamic is None:
+        if self.session.closed or self.session.dynamic is None:
             raise ToolRefused(f"the trace has ended ({self.session.stopped_because or 'stopped'}): nothing to "
                               "attach to", hint="the database stays readable with the standard tools")
         with self._attach_lock:  # concurrent attaches are serialised
@@ -481,7 +459,7 @@ class ProbeTools:
                 why = self._refusal(p)
                 if why:
                     raise ToolRefused(f"probe {p.name}: {why}")
-            probes = self.session.attach_spec(spec, name="<mcp>", owner=owner)
+            probes = self.session.attach_spec(rs, owner=owner)
         facts["probe_ids"] = [lp.id for lp in probes]
         lines = []
         for lp in probes:
@@ -489,10 +467,10 @@ class ProbeTools:
             lines.append(
                 f"attached probe {lp.id} '{lp.name}': {len(lp.symbols)} symbol{'s' if len(lp.symbols) != 1 else ''} "
                 f"({_names(list(lp.symbols))}) on {lp.library}, {lp.direction}, pid {self.root_pid}\n"
-                f"  budgets in force: ttl {b['ttl_s']:g}s, events {b['events']}"
-                + (f", rate {b['rate']}/s" if b.get("rate") else "")
-                + (f"\n  events: events table source=100 op={lp.id}; fields {', '.join(lp.fields)}" if lp.fields else
-                   "\n  aggregates in the kernel (no per-call events)")
+                f"  budgets in force: ttl {b.ttl_s:g}s, events {b.events}"
+                + (f", rate {b.rate}/s" if b.rate else "")
+                + (f"\n  events: events table source={SOURCE_PROBE} op={lp.id}; fields {', '.join(lp.fields)}"
+                   if lp.fields else "\n  aggregates in the kernel (no per-call events)")
                 + f"; read with get_probe_results(probe_id={lp.id})")
         return "\n".join(lines), facts
 
@@ -510,7 +488,7 @@ class ProbeTools:
                 "(they stay in the database)")
 
     def end_owner(self, owner: str, reason: str) -> list[int]:
-        if not self.live or self.session.dynamic is None or self.session._closed:
+        if not self.live or self.session.dynamic is None or self.session.closed:
             return []
         return [lp.id for lp in self.session.dynamic.end_owned(owner, reason)]
 
@@ -525,9 +503,7 @@ class ProbeTools:
     def owners(self) -> set[str]:
         if not self.live or self.session.dynamic is None:
             return set()
-        dyn = self.session.dynamic
-        with dyn._lock:
-            return {lp.owner for lp in dyn.probes.values() if lp.status == "active"}
+        return self.session.dynamic.owners()
 
     # -- list_probes / get_probe_results -------------------------------------------------------------------
     def _db(self, sql: str, params=()) -> list[tuple]:
@@ -636,17 +612,15 @@ class ProbeTools:
         if fields and view and n:
             vq = f'"{view}"'
             # exact counts per value of each recorded field with few distinct values (sizes, kinds, retvals)
+            view_cols = dict(zip(fields, view_columns(fields), strict=True))
             for f in fields:
                 if f in ("ts", "stack", "latency", "tid"):
                     continue
-                col = "retval" if f == "retval" else _view_col(f)
-                try:
-                    vals = self._db(f'SELECT "{col}", COUNT(*) FROM {vq} GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 21')
-                except Exception:  # noqa: BLE001 - a column named otherwise: skip the summary
-                    continue
+                col = "retval" if f == "retval" else view_cols[f]
+                vals = self._db(f'SELECT "{col}", COUNT(*) FROM {vq} GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 21')
                 if 0 < len(vals) <= 20:
                     out.append(f"by {f}: " + ", ".join(f"{_cell(v)}: {c}" for v, c in vals))
-            cols = ["timestamp", "pid", "latency", "retval"] + [_view_col(f) for f in fields
+            cols = ["timestamp", "pid", "latency", "retval"] + [view_cols[f] for f in fields
                                                                  if f not in ("latency", "retval")]
             cols = list(dict.fromkeys(cols))
             try:
@@ -671,13 +645,6 @@ class ProbeTools:
                                           if status == "active" else ""))
         return cap("\n".join(out))
 
-
-#: columns every probe view has; a recorded field of the same name is field_NAME in the view
-_VIEW_BASE = ("event_id", "timestamp", "pid", "tid", "comm", "latency", "retval", "stack_hash")
-
-
-def _view_col(f: str) -> str:
-    return f"field_{f}" if f in _VIEW_BASE else f
 
 
 class _StoredAgg:
@@ -732,13 +699,6 @@ def _prefix(name: str) -> str:
 
     m = re.match(r"[a-z_]*[A-Z]?[a-z]*", name)
     return (m.group(0) if m and m.group(0) else name[:6]) or name
-
-
-def _major(version: str | None) -> int | None:
-    if not version:
-        return None
-    head = version.split(".")[0]
-    return int(head) if head.isdigit() else None
 
 
 def _sig(cat, name: str, major: int | None):

@@ -11,7 +11,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import anyio
@@ -20,7 +20,6 @@ from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field
 
 from ingero.analysis import causal_chains, make_window, top_stacks, trace_stats
-from ingero.analysis.check import format_checks, run_all_checks
 from ingero.analysis.demo import SCENARIOS, find_scenario, run_scenario
 from ingero.analysis.failures import trace_calls_check
 from ingero.analysis.stacks import why_no_stacks
@@ -28,6 +27,8 @@ from ingero.analysis.stats import no_events_message
 from ingero.audit import AuditLog, AuditRecord, dumps_args, now_ns, token_fingerprint
 from ingero.dsl.check import MAX_SPEC_CHARS
 from ingero.errors import IngeroError
+from ingero.errors import render as render_error
+from ingero.host import format_checks, run_all_checks
 from ingero.mcp import format as fmt
 from ingero.mcp.dslref import DSL_SUMMARY, DSL_URI, dsl_reference
 from ingero.mcp.live import MAX_ESTIMATE_WINDOW_S, ProbeTools
@@ -40,7 +41,7 @@ from ingero.mcp.strict import (
     StrictArgsMiddleware,
     make_strict,
 )
-from ingero.selftest import selftest_dir
+from ingero.paths import selftest_dir
 from ingero.store import TraceReader
 from ingero.store.sqlguard import (
     DEFAULT_TIMEOUT_S,
@@ -123,7 +124,7 @@ async def _call(backend: _Backend, fn: Callable[[], str]) -> str:
     try:
         return await anyio.to_thread.run_sync(work)
     except IngeroError as e:
-        raise ToolError(str(e)) from None
+        raise ToolError(render_error(e)) from None
 
 
 def run_sql_description(reader: TraceReader | None, timeout_s: float = DEFAULT_TIMEOUT_S) -> str:
@@ -225,7 +226,7 @@ def build_server(reader: TraceReader | None, audit: AuditLog | None,
             st = trace_stats(reader, w)
             if not st.ops:
                 return no_events_message(reader, w)
-            return fmt.format_stats(_probe_names(reader, st), _tsc(tsc), since)
+            return fmt.format_stats(st, _tsc(tsc), since)
         return await _call(backend, work)
 
     @server.tool(structured_output=False, description=(
@@ -260,10 +261,7 @@ def build_server(reader: TraceReader | None, audit: AuditLog | None,
     async def run_demo(scenario: Annotated[str, Field(description=f"scenario name: {names}",
                                                       max_length=MAX_ARG_CHARS)] = "") -> str:
         def work() -> str:
-            try:
-                find_scenario(scenario)
-            except IngeroError as e:
-                return str(e)
+            find_scenario(scenario)  # a ToolError (through _call) naming the scenarios
             r = run_scenario(scenario)
             stats = fmt.format_stats(r.stats, True).removeprefix(fmt.PREAMBLE)
             chains = fmt.format_chains(r.chains.chains, True, r.chains.path).removeprefix(fmt.PREAMBLE)
@@ -292,7 +290,7 @@ def build_server(reader: TraceReader | None, audit: AuditLog | None,
             try:
                 res = backend.sql(query, limit)
             except (SqlRefused, SqlFailed) as e:
-                raise ToolError(str(e)) from None
+                raise ToolError(render_error(e)) from None
             text = fmt.sql_result_json(res, _tsc(tsc))
             if len(text.encode()) > MAX_OUTPUT_BYTES:
                 raise ToolError(f"SQL response too large ({len(text.encode())} bytes, max {MAX_OUTPUT_BYTES}). "
@@ -347,22 +345,11 @@ def build_server(reader: TraceReader | None, audit: AuditLog | None,
     return server
 
 
-def _probe_names(reader: TraceReader, st):
-    """Probe events are source 100 with the probe's id as op: show them by the probe's name (ops table)."""
-    if not any(o.source == 100 for o in st.ops) or not reader.has_table("ops"):
-        return st
-    names = {int(o): (n, d or "") for o, n, d in reader.query(
-        "SELECT op_id, name, description FROM ops WHERE source_id = 100")}
-    ops = tuple(replace(o, name=f"probe:{names[o.op][0]}", description=o.description or names[o.op][1])
-                if o.source == 100 and o.op in names else o for o in st.ops)
-    return replace(st, ops=ops)
-
-
 async def _probe_call(fn: Callable[[], Any]) -> Any:
     try:
         return await anyio.to_thread.run_sync(fn)
     except IngeroError as e:
-        raise ToolError(str(e)) from None
+        raise ToolError(render_error(e)) from None
 
 
 def _audit_extra(facts: dict) -> None:

@@ -13,7 +13,6 @@ import re
 from pathlib import Path
 
 MIN_KERNEL = (6, 6)
-FAST_DETACH_KERNEL = (6, 12)
 TRACEFS = Path("/sys/kernel/tracing")
 
 

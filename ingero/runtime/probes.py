@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from ingero.compiler import CompiledProbe, CompiledSpec
 from ingero.compiler.record import EVENT_HEADER, STATS, STR_NULL
-from ingero.errors import BpfUnavailable, IngeroError
+from ingero.errors import BpfUnavailable, IngeroError, InternalError
 from ingero.runtime.kfuncs import patch_kfunc_calls, session_problem
 from ingero.runtime.links import (
     BPF_TRACE_UPROBE_MULTI,
@@ -215,6 +215,11 @@ class ProbeSession:
         self.load_seconds = 0.0
         self.attach_seconds = 0.0
 
+    @property
+    def loaded(self) -> bool:
+        """Whether the BPF object is loaded (between :meth:`load` and :meth:`close`)."""
+        return self._bpf is not None
+
     # -- lifecycle -------------------------------------------------------------------------------
     def load(self) -> ProbeSession:
         """Compile with bcc and load every program into the kernel (the verifier runs here)."""
@@ -247,9 +252,9 @@ class ProbeSession:
             self.close()
             if isinstance(e, IngeroError):
                 raise
-            raise IngeroError(
+            raise InternalError(
                 f"the kernel refused the generated BPF program: {e}",
-                hint="this is a bug in ingero: report it with `ingero probe check --emit c`",
+                hint="this is a bug in ingero: report it with the output of `ingero probe check --emit c`",
             ) from e
         self.load_seconds = time.perf_counter() - t0
         return self

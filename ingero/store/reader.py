@@ -25,6 +25,7 @@ from functools import cached_property
 from pathlib import Path
 
 from ingero.errors import IngeroError, NotFound
+from ingero.store.schema import SOURCE_PROBE
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +160,15 @@ class TraceReader:
         if not self.has_table("ops"):
             return {}
         return {r[0]: r[1] for r in self.conn.execute("SELECT name, description FROM ops")}
+
+    @cached_property
+    def probe_ops(self) -> dict[int, tuple[str, str]]:
+        """Dynamic probes' ops (source :data:`SOURCE_PROBE`, op = probe id) -> (probe name, description),
+        from the ``ops`` table the writer fills when a probe is attached."""
+        if not self.has_table("ops"):
+            return {}
+        rows = self.conn.execute("SELECT op_id, name, description FROM ops WHERE source_id = ?", (SOURCE_PROBE,))
+        return {int(o): (n, d or "") for o, n, d in rows}
 
     def count(self, table: str) -> int:
         if not self.has_table(table):

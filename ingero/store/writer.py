@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 import re
 import socket
 import sqlite3
@@ -186,18 +185,6 @@ class SessionInfo:
     local_rank: int | None = None
     world_size: int | None = None
 
-    @classmethod
-    def collect(cls, **given: Any) -> SessionInfo:
-        """This host's CPU, memory, kernel, OS, Python and ingero version, plus the fields given."""
-        facts: dict[str, Any] = {"cpu_cores": os.cpu_count() or 0, "kernel": platform.release(),
-                                 "python_ver": platform.python_version(), "ingero_ver": _ingero_version()}
-        facts["cpu_model"] = _proc_value("/proc/cpuinfo", "model name")
-        mem = _proc_value("/proc/meminfo", "MemTotal").split()
-        facts["mem_total_mb"] = int(mem[0]) // 1024 if mem and mem[0].isdigit() else 0
-        facts["os_release"] = _os_release()
-        facts.update(given)
-        return cls(**facts)
-
 
 class ChainLike(Protocol):
     """What :meth:`EventWriter.record_chains` reads (``ingero.analysis.chains.CausalChain`` fits)."""
@@ -209,6 +196,7 @@ class ChainLike(Protocol):
     explanation: str
     recommendations: tuple[str, ...]
     timeline: tuple[Any, ...]
+    tail_ratio: float  # p99 / p50 of the chain's op (0 for a chain about no op's tail)
 
 
 @dataclass(frozen=True)
@@ -337,7 +325,7 @@ class EventWriter:
                 self.conn.execute(f"DROP INDEX IF EXISTS {name}")
             self._deferred = [sql for _, sql in DEFERRABLE_INDEXES]
             self.conn.execute("PRAGMA cache_size = -8192")    # appends touch the right edge only: 8 MiB
-        self.session_id = self._start_session(session or SessionInfo.collect())
+        self.session_id = self._start_session(session or SessionInfo())
         self.indexes_missing: tuple[str, ...] = ()  # deferred indexes a bounded close did not build
 
     # -- opening --------------------------------------------------------------------------------------
@@ -719,7 +707,7 @@ class EventWriter:
             last = ch.timeline[-1] if ch.timeline else None
             op = str(getattr(last, "op", "")) if last is not None else ""
             p99 = int(getattr(last, "dur_us", 0) or 0) if last is not None else 0
-            ratio = float(getattr(ch, "tail_ratio", 0.0) or 0.0) or _ratio_from_summary(ch.summary)
+            ratio = float(ch.tail_ratio or 0.0)
             p50 = int(p99 / ratio) if ratio > 0 else 0
             tl = [{k: v for k, v in (("layer", e.layer), ("op", e.op), ("detail", e.detail),
                                      ("dur_us", getattr(e, "dur_us", 0))) if k != "dur_us" or v}
@@ -874,13 +862,26 @@ def _sql_literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+#: The columns every probe view has (from its events row); a recorded field of the same name is
+#: ``field_NAME`` in the view (:func:`view_columns`).
+VIEW_BASE = ("event_id", "timestamp", "pid", "tid", "comm", "latency", "retval", "stack_hash")
+
+
+def view_columns(fields: Sequence[str]) -> tuple[str, ...]:
+    """The view column of each recorded field, in order."""
+    used = set(VIEW_BASE)
+    out = []
+    for name in fields:
+        col = name if name not in used else f"field_{name}"
+        used.add(col)
+        out.append(col)
+    return tuple(out)
+
+
 def _view_sql(view: str, probe_id: int, fields: tuple[str, ...]) -> str:
     cols = ["e.id AS event_id", "e.timestamp", "e.pid", "e.tid", "e.comm", "e.duration AS latency",
             "e.ret_code AS retval", "e.stack_hash"]
-    used = {"event_id", "timestamp", "pid", "tid", "comm", "latency", "retval", "stack_hash"}
-    for i, name in enumerate(fields):
-        col = name if name not in used else f"field_{name}"
-        used.add(col)
+    for i, col in enumerate(view_columns(fields)):
         expr = f"pv.v{i}" if i < VALUE_SLOTS else f"json_extract(pv.more, '$[{i - VALUE_SLOTS}]')"
         cols.append(f'{expr} AS "{col.replace(chr(34), chr(34) * 2)}"')
     return (f'CREATE VIEW IF NOT EXISTS "{view}" AS SELECT {", ".join(cols)} FROM probe_values pv '
@@ -909,47 +910,6 @@ def _fix_value(v: Any) -> Any:
 
 def _fix_row(row: tuple) -> tuple:
     return tuple(_fix_value(v) for v in row)
-
-
-_RATIO_RE = re.compile(r"^\S+ p99=\S+ \(([0-9.]+)x")
-
-
-def _ratio_from_summary(summary: str) -> float:
-    m = _RATIO_RE.match(summary or "")
-    return float(m.group(1)) if m else 0.0
-
-
-def _proc_value(path: str, key: str) -> str:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                k, _, v = line.partition(":")
-                if k.strip() == key:
-                    return v.strip()
-    except OSError:
-        pass
-    return ""
-
-
-def _os_release() -> str:
-    for path in ("/etc/os-release", "/usr/lib/os-release"):
-        try:
-            with open(path, encoding="utf-8") as f:
-                for line in f:
-                    if line.startswith("PRETTY_NAME="):
-                        return line.split("=", 1)[1].strip().strip('"')
-        except OSError:
-            continue
-    return ""
-
-
-def _ingero_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("ingero")
-    except Exception:  # noqa: BLE001 - a source checkout without metadata
-        return "dev"
 
 
 __all__ = ["Aggregate", "ChainLike", "EVENT_COLUMNS", "Event", "EventWriter", "Frame", "ProbeField", "ProbeHandle",

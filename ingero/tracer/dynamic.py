@@ -17,21 +17,70 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from ingero.errors import IngeroError
+from ingero.dsl.resolved import Budgets, ResolvedProbe, ResolvedSpec
+from ingero.errors import IngeroError, NotFound
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class Excess:
+    """One budget of a probe over a limit: ``asked`` (as the spec put it) over ``limit``."""
+
+    asked: str  # "ttl 600s", "events 5000", "1200 symbols"
+    limit: str
+    fix: str
+
+    @property
+    def short(self) -> str:
+        return f"{self.asked} > limit {self.limit}"
+
+    @property
+    def refusal(self) -> str:
+        return f"{self.asked} is over this server's limit of {self.limit}: {self.fix}"
+
+
+@dataclass(frozen=True)
 class ProbeLimits:
-    """Upper bounds a spec may lower but not raise (the server's or the CLI's settings)."""
+    """The policy every dynamic probe is judged by: upper bounds a spec may lower but not raise (the
+    server's or the CLI's settings). :meth:`excess` says what is over, :meth:`in_force` what a probe
+    runs with; the MCP guards, ``validate_probe`` and :class:`DynamicProbes` all ask this one object."""
 
     ttl_s: float = 300.0
     events: int = 1_000_000
     max_probes: int = 8
     max_symbols: int = 1000
+
+    def excess(self, rp: ResolvedProbe) -> tuple[Excess, ...]:
+        """Every budget of ``rp`` over these limits (none: it may run as written)."""
+        b = rp.budgets
+        out = []
+        if b.ttl_s is not None and b.ttl_s > self.ttl_s:
+            out.append(Excess(f"ttl {b.ttl_s:g}s", f"{self.ttl_s:g}s", "lower it or omit it"))
+        if b.events is not None and b.events > self.events:
+            out.append(Excess(f"events {b.events}", f"{self.events}", "lower it or omit it"))
+        if len(rp.symbols) > self.max_symbols:
+            out.append(Excess(f"{len(rp.symbols)} symbols", f"{self.max_symbols}", "narrow the glob"))
+        return tuple(out)
+
+    def in_force(self, b: Budgets) -> Budgets:
+        """The budgets a probe runs with: its own, capped by the limits, the limits where it set none."""
+        return replace(
+            b,
+            ttl_s=self.ttl_s if b.ttl_s is None else min(b.ttl_s, self.ttl_s),
+            events=self.events if b.events is None else min(b.events, self.events),
+        )
+
+    def describe(self, rp: ResolvedProbe) -> str:
+        """The budgets in force for ``rp``, these limits, and what is over them."""
+        b = self.in_force(rp.budgets)
+        over = self.excess(rp)
+        text = (f"budgets in force: ttl {b.ttl_s:g}s, events {b.events}" + (f", rate {b.rate}/s" if b.rate else "")
+                + f" (server limits: ttl {self.ttl_s:g}s, events {self.events}, {self.max_symbols} symbols, "
+                f"{self.max_probes} live probes)")
+        return text + (f"; OVER THE LIMIT: {'; '.join(e.short for e in over)}" if over else "")
 
 
 @dataclass
@@ -43,7 +92,7 @@ class LiveProbe:
     symbols: tuple[str, ...]
     fields: tuple[str, ...]
     direction: str
-    budgets: dict
+    budgets: Budgets  # in force (capped by the limits)
     owner: str
     attached_at: float
     status: str = "active"  # active | ended
@@ -80,26 +129,24 @@ class DynamicProbes:
         self._lock = threading.RLock()
 
     # -- attach / detach -------------------------------------------------------------------------------
-    def attach(self, text: str, *, name: str = "<spec>", owner: str = "", in_process: bool = True
-               ) -> list[LiveProbe]:
-        """Check, compile, load and attach every probe of ``text``; register them with the database.
-        ``in_process``: resolve libraries among those the traced process has mapped (else on this
-        machine's search paths, e.g. before a command has started). Raises :class:`~ingero.dsl.SpecError`
-        (with every error located) or an IngeroError."""
+    def attach(self, spec: ResolvedSpec, *, owner: str = "") -> list[LiveProbe]:
+        """Compile, load and attach every probe of a checked spec; register them with the database. The
+        budgets in force are the spec's capped by the limits; a probe over the symbol limit is refused
+        (IngeroError), as is one probe too many."""
         from ingero.compiler import compile_spec
-        from ingero.dsl import check
         from ingero.runtime.probes import ProbeSession
         from ingero.store import ProbeField, ProbeInfo
 
-        result = check(text, name, pid=self.pid if in_process else None)
-        spec = self._within_limits(result.resolved())
-        if self.tree_filter:
-            # the traced pid only chose which files to probe; the kernel filters on the whole tree, unless
-            # a target names its own pid
-            from dataclasses import replace
-
-            own = [p.target.pid for p in result.tree.probes]
-            spec = replace(spec, probes=tuple(replace(rp, pid=own[i]) for i, rp in enumerate(spec.probes)))
+        probes = []
+        for rp in spec.probes:
+            over = [e for e in self.limits.excess(rp) if e.asked.endswith("symbols")]
+            if over:
+                raise IngeroError(f"probe {rp.name}: {over[0].refusal}")
+            # with the tree filter the traced pid only chose which files to probe: the kernel filters on
+            # the whole tree, unless a target names its own pid
+            pid = rp.target_pid if self.tree_filter else rp.pid
+            probes.append(replace(rp, budgets=self.limits.in_force(rp.budgets), pid=pid))
+        spec = replace(spec, probes=tuple(probes))
         with self._lock:
             active = sum(1 for p in self.probes.values() if p.status == "active")
             if active + len(spec.probes) > self.limits.max_probes:
@@ -124,17 +171,17 @@ class DynamicProbes:
             for rp in spec.probes:
                 kinds = {v.key: v for v in rp.values}
                 fields = tuple(ProbeField(k, _field_type(kinds.get(k))) for k in rp.record)
+                text = rp.text or spec.text
                 # bound later to the copies the tree maps: the name, until then (see :meth:`offer`)
                 library = rp.library.name if bind and "/" not in rp.library.name else rp.library.path or ""
                 handle = self.writer.register_probe(ProbeInfo(
-                    name=rp.name, spec=rp.text or text, fields=fields,
+                    name=rp.name, spec=text, fields=fields,
                     library=library or rp.library.name, symbols=tuple(s.name for s in rp.symbols),
                 ))
                 lp = LiveProbe(
-                    id=handle.probe_id, name=rp.name, spec=rp.text or text, library=library,
+                    id=handle.probe_id, name=rp.name, spec=text, library=library,
                     symbols=tuple(s.name for s in rp.symbols), fields=tuple(rp.record), direction=rp.direction,
-                    budgets={"ttl_s": rp.budgets.ttl_s, "events": rp.budgets.events, "rate": rp.budgets.rate},
-                    owner=owner, attached_at=time.time(), _session=session, _handle=handle,
+                    budgets=rp.budgets, owner=owner, attached_at=time.time(), _session=session, _handle=handle,
                 )
                 self.probes[lp.id] = lp
                 out.append(lp)
@@ -176,34 +223,10 @@ class DynamicProbes:
                 out.update(session.waiting())
             return out
 
-    def within_limits(self, spec):
-        """The spec with the limits applied (budgets capped, symbol count checked); raises IngeroError."""
-        return self._within_limits(spec)
-
-    def _within_limits(self, spec):
-        """Apply the limits: a spec's own budgets may be lower, never higher (defaults fill the gaps)."""
-        from dataclasses import replace
-
-        lim = self.limits
-        probes = []
-        for rp in spec.probes:
-            b = rp.budgets
-            if len(rp.symbols) > lim.max_symbols:
-                raise IngeroError(
-                    f"probe {rp.name} matches {len(rp.symbols)} symbols; at most {lim.max_symbols} are allowed",
-                    hint="narrow the symbol glob",
-                )
-            ttl = lim.ttl_s if b.ttl_s is None else min(b.ttl_s, lim.ttl_s)
-            events = lim.events if b.events is None else min(b.events, lim.events)
-            probes.append(replace(rp, budgets=replace(b, ttl_s=ttl, events=events)))
-        return replace(spec, probes=tuple(probes))
-
     def detach(self, probe_id: int, reason: str = "detached by request") -> LiveProbe:
         with self._lock:
             lp = self.probes.get(probe_id)
             if lp is None:
-                from ingero.errors import NotFound
-
                 known = ", ".join(str(i) for i in sorted(self.probes)) or "none"
                 raise NotFound(f"no probe with id {probe_id}", hint=f"probe ids: {known}")
             if lp.status == "active":
@@ -221,7 +244,7 @@ class DynamicProbes:
     def _store_aggregates(self, lp: LiveProbe) -> None:
         """Keep an aggregating probe's final in-kernel results in the database (``probe_aggregates``)."""
         session = lp._session
-        if session is None or getattr(session, "_bpf", None) is None:
+        if session is None or not session.loaded:
             return
         try:
             rows = session.aggregates(lp.name)
@@ -249,6 +272,11 @@ class DynamicProbes:
                     ended.append(lp)
             return ended
 
+    def owners(self) -> set[str]:
+        """The owners of the active probes."""
+        with self._lock:
+            return {lp.owner for lp in self.probes.values() if lp.status == "active"}
+
     # -- the tick --------------------------------------------------------------------------------------
     def tick(self) -> int:
         """Store what the probes recorded since the last tick; end probes whose budget is spent."""
@@ -258,7 +286,7 @@ class DynamicProbes:
         with self._lock:
             n = 0
             for session in self._sessions:
-                if session._bpf is None:
+                if not session.loaded:
                     continue
                 events = session.poll(0)
                 by_name = {lp.name: lp for lp in self.probes.values() if lp._session is session}
@@ -298,8 +326,6 @@ class DynamicProbes:
         with self._lock:
             lp = self.probes.get(probe_id)
             if lp is None:
-                from ingero.errors import NotFound
-
                 raise NotFound(f"no probe with id {probe_id}",
                                hint=f"probe ids: {', '.join(map(str, sorted(self.probes))) or 'none'}")
             return lp
@@ -307,12 +333,12 @@ class DynamicProbes:
     def stats(self, probe_id: int):
         lp = self.get(probe_id)
         with self._lock:
-            return lp._session.stats(lp.name) if lp._session._bpf is not None else lp.final_stats
+            return lp._session.stats(lp.name) if lp._session.loaded else lp.final_stats
 
     def aggregates(self, probe_id: int) -> list:
         lp = self.get(probe_id)
         with self._lock:
-            if lp._session._bpf is None:
+            if not lp._session.loaded:
                 return list(lp.final_aggregates or [])
             return lp._session.aggregates(lp.name)
 
@@ -321,7 +347,7 @@ class DynamicProbes:
             self.tick()
             self.end_all(reason)
             for lp in self.probes.values():  # keep the final counts readable after the BPF objects go
-                if lp._session._bpf is not None:
+                if lp._session.loaded:
                     try:
                         lp.final_stats = lp._session.stats(lp.name)
                         lp.final_aggregates = lp._session.aggregates(lp.name)

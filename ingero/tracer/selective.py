@@ -25,8 +25,8 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from ingero.store.schema import POINTER_ARG0_OPS as POINTER_ARG0  # sum_arg0 is meaningless there
+from ingero.store.schema import SOURCE_CUDA, SOURCE_DRIVER, SOURCE_HOST, SOURCE_IO
 
-SOURCE_CUDA, SOURCE_HOST, SOURCE_DRIVER, SOURCE_IO = 1, 3, 4, 5
 MINUTE_NS = 60_000_000_000
 SYNC_OPS = {(SOURCE_CUDA, 5), (SOURCE_CUDA, 6), (SOURCE_DRIVER, 4)}
 LIFECYCLE = {4, 5, 6, 7, 40, 41}  # oom_kill, process_exec, process_exit, process_fork, thread_create/exit

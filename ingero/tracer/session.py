@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -32,6 +31,8 @@ from operator import itemgetter
 from pathlib import Path
 
 from ingero.errors import IngeroError, NoSuchProcess
+from ingero.host import session_facts
+from ingero.runtime.spawn import spawn_gated
 
 log = logging.getLogger(__name__)
 
@@ -89,37 +90,6 @@ class _Totals:
     python_lines: Counter = field(default_factory=Counter)
 
 
-def spawn_gated(command: Sequence[str], stdout=None, *,
-                detached: bool = False) -> tuple[subprocess.Popen, Callable[[], None]]:
-    """Start ``command`` held just before its ``exec``: returns the process and a function that releases
-    it. The pid is known (and can be traced) before the program's first instruction runs. ``detached``:
-    in a session of its own, so a signal to ingero's process group (an MCP client ending its server)
-    does not reach it."""
-    r, w = os.pipe()
-    gate = (
-        "import os, sys\n"
-        f"os.read({r}, 1)\n"
-        f"os.close({r})\n"
-        "os.execvp(sys.argv[1], sys.argv[1:])\n"
-    )
-    try:
-        proc = subprocess.Popen([sys.executable, "-c", gate, *command], pass_fds=(r,), stdout=stdout,
-                                start_new_session=detached)
-    except OSError as e:
-        os.close(r)
-        os.close(w)
-        raise IngeroError(f"cannot start {command[0]}: {e.strerror}") from e
-    os.close(r)
-
-    def release() -> None:
-        try:
-            os.write(w, b"x")
-        finally:
-            os.close(w)
-
-    return proc, release
-
-
 class TraceSession:
     def __init__(self, options: TraceOptions, *, pids: Sequence[int] = (), command: Sequence[str] = (),
                  command_stdout=None, metrics=None, command_detached: bool = False) -> None:
@@ -167,13 +137,14 @@ class TraceSession:
             from ingero.errors import BpfUnavailable
 
             raise BpfUnavailable(f"cannot trace here: {problem}")
-        release = None
+        held = None
         if self.command:
-            self.child, release = spawn_gated(self.command, stdout=self.command_stdout,
-                                              detached=self.command_detached)
+            held = spawn_gated(self.command, stdout=self.command_stdout, detached=self.command_detached)
+            self.child = held.proc
             self.pids = [self.child.pid]
         try:
-            info = SessionInfo.collect(
+            info = SessionInfo(
+                **session_facts(),
                 command=" ".join(self.command) if self.command else "",
                 pid_filter=",".join(map(str, self.pids)),
                 flags="stacks" if self.options.stacks else "",
@@ -206,16 +177,17 @@ class TraceSession:
                                          tree=self.tracer, metrics=self.metrics, watcher=self._watcher)
             for name, text in self.options.probe_specs:
                 # a command has not loaded anything yet: checked on the search paths, bound when it maps it
-                self.dynamic.attach(text, name=name, owner="command line", in_process=not self.command)
+                spec = self.check_spec(text, name, in_process=not self.command).resolved()
+                self.dynamic.attach(spec, owner="command line")
         except BaseException:
-            if self.child is not None:
-                self.child.kill()
+            if held is not None:
+                held.cancel()
                 self.child.wait()
             self.close()
             raise
         self._t0 = time.monotonic()
-        if release:
-            release()
+        if held is not None:
+            held.release()
         return self
 
     def stop(self, why: str = "stopped") -> None:
@@ -272,7 +244,7 @@ class TraceSession:
             by_op=Counter(t.by_op),
             lost=dict(self._lost_written),
             libraries=[lib.path for lib in self.tracer.libraries.values()] if self.tracer else [],
-            processes=self.tracer.followed() if self.tracer and self.tracer._bpf else set(),
+            processes=self.tracer.followed() if self.tracer and self.tracer.loaded else set(),
             chains=t.chains,
             stopped_because=self.stopped_because,
             python_lines=Counter(t.python_lines),
@@ -282,11 +254,24 @@ class TraceSession:
         )
 
     # -- the tick --------------------------------------------------------------------------------------
-    def attach_spec(self, text: str, *, name: str = "<spec>", owner: str = "") -> list:
-        """Widen the trace: attach the probes of a DSL spec now (see :class:`DynamicProbes`)."""
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has begun (the trace stops taking probes)."""
+        return self._closed
+
+    def check_spec(self, text: str, name: str = "<spec>", *, in_process: bool = True):
+        """Check a DSL spec against the libraries the traced process mapped (``in_process``, when there is
+        one traced process) or this machine's search paths. Returns the :class:`~ingero.dsl.CheckResult`."""
+        from ingero.dsl import check
+
+        pid = self.pids[0] if in_process and len(self.pids) == 1 else None
+        return check(text, name, pid=pid)
+
+    def attach_spec(self, spec, *, owner: str = "") -> list:
+        """Widen the trace: attach the probes of a checked spec now (see :class:`DynamicProbes`)."""
         if self.dynamic is None or self._closed:
             raise IngeroError("the trace is not running")
-        return self.dynamic.attach(text, name=name, owner=owner)
+        return self.dynamic.attach(spec, owner=owner)
 
     def _bind_loads(self) -> None:
         """The traced tree opened watched libraries: put the standard set and the waiting DSL probes on
@@ -473,7 +458,7 @@ class TraceSession:
         try:
             if self._watcher is not None:
                 self._watcher.close()  # continues any process still held at an open
-            if self.tracer is not None and self.tracer._bpf is not None and self.writer is not None:
+            if self.tracer is not None and self.tracer.loaded and self.writer is not None:
                 try:
                     # detach first, so the rest is bounded by what the ring buffers hold, then drain them
                     if self.dynamic is not None:

@@ -35,14 +35,11 @@ from dataclasses import dataclass
 from ingero.paths import data_dir
 from ingero.runtime.links import BPF_TRACE_UPROBE_MULTI, LinkSpec, ProcessLinks, UprobeMultiLink
 from ingero.runtime.ring import RingReader
-from ingero.store.schema import op_code, op_name
+from ingero.store.schema import SOURCE_CUDA, SOURCE_DRIVER, SOURCE_HOST, op_code, op_name
 from ingero.tracer.follow import ProcessFollower
-from ingero.tracer.host import HOST_LAYOUT, SOURCE_HOST, HostEvent
+from ingero.tracer.host import HOST_LAYOUT, HostEvent
 
 log = logging.getLogger(__name__)
-
-SOURCE_CUDA = 1
-SOURCE_DRIVER = 4
 
 #: exported symbol -> op in upstream's codes (source CUDA for RUNTIME_SYMBOLS, DRIVER for DRIVER_SYMBOLS);
 #: per-thread-default-stream variants share the op. ingero's own ops (schema.INGERO_OPS) are added below.
@@ -206,6 +203,11 @@ class StandardTracer:
         self.follower: ProcessFollower | None = None  # per-process links of the traced tree
 
     # -- lifecycle -------------------------------------------------------------------------------------
+    @property
+    def loaded(self) -> bool:
+        """Whether the BPF object is loaded (between :meth:`start` and :meth:`close`)."""
+        return self._bpf is not None
+
     def start(self) -> StandardTracer:
         from bcc import BPF
 

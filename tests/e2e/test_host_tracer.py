@@ -1,5 +1,5 @@
-"""Host tracepoints on real processes: scheduler, page allocations, fork/exec/exit, block I/O, with the
-process tree followed in the kernel."""
+"""Host tracepoints on real processes, as the standard set of ``ingero trace`` records them: scheduler,
+page allocations, fork/exec/exit, block I/O, with the process tree followed in the kernel."""
 
 from __future__ import annotations
 
@@ -8,27 +8,28 @@ from collections import Counter
 
 import pytest
 
-from ingero.tracer.host import SOURCE_HOST, SOURCE_IO, HostTracer
+from ingero.store.schema import SOURCE_HOST, SOURCE_IO
+from ingero.tracer.standard import StandardTracer
 from tests.helpers import Workload
 
 pytestmark = pytest.mark.bpf
 
 
-def collect(tracer: HostTracer, proc) -> list:
+def collect(tracer: StandardTracer, proc) -> list:
     events = []
     while proc.poll() is None:
-        events += tracer.poll(20)
-    return events + tracer.poll(50)
+        events += tracer.poll(20)[1]
+    return events + tracer.poll(50)[1]
 
 
 def test_scheduler_memory_and_forked_child(need_bpf):
-    with Workload("--fork", "--hold", "0.2") as w, HostTracer([w.pid]) as tracer:
+    with Workload("--fork", "--hold", "0.2") as w, StandardTracer([w.pid]) as tracer:
         w.expect("waiting calls")
         w.go()
         child = int(w.expect("forked child pid=").split("=")[1])
         w.finish()
         events = collect(tracer, w.proc)
-        assert tracer.lost() == 0
+        assert tracer.lost()["host"] == 0, tracer.lost()
     ops = Counter((e.source, e.op_name) for e in events)
     assert ops[(SOURCE_HOST, "process_fork")] >= 1
     forks = [e for e in events if e.op_name == "process_fork" and e.pid == w.pid]
@@ -61,7 +62,7 @@ def test_exec_and_direct_block_reads(need_bpf):
             ["sh", "-c", f"read go; exec dd if={f.name} of=/dev/null bs=4096 count=16 iflag=direct"],
             stdin=subprocess.PIPE, stderr=subprocess.DEVNULL,
         )
-        with HostTracer([proc.pid]) as tracer:
+        with StandardTracer([proc.pid]) as tracer:
             proc.stdin.write(b"go\n")
             proc.stdin.close()
             events = collect(tracer, proc)

@@ -83,7 +83,7 @@ def test_sigkill_mid_write_keeps_every_committed_row(tmp_path):
         st = trace_stats(r)
         assert st.stored_events == n
         assert st.op("cudaStreamSync").count == n // 5 and st.op("sched_switch").count == 3 * n // 5
-        assert st.op("probe_op(1)").count == n // 5
+        assert st.op("probe:copies").count == n // 5
         chains = causal_chains(r)
         assert chains.path == "replay" and chains.chains[0].cuda_op == "cudaStreamSync"
         stacks = top_stacks(r, op="cudaStreamSync")

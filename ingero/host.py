@@ -1,5 +1,7 @@
-"""System diagnostics, in upstream's order: kernel, BTF, NVIDIA driver, GPU, CUDA runtime and driver
-libraries, CUDA processes, privileges, ptrace_scope. Reads /proc and /sys only; never needs root."""
+"""Facts about this host, in one place: what a trace session records about the machine
+(:func:`session_facts`), and the system diagnostics of ``ingero check`` / ``get_check`` in upstream's
+order (:func:`run_all_checks`: kernel, BTF, NVIDIA driver, GPU, CUDA runtime and driver libraries, CUDA
+processes, privileges, ptrace_scope). Reads /proc, /sys and /etc only; never needs root."""
 
 from __future__ import annotations
 
@@ -136,3 +138,52 @@ def run_all_checks() -> tuple[Check, ...]:
 def format_checks(checks: tuple[Check, ...]) -> str:
     """Upstream's MCP text: ``[PASS|FAIL|INFO] Name: value-or-detail``, one line each."""
     return "".join(f"[{c.status}] {c.name}: {c.value or c.detail}\n" for c in checks)
+
+
+# -- what a trace session records about the host ----------------------------------------------------------
+def session_facts() -> dict[str, object]:
+    """CPU, memory, kernel, OS, Python and ingero version, as the ``sessions`` row's fields."""
+    mem = proc_value("/proc/meminfo", "MemTotal").split()
+    return {
+        "cpu_cores": os.cpu_count() or 0,
+        "cpu_model": proc_value("/proc/cpuinfo", "model name"),
+        "mem_total_mb": int(mem[0]) // 1024 if mem and mem[0].isdigit() else 0,
+        "kernel": platform.release(),
+        "os_release": os_release(),
+        "python_ver": platform.python_version(),
+        "ingero_ver": ingero_version(),
+    }
+
+
+def proc_value(path: str, key: str) -> str:
+    """The value of ``key: value`` in a /proc file, or ''."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                k, _, v = line.partition(":")
+                if k.strip() == key:
+                    return v.strip()
+    except OSError:
+        pass
+    return ""
+
+
+def os_release() -> str:
+    for path in ("/etc/os-release", "/usr/lib/os-release"):
+        try:
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    if line.startswith("PRETTY_NAME="):
+                        return line.split("=", 1)[1].strip().strip('"')
+        except OSError:
+            continue
+    return ""
+
+
+def ingero_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ingero")
+    except PackageNotFoundError:  # a source checkout without metadata
+        return "dev"
