@@ -156,8 +156,8 @@ def main() -> int:
             session, runner = _session(db, prod.pid, metrics)
             try:
                 for i in range(PROBES):
-                    session.attach_spec(f"probe copies{i} = libcudart.so.12:cudaMemcpy\n    record latency\n",
-                                        name=f"bench{i}", owner="bench")
+                    text = f"probe copies{i} = libcudart.so.12:cudaMemcpy\n    record latency\n"
+                    session.attach_spec(session.check_spec(text, f"bench{i}").resolved(), owner="bench")
                 _phase(prod, session, 2_000, 1.0, 99)
                 time.sleep(0.3)
                 scraper = _scraper(server.url, 0.05, 40)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from ingero.analysis.check import Check
+from ingero.host import Check
 from ingero.analysis.window import ALL, TimeWindow
 from ingero.store.reader import TraceReader
 from ingero.store.schema import SOURCE_CUDA, SOURCE_DRIVER, op_name
