@@ -11,8 +11,8 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from ingero.host import Check
 from ingero.analysis.window import ALL, TimeWindow
+from ingero.host import Check
 from ingero.store.reader import TraceReader
 from ingero.store.schema import SOURCE_CUDA, SOURCE_DRIVER, op_name
 
