@@ -100,3 +100,17 @@ def test_no_import_cycle():
 
 def test_the_cycle_finder_finds_a_cycle():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+#: The named exception to the ~600-line rule (docs/architecture.md): the C declaration parser of the
+#: catalogue build.
+LONG_MODULES = {"ingero.catalogue.cparse"}
+#: Still over the rule and to be split (docs/architecture.md says so); it may not grow meanwhile.
+TO_SPLIT = {"ingero.store.writer": 720}
+
+
+def test_no_module_over_600_lines():
+    lines = {m: len(p.read_text().splitlines()) for m, p in _modules().items()}
+    over = {m: n for m, n in lines.items() if n > 600 and m not in LONG_MODULES and m not in TO_SPLIT}
+    assert over == {}
+    assert all(lines[m] <= n for m, n in TO_SPLIT.items()), {m: lines[m] for m in TO_SPLIT}

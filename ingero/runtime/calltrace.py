@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ingero.paths import data_dir
+from ingero.runtime.bpfobj import BpfObject
 from ingero.runtime.links import BPF_TRACE_UPROBE_MULTI, UprobeMultiLink, attach_uprobe_multi
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ class TracedCall:
         return v - (1 << 32) if v & 0x80000000 else v
 
 
-class CallTracer:
+class CallTracer(BpfObject):
     """Entry+return tracing of ``symbols`` (name, file offset) in ``path``; ``pid`` 0 means every process."""
 
     def __init__(
@@ -130,12 +131,5 @@ class CallTracer:
     def close(self) -> None:
         for link in self.links:
             link.close()
-        if self._bpf is not None:
-            self._bpf.cleanup()
-            self._bpf = None
+        self._unload()
 
-    def __enter__(self) -> CallTracer:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.close()

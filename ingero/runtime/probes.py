@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from ingero.compiler import CompiledProbe, CompiledSpec
 from ingero.compiler.record import EVENT_HEADER, STATS, STR_NULL
 from ingero.errors import BpfUnavailable, IngeroError, InternalError
+from ingero.runtime.bpfobj import BpfObject
 from ingero.runtime.kfuncs import patch_kfunc_calls, session_problem
 from ingero.runtime.links import (
     BPF_TRACE_UPROBE_MULTI,
@@ -183,7 +184,7 @@ class _Probe:
         self.attached = False
 
 
-class ProbeSession:
+class ProbeSession(BpfObject):
     """Load, attach, read and detach the probes of one compiled spec.
 
     ``pid``: attach every probe to this process only (a probe's own ``pid N`` wins); None = every process,
@@ -215,10 +216,6 @@ class ProbeSession:
         self.load_seconds = 0.0
         self.attach_seconds = 0.0
 
-    @property
-    def loaded(self) -> bool:
-        """Whether the BPF object is loaded (between :meth:`load` and :meth:`close`)."""
-        return self._bpf is not None
 
     # -- lifecycle -------------------------------------------------------------------------------
     def load(self) -> ProbeSession:
@@ -416,15 +413,8 @@ class ProbeSession:
             if p.ring is not None:
                 p.ring.close()
                 p.ring = None
-        if self._bpf is not None:
-            self._bpf.cleanup()
-            self._bpf = None
+        self._unload()
 
-    def __enter__(self) -> ProbeSession:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     @property
     def active(self) -> list[str]:

@@ -27,7 +27,6 @@ stacks, vacuums incrementally and truncates the WAL.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -37,11 +36,9 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import Any
 
-from ingero.errors import IngeroError
 from ingero.store.clock import EpochClock
 from ingero.store.lookup import (
     DEFERRABLE_INDEXES,
@@ -53,224 +50,30 @@ from ingero.store.lookup import (
     WRITER_COLUMNS,
     WRITER_DDL,
 )
+from ingero.store.records import (  # noqa: F401 - the writer's public types live there
+    EVENT_COLUMNS,
+    I64_MAX,
+    U64,
+    Aggregate,
+    ChainLike,
+    Event,
+    Frame,
+    ProbeField,
+    ProbeHandle,
+    ProbeInfo,
+    SessionInfo,
+    StoreError,
+    SystemSnapshot,
+    WriterStats,
+    _go_json,
+    frames_json,
+    stack_hash_frames,
+    stack_hash_ips,
+)
 from ingero.store.schema import DDL, SOURCE_PROBE
 
 log = logging.getLogger(__name__)
 
-_U64 = 1 << 64
-_I64_MAX = (1 << 63) - 1
-
-
-class StoreError(IngeroError):
-    """The trace database cannot be created or written (path, permissions, disk full, foreign file)."""
-
-
-# --- values crossing into the writer ------------------------------------------------------------------
-class Event(NamedTuple):
-    """One ``events`` row. ``timestamp`` is CLOCK_MONOTONIC ns unless the batch is given ``epoch=True``.
-
-    A plain tuple with the first 13 fields in this order is accepted too (the fastest form); a probe
-    event carries its recorded fields in ``values`` (a 14th element).
-    """
-
-    timestamp: int
-    pid: int
-    tid: int
-    source: int
-    op: int
-    duration: int = 0
-    gpu_id: int = 0
-    arg0: int = 0
-    arg1: int = 0
-    ret_code: int = 0
-    stack_hash: int = 0
-    comm: str = ""
-    cgroup_id: int = 0
-    values: tuple | None = None
-
-
-EVENT_COLUMNS = ("id", "timestamp", "pid", "tid", "source", "op", "duration", "gpu_id", "arg0", "arg1",
-                 "ret_code", "stack_hash", "comm", "cgroup_id")
-
-
-@dataclass(frozen=True)
-class ProbeField:
-    name: str
-    type: str = "u64"
-
-
-@dataclass(frozen=True)
-class ProbeInfo:
-    """A dynamic probe as the runtime attached it: ``fields`` are what its events carry in ``values``."""
-
-    name: str
-    spec: str = ""
-    fields: tuple[ProbeField, ...] = ()
-    library: str = ""
-    symbols: tuple[str, ...] = ()
-    description: str = ""
-
-
-@dataclass(frozen=True)
-class ProbeHandle:
-    probe_id: int
-    name: str
-    source: int
-    op: int
-    fields: tuple[str, ...]
-    view: str
-
-
-@dataclass(frozen=True)
-class SystemSnapshot:
-    timestamp: int            # Unix epoch ns
-    cpu_pct: float
-    mem_pct: float
-    mem_avail_mb: int
-    swap_mb: int
-    load_avg: float
-
-
-@dataclass(frozen=True)
-class Aggregate:
-    """An ``event_aggregates`` bucket (minute-truncated epoch ns); added to what the bucket already holds."""
-
-    bucket: int
-    source: int
-    op: int
-    pid: int = 0
-    count: int = 0
-    stored: int = 0
-    sum_dur: int = 0
-    min_dur: int = 0
-    max_dur: int = 0
-    sum_arg0: int = 0
-
-
-@dataclass(frozen=True)
-class Frame:
-    """A stack frame: ``file`` is the full path (hashed as upstream); the stored JSON keeps its basename."""
-
-    ip: int = 0
-    symbol: str = ""
-    file: str = ""
-    line: int = 0
-    py_file: str = ""
-    py_func: str = ""
-    py_line: int = 0
-
-    @property
-    def resolved(self) -> bool:
-        return bool(self.symbol or self.file or self.py_file or self.py_func)
-
-
-@dataclass(frozen=True)
-class SessionInfo:
-    """The ``sessions`` row of one trace run (host facts come from :meth:`collect`)."""
-
-    command: str = ""
-    pid_filter: str = ""
-    flags: str = ""
-    gpu_model: str = ""
-    gpu_driver: str = ""
-    cpu_model: str = ""
-    cpu_cores: int = 0
-    mem_total_mb: int = 0
-    kernel: str = ""
-    os_release: str = ""
-    cuda_ver: str = ""
-    python_ver: str = ""
-    ingero_ver: str = ""
-    rank: int | None = None
-    local_rank: int | None = None
-    world_size: int | None = None
-
-
-class ChainLike(Protocol):
-    """What :meth:`EventWriter.record_chains` reads (``ingero.analysis.chains.CausalChain`` fits)."""
-
-    id: str
-    severity: str
-    summary: str
-    root_cause: str
-    explanation: str
-    recommendations: tuple[str, ...]
-    timeline: tuple[Any, ...]
-    tail_ratio: float  # p99 / p50 of the chain's op (0 for a chain about no op's tail)
-
-
-@dataclass(frozen=True)
-class WriterStats:
-    events: int              # events committed by this writer
-    probe_events: int        # of which probe events (with probe_values rows)
-    batches: int
-    lost: int                # lost events reported to this writer
-    pruned_events: int       # events deleted by the size cap
-    prunes: int
-    db_bytes: int            # database + -wal on disk now
-
-
-# --- stacks --------------------------------------------------------------------------------------------
-_FNV_OFFSET = 0xCBF29CE484222325
-_FNV_PRIME = 0x100000001B3
-_M64 = _U64 - 1
-
-
-def _fnv1a64(data: bytes) -> int:
-    h = _FNV_OFFSET
-    for b in data:
-        h = ((h ^ b) * _FNV_PRIME) & _M64
-    return h
-
-
-def _signed(h: int) -> int:
-    return h - _U64 if h > _I64_MAX else h
-
-
-def stack_hash_ips(ips: Sequence[int]) -> int:
-    """Upstream's ``HashStackIPs`` as stored: FNV-1a-64 over little-endian u64 IPs, as a signed int64."""
-    return _signed(_fnv1a64(b"".join((ip & _M64).to_bytes(8, "little") for ip in ips)))
-
-
-def stack_hash_frames(frames: Sequence[Frame]) -> int:
-    """Upstream's ``HashStackSymbols`` (ASLR-independent): symbol, file, Python file/function/line."""
-    parts = []
-    for f in frames:
-        parts.append(b"\0".join(s.encode() for s in (f.symbol, f.file, f.py_file, f.py_func)) + b"\0")
-        parts.append((f.py_line & 0xFFFFFFFF).to_bytes(4, "little"))
-    return _signed(_fnv1a64(b"".join(parts)))
-
-
-def _go_json(v: Any) -> str:
-    """Compact JSON as Go's json.Marshal writes it (``<``, ``>``, ``&`` escaped)."""
-    s = json.dumps(v, separators=(",", ":"), ensure_ascii=False)
-    return (s.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-            .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
-
-
-def frames_json(frames: Sequence[Frame]) -> str:
-    """``stack_traces.frames`` as upstream writes it: garbage frames dropped, ``i`` only without a symbol."""
-    out = []
-    for f in frames:
-        if not f.resolved:
-            continue
-        d: dict[str, Any] = {}
-        if f.symbol:
-            d["s"] = f.symbol
-        elif f.ip or not (f.py_file or f.py_func):  # a Python frame has no address (upstream's shape)
-            d["i"] = f"0x{f.ip:x}"
-        if f.file:
-            d["f"] = os.path.basename(f.file)
-        if f.line:
-            d["l"] = f.line
-        if f.py_file:
-            d["pf"] = f.py_file
-        if f.py_func:
-            d["pfn"] = f.py_func
-        if f.py_line:
-            d["pl"] = f.py_line
-        out.append(d)
-    return _go_json(out) if out else ""
 
 
 # --- the writer ----------------------------------------------------------------------------------------
@@ -900,7 +703,7 @@ class _Unbindable(Exception):
 
 def _fix_value(v: Any) -> Any:
     if type(v) is int:
-        return v - _U64 if v > _I64_MAX else v
+        return v - U64 if v > I64_MAX else v
     if isinstance(v, (tuple, list, dict)):
         return _go_json(v if not isinstance(v, tuple) else list(v))
     if isinstance(v, (str, bytes, float, int)) or v is None:

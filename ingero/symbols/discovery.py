@@ -8,10 +8,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import os
-import re
 import stat
-import struct
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
@@ -24,6 +21,8 @@ from ingero.errors import (
     suggestion,
 )
 from ingero.symbols.elf import ElfInfo, read_elf_info
+from ingero.symbols.searchpaths import LD_SO_CACHE, ldconfig_entries, search_dirs  # noqa: F401 - public here too
+from ingero.symbols.versions import file_version, version_of
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +64,6 @@ CUDA_LIBRARY_STEMS: tuple[str, ...] = (
 #: The discovery sources, in precedence order (``Library.source`` takes one of these, or ``pid``/``path``).
 SOURCES: tuple[str, ...] = ("pip", "LD_LIBRARY_PATH", "CUDA_HOME", "conda", "ldconfig")
 
-LD_SO_CACHE = "/etc/ld.so.cache"
-_VERSIONED = re.compile(r"\.so\.(\d+(?:\.\d+)+)$")
-_SO_MAJOR = re.compile(r"\.so\.(\d+)")
 
 
 def stem_of(name: str) -> str:
@@ -208,128 +204,6 @@ def names_library(name: str, path: str, soname: str | None) -> bool:
 # search paths
 
 
-def _site_packages(sys_path: Sequence[str], env: Mapping[str, str]) -> list[str]:
-    out = [p for p in sys_path if p and os.path.isdir(os.path.join(p, "nvidia"))]
-    venv = env.get("VIRTUAL_ENV")
-    if venv:
-        lib = os.path.join(venv, "lib")
-        try:
-            pys = sorted(d for d in os.listdir(lib) if d.startswith("python"))
-        except OSError:
-            pys = []
-        for d in pys:
-            sp = os.path.join(lib, d, "site-packages")
-            if os.path.isdir(os.path.join(sp, "nvidia")) and sp not in out:
-                out.append(sp)
-    return out
-
-
-def _conda_dirs(env: Mapping[str, str]) -> list[str]:
-    out = []
-    prefix = env.get("CONDA_PREFIX")
-    if prefix:
-        out.append(os.path.join(prefix, "lib"))
-    root = env.get("CONDA_ROOT") or env.get("MAMBA_ROOT_PREFIX")
-    if not root and env.get("CONDA_EXE"):
-        root = os.path.dirname(os.path.dirname(env["CONDA_EXE"]))
-    if not root and prefix:
-        parent = os.path.dirname(prefix)
-        root = os.path.dirname(parent) if os.path.basename(parent) == "envs" else prefix
-    if root:
-        out.append(os.path.join(root, "lib"))
-        envs = os.path.join(root, "envs")
-        try:
-            out.extend(os.path.join(envs, e, "lib") for e in sorted(os.listdir(envs)))
-        except OSError:
-            pass
-    return out
-
-
-def search_dirs(
-    env: Mapping[str, str] | None = None, sys_path: Sequence[str] | None = None
-) -> list[tuple[str, str]]:
-    """The directories searched without a pid, as (source, directory), in precedence order.
-
-    A directory reached twice (``lib64 -> lib``, a conda env also in ``LD_LIBRARY_PATH``) counts once,
-    under its first source. The ldconfig cache is a list of files, not a directory: see
-    :func:`ldconfig_entries`.
-    """
-    env = os.environ if env is None else env
-    sys_path = sys.path if sys_path is None else sys_path
-    out: list[tuple[str, str]] = []
-    for sp in _site_packages(sys_path, env):
-        nv = os.path.join(sp, "nvidia")
-        try:
-            pkgs = sorted(os.listdir(nv))
-        except OSError:
-            continue
-        for pkg in pkgs:
-            for sub in ("lib", "lib64"):
-                out.append(("pip", os.path.join(nv, pkg, sub)))
-    for d in env.get("LD_LIBRARY_PATH", "").split(":"):
-        if d:
-            out.append(("LD_LIBRARY_PATH", d))
-    cuda = env.get("CUDA_HOME") or env.get("CUDA_PATH") or "/usr/local/cuda"
-    out += [("CUDA_HOME", os.path.join(cuda, "lib64")), ("CUDA_HOME", os.path.join(cuda, "lib"))]
-    out += [("conda", d) for d in _conda_dirs(env)]
-    seen: set[str] = set()
-    result = []
-    for source, d in out:
-        if not os.path.isdir(d):
-            continue
-        real = os.path.realpath(d)
-        if real in seen:
-            continue
-        seen.add(real)
-        result.append((source, d))
-    return result
-
-
-def ldconfig_entries(cache_file: str = LD_SO_CACHE) -> list[tuple[str, str]]:
-    """(library name, path) pairs of the dynamic linker's cache, read from ``/etc/ld.so.cache`` (the
-    ``glibc-ld.so.cache1.1`` format), or from ``ldconfig -p`` if that file has another format."""
-    try:
-        with open(cache_file, "rb") as f:
-            data = f.read()
-    except OSError:
-        return []
-    magic = b"glibc-ld.so.cache1.1"
-    base = data.find(magic)
-    if base == 0:
-        try:
-            nlibs, _strlen = struct.unpack_from("<II", data, 20)
-            out = []
-            for i in range(nlibs):
-                _flags, key, value, _osv, _hwcap = struct.unpack_from("<iIIIQ", data, 48 + 24 * i)
-                out.append((_cstr(data, key), _cstr(data, value)))
-            return out
-        except struct.error:
-            pass
-    return _ldconfig_p()
-
-
-def _cstr(data: bytes, off: int) -> str:
-    end = data.find(b"\0", off)
-    return data[off:end].decode("utf-8", "replace")
-
-
-def _ldconfig_p() -> list[tuple[str, str]]:
-    import shutil
-    import subprocess
-
-    exe = shutil.which("ldconfig") or "/sbin/ldconfig"
-    try:
-        out = subprocess.run([exe, "-p"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return []
-    pairs = []
-    for line in out.splitlines()[1:]:
-        name, sep, path = line.strip().partition(" => ")
-        if sep:
-            pairs.append((name.split(" (", 1)[0], path))
-    return pairs
-
-
 _HOST_MACHINE: int | None = None
 
 
@@ -341,80 +215,6 @@ def _host_machine() -> int | None:
         except (IngeroError, OSError):
             _HOST_MACHINE = 0
     return _HOST_MACHINE or None
-
-
-# ---------------------------------------------------------------------------------------------------
-# versions
-
-_DISTINFO_MEMO: dict[str, list[tuple[str, str]]] = {}
-
-
-def _record_rows(dist_root: str) -> list[tuple[str, str]]:
-    """(RECORD row, version) for every ``nvidia*`` dist-info in ``dist_root``."""
-    rows = _DISTINFO_MEMO.get(dist_root)
-    if rows is not None:
-        return rows
-    rows = []
-    try:
-        names = [n for n in os.listdir(dist_root) if n.endswith(".dist-info") and n.startswith("nvidia")]
-    except OSError:
-        names = []
-    for n in sorted(names):
-        version = n[: -len(".dist-info")].rpartition("-")[2]
-        try:
-            with open(os.path.join(dist_root, n, "RECORD"), encoding="utf-8", errors="replace") as f:
-                rows.extend((line, version) for line in f)
-        except OSError:
-            continue
-    _DISTINFO_MEMO[dist_root] = rows
-    return rows
-
-
-def _wheel_version(real: str) -> str | None:
-    """The version of the pip wheel (``nvidia_cuda_runtime_cu12-12.9.79.dist-info``) that installed this
-    file: a RECORD row with the same file name and size, in a dist-info up to three levels up (a
-    site-packages, or a wheel-built toolkit's ``dist-info/`` folder)."""
-    try:
-        size = os.stat(real).st_size
-    except OSError:
-        return None
-    base = os.path.basename(real)
-    d = os.path.dirname(real)
-    for _ in range(4):
-        for root in (d, os.path.join(d, "dist-info")):
-            for line, version in _record_rows(root):
-                name, _, rest = line.partition(",")
-                if name.rsplit("/", 1)[-1] == base and rest.rstrip().endswith(f",{size}"):
-                    return version
-        d = os.path.dirname(d)
-    return None
-
-
-def _version(names: Sequence[str], soname: str | None, wheel_file: str | None) -> str | None:
-    """From a versioned file name among ``names``, else from the wheel that installed ``wheel_file``,
-    else the soname's major."""
-    for name in names:
-        m = _VERSIONED.search(os.path.basename(name))
-        if m:
-            return m.group(1)
-    if wheel_file:
-        v = _wheel_version(wheel_file)
-        if v:
-            return v
-    for name in (soname or "", *names):
-        m = _SO_MAJOR.search(os.path.basename(name))
-        if m:
-            return m.group(1)
-    return None
-
-
-def _file_version(path: str, soname: str | None) -> str | None:
-    real = os.path.realpath(path)
-    return _version((real, path), soname, real)
-
-
-# ---------------------------------------------------------------------------------------------------
-# without a pid
 
 
 class _Candidate:
@@ -489,7 +289,7 @@ def _group(cands: list[_Candidate]) -> list[Library]:
                 attach_path=os.path.realpath(path),
                 soname=rep.info.soname,
                 stem=stem_of(rep.info.soname or path),
-                version=_file_version(path, rep.info.soname),
+                version=file_version(path, rep.info.soname),
                 build_id=rep.info.build_id,
                 source=rep.source,
                 duplicates=tuple(dict.fromkeys(dups)),
@@ -612,7 +412,7 @@ def _mapped_library(pid: int, m: _Mapping) -> Library | None:
         soname=soname,
         stem=stem_of(soname or m.path),
         # maps names are canonical (no symlinks to resolve); /proc/PID/root paths must not be resolved
-        version=_version((m.path,), soname, None if read == map_files else read),
+        version=version_of((m.path,), soname, None if read == map_files else read),
         build_id=info.build_id if info else None,
         source="pid",
         deleted=m.deleted,
@@ -709,7 +509,7 @@ def _explicit(path: str) -> Library:
         attach_path=os.path.realpath(path),
         soname=info.soname,
         stem=stem_of(info.soname or path),
-        version=_file_version(path, info.soname),
+        version=file_version(path, info.soname),
         build_id=info.build_id,
         source="path",
         chosen=True,

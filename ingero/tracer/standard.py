@@ -33,76 +33,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from ingero.paths import data_dir
+from ingero.runtime.bpfobj import BpfObject
 from ingero.runtime.links import BPF_TRACE_UPROBE_MULTI, LinkSpec, ProcessLinks, UprobeMultiLink
 from ingero.runtime.ring import RingReader
-from ingero.store.schema import SOURCE_CUDA, SOURCE_DRIVER, SOURCE_HOST, op_code, op_name
+from ingero.store.schema import SOURCE_CUDA, SOURCE_DRIVER, SOURCE_HOST, op_name
 from ingero.tracer.follow import ProcessFollower
 from ingero.tracer.host import HOST_LAYOUT, HostEvent
+from ingero.tracer.ops import DRIVER_SYMBOLS, OP_MASK, RUNTIME_SYMBOLS
 
 log = logging.getLogger(__name__)
 
-#: exported symbol -> op in upstream's codes (source CUDA for RUNTIME_SYMBOLS, DRIVER for DRIVER_SYMBOLS);
-#: per-thread-default-stream variants share the op. ingero's own ops (schema.INGERO_OPS) are added below.
-RUNTIME_SYMBOLS: dict[str, int] = {
-    "cudaMalloc": 1, "cudaFree": 2, "cudaLaunchKernel": 3, "cudaLaunchKernel_ptsz": 3,
-    "cudaMemcpy": 4, "cudaMemcpy_ptds": 4, "cudaStreamSynchronize": 5, "cudaStreamSynchronize_ptsz": 5,
-    "cudaDeviceSynchronize": 6, "cudaMemcpyAsync": 7, "cudaMemcpyAsync_ptsz": 7, "cudaMallocManaged": 8,
-    "cudaMemcpy2D": 9, "cudaMemcpy2D_ptds": 9, "cudaMemcpy2DAsync": 10, "cudaMemcpy2DAsync_ptsz": 10,
-    "cudaMemcpyPeer": 11, "cudaMemcpyPeerAsync": 12,
-}
-DRIVER_SYMBOLS: dict[str, int] = {
-    "cuLaunchKernel": 1, "cuLaunchKernel_ptsz": 1, "cuMemcpy": 2, "cuMemcpy_ptds": 2,
-    "cuMemcpyAsync": 3, "cuMemcpyAsync_ptsz": 3, "cuCtxSynchronize": 4, "cuMemAlloc_v2": 5,
-    "cuMemAllocManaged": 6,
-}
-
-# argument layouts of ingero's own ops, carried in the attach cookie's bits 16-31 (read by bpf/cuda.bpf.c):
-# arg0 from parameter A0, arg1 from parameter A1, an output parameter OUT read at return (when the call
-# succeeded) into arg1 as KIND
-OUT_U32, OUT_U64, OUT_ALLOC, FREE_SIZE = 1, 2, 3, 4
-#: the op code in a symbol table's value (the bits above it are the argument layout)
-OP_MASK = 0xFF
-
-
-def call_shape(arg0: int = 0, arg1: int = 0, out: int = 0, kind: int = 0) -> int:
-    """The cookie bits (above source and op) describing where a call's arg0/arg1 come from."""
-    return (arg0 | arg1 << 4 | out << 8 | kind << 12) << 16
-
-
-_COUNT = call_shape(out=1, kind=OUT_U32)              # f(int *out)
-_CREATE = call_shape(arg0=2, out=1, kind=OUT_U64)     # f(handle *out, flags, ...)
-_HOST_ALLOC = call_shape(arg0=2, out=1, kind=OUT_ALLOC)  # f(void **out, size, ...)
-_FREE = call_shape(arg0=1, kind=FREE_SIZE)            # f(void *p)
-_EVENT_RECORD = call_shape(arg0=1, arg1=2)            # f(event, stream)
-_FIRST = call_shape(arg0=1)                           # f(x)
-_NONE = 0                                             # f(): nothing to read
-
-#: ingero's own calls: exported symbol -> (op name of schema.INGERO_OPS, argument layout)
-OWN_CALLS: dict[str, tuple[str, int]] = {
-    "cudaGetDeviceCount": ("cudaGetDeviceCount", _COUNT), "cudaGetDevice": ("cudaGetDevice", _COUNT),
-    "cudaSetDevice": ("cudaSetDevice", _FIRST), "cudaDriverGetVersion": ("cudaDriverGetVersion", _COUNT),
-    "cudaRuntimeGetVersion": ("cudaRuntimeGetVersion", _COUNT),
-    "cudaGetLastError": ("cudaGetLastError", _NONE), "cudaPeekAtLastError": ("cudaPeekAtLastError", _NONE),
-    "cudaStreamCreate": ("cudaStreamCreate", call_shape(out=1, kind=OUT_U64)),
-    "cudaStreamCreateWithFlags": ("cudaStreamCreateWithFlags", _CREATE),
-    "cudaStreamCreateWithPriority": ("cudaStreamCreateWithPriority", _CREATE),
-    "cudaEventRecord": ("cudaEventRecord", _EVENT_RECORD), "cudaEventRecord_ptsz": ("cudaEventRecord", _EVENT_RECORD),
-    "cudaEventSynchronize": ("cudaEventSynchronize", _FIRST),
-    "cudaHostAlloc": ("cudaHostAlloc", _HOST_ALLOC), "cudaMallocHost": ("cudaMallocHost", _HOST_ALLOC),
-    "cudaFreeHost": ("cudaFreeHost", _FREE),
-    "cuInit": ("cuInit", _FIRST), "cuDriverGetVersion": ("cuDriverGetVersion", _COUNT),
-    "cuDeviceGetCount": ("cuDeviceGetCount", _COUNT),
-    "cuDeviceGet": ("cuDeviceGet", call_shape(arg0=2, out=1, kind=OUT_U32)),
-    "cuStreamCreate": ("cuStreamCreate", _CREATE),
-    "cuEventRecord": ("cuEventRecord", _EVENT_RECORD), "cuEventRecord_ptsz": ("cuEventRecord", _EVENT_RECORD),
-    "cuEventSynchronize": ("cuEventSynchronize", _FIRST),
-    "cuMemAllocHost_v2": ("cuMemAllocHost", _HOST_ALLOC), "cuMemHostAlloc": ("cuMemHostAlloc", _HOST_ALLOC),
-    "cuMemFreeHost": ("cuMemFreeHost", _FREE),
-}
-for _sym, (_name, _shape) in OWN_CALLS.items():
-    _source, _op = op_code(_name)
-    (RUNTIME_SYMBOLS if _source == SOURCE_CUDA else DRIVER_SYMBOLS)[_sym] = _op | _shape
-del _sym, _name, _shape, _source, _op
 
 #: the fields of a CUDA/driver call tuple out of :meth:`StandardTracer.poll` (``comm`` is NUL-padded bytes;
 #: ``arg0``/``arg1`` are the u64 values reinterpreted as int64, as upstream stores them)
@@ -178,7 +118,7 @@ def _symbols_for(soname: str) -> tuple[int, dict[str, int]] | None:
     return None
 
 
-class StandardTracer:
+class StandardTracer(BpfObject):
     """Host tracepoints + CUDA runtime/driver calls of the process trees rooted at ``pids``."""
 
     def __init__(self, pids: Iterable[int] = (), *, stacks: bool = True, python_frames: bool = True,
@@ -203,10 +143,6 @@ class StandardTracer:
         self.follower: ProcessFollower | None = None  # per-process links of the traced tree
 
     # -- lifecycle -------------------------------------------------------------------------------------
-    @property
-    def loaded(self) -> bool:
-        """Whether the BPF object is loaded (between :meth:`start` and :meth:`close`)."""
-        return self._bpf is not None
 
     def start(self) -> StandardTracer:
         from bcc import BPF
@@ -284,15 +220,8 @@ class StandardTracer:
         if self._epoll is not None:
             self._epoll.close()
             self._epoll = None
-        if self._bpf is not None:
-            self._bpf.cleanup()
-            self._bpf = None
+        self._unload()
 
-    def __enter__(self) -> StandardTracer:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     # -- what is traced --------------------------------------------------------------------------------
     def follow(self, pid: int) -> None:
@@ -390,7 +319,7 @@ class StandardTracer:
 
     def attach_symbols(self, path: str, table: dict[str, int], source: int = SOURCE_CUDA) -> AttachedLibrary:
         """Attach the standard handlers to chosen symbols of the library file ``path``, each traced as the op
-        given in ``table`` (symbol -> op of ``source``, with :func:`call_shape` bits for an op above
+        given in ``table`` (symbol -> op of ``source``, with :func:`~ingero.tracer.ops.call_shape` bits for an op above
         upstream's): what the probe set does for a library, with your own table (benchmarks, tests: a
         function outside the set recorded as one of its ops)."""
         from ingero.errors import IngeroError
