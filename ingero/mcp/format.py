@@ -7,7 +7,6 @@ tools start with the telemetry preamble, so an agent treats them as data, not in
 
 from __future__ import annotations
 
-import json
 import re
 from datetime import UTC, datetime
 
@@ -16,6 +15,7 @@ from ingero.analysis.failures import failure_findings
 from ingero.analysis.stacks import StackSummary
 from ingero.analysis.stats import TraceStats
 from ingero.analysis.window import go_duration
+from ingero.store.records import go_json
 from ingero.store.schema import source_label
 from ingero.store.sqlguard import QueryResult
 
@@ -55,24 +55,6 @@ def sanitize(s: str, max_len: int = MAX_NAME_LEN) -> str:
         b = s.encode()[: max(0, max_len - 3)]
         s = b.decode("utf-8", errors="ignore") + "..."
     return f"[traced-data]{s}[/traced-data]"
-
-
-def go_json(obj: object, indent: bool = False) -> str:
-    """JSON as Go's ``encoding/json`` writes it: no spaces, ``<>&`` escaped, ``5.0`` as ``5``."""
-    text = json.dumps(_go_values(obj), ensure_ascii=False, separators=(",", ":") if not indent else None,
-                      indent=2 if indent else None)
-    return (text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-            .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
-
-
-def _go_values(v: object) -> object:
-    if isinstance(v, float) and v.is_integer() and abs(v) < 1e21:
-        return int(v)
-    if isinstance(v, dict):
-        return {k: _go_values(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_go_values(x) for x in v]
-    return v
 
 
 def _sorted(d: dict) -> dict:

@@ -21,7 +21,7 @@ so that any SQL client can join names onto codes; the texts below are upstream's
 
 from __future__ import annotations
 
-from ingero.store.schema import INGERO_OPS, SOURCE_PROBE
+from ingero.store.schema import INGERO_OPS, OP_NAMES, SOURCE_PROBE
 
 SCHEMA_VERSION = "0.10"
 USER_VERSION = 10
@@ -39,37 +39,43 @@ SOURCES: tuple[tuple[int, str, str], ...] = (
     (SOURCE_PROBE, "PROBE", "Dynamic probes (ingero DSL) — uprobes; op = probes.id, fields in probe_values"),
 )
 
+#: upstream's ``ops`` rows in upstream's order: (source, op) -> description (the names are
+#: :data:`ingero.store.schema.OP_NAMES`, the one table of them)
+OP_DESCRIPTIONS: dict[tuple[int, int], str] = {
+    (1, 1): "GPU memory allocation",
+    (1, 2): "GPU memory free",
+    (1, 3): "Launch GPU kernel via runtime API",
+    (1, 4): "Synchronous host<->device memory copy",
+    (1, 5): "Wait for all ops in a CUDA stream to complete",
+    (1, 6): "Wait for all GPU work on device to complete",
+    (1, 7): "Asynchronous host<->device memory copy",
+    (3, 1): "CPU context switch — thread was descheduled",
+    (3, 2): "Thread woken up and enqueued to run queue",
+    (3, 3): "Kernel page allocation (arg0 = bytes)",
+    (3, 4): "Out-of-memory killer invoked",
+    (3, 5): "New process executed (execve)",
+    (3, 6): "Process exited",
+    (3, 7): "Process forked (child auto-enrolled for tracing)",
+    (4, 1): "Launch GPU kernel via driver API (cuBLAS/cuDNN path)",
+    (4, 2): "Synchronous memory copy via driver API",
+    (4, 3): "Asynchronous memory copy via driver API",
+    (4, 4): "Wait for all GPU work in context to complete",
+    (4, 5): "GPU memory allocation via driver API",
+    (4, 6): "Unified Memory allocation via driver API",
+    (1, 8): "Unified Memory allocation via runtime API",
+    (5, 1): "Block device read request",
+    (5, 2): "Block device write request",
+    (5, 3): "Block device discard/trim request",
+    (6, 1): "TCP segment retransmission",
+    (7, 1): "Socket send/sendto syscall",
+    (7, 2): "Socket recv/recvfrom syscall",
+    (3, 10): "K8s pod container restart detected",
+    (3, 11): "K8s pod eviction detected",
+    (3, 12): "K8s pod OOM kill detected",
+}
+
 OPS: tuple[tuple[int, int, str, str], ...] = (
-    (1, 1, "cudaMalloc", "GPU memory allocation"),
-    (1, 2, "cudaFree", "GPU memory free"),
-    (1, 3, "cudaLaunchKernel", "Launch GPU kernel via runtime API"),
-    (1, 4, "cudaMemcpy", "Synchronous host<->device memory copy"),
-    (1, 5, "cudaStreamSync", "Wait for all ops in a CUDA stream to complete"),
-    (1, 6, "cudaDeviceSync", "Wait for all GPU work on device to complete"),
-    (1, 7, "cudaMemcpyAsync", "Asynchronous host<->device memory copy"),
-    (3, 1, "sched_switch", "CPU context switch — thread was descheduled"),
-    (3, 2, "sched_wakeup", "Thread woken up and enqueued to run queue"),
-    (3, 3, "mm_page_alloc", "Kernel page allocation (arg0 = bytes)"),
-    (3, 4, "oom_kill", "Out-of-memory killer invoked"),
-    (3, 5, "process_exec", "New process executed (execve)"),
-    (3, 6, "process_exit", "Process exited"),
-    (3, 7, "process_fork", "Process forked (child auto-enrolled for tracing)"),
-    (4, 1, "cuLaunchKernel", "Launch GPU kernel via driver API (cuBLAS/cuDNN path)"),
-    (4, 2, "cuMemcpy", "Synchronous memory copy via driver API"),
-    (4, 3, "cuMemcpyAsync", "Asynchronous memory copy via driver API"),
-    (4, 4, "cuCtxSynchronize", "Wait for all GPU work in context to complete"),
-    (4, 5, "cuMemAlloc", "GPU memory allocation via driver API"),
-    (4, 6, "cuMemAllocManaged", "Unified Memory allocation via driver API"),
-    (1, 8, "cudaMallocManaged", "Unified Memory allocation via runtime API"),
-    (5, 1, "block_read", "Block device read request"),
-    (5, 2, "block_write", "Block device write request"),
-    (5, 3, "block_discard", "Block device discard/trim request"),
-    (6, 1, "tcp_retransmit", "TCP segment retransmission"),
-    (7, 1, "net_send", "Socket send/sendto syscall"),
-    (7, 2, "net_recv", "Socket recv/recvfrom syscall"),
-    (3, 10, "pod_restart", "K8s pod container restart detected"),
-    (3, 11, "pod_eviction", "K8s pod eviction detected"),
-    (3, 12, "pod_oom_kill", "K8s pod OOM kill detected"),
+    *((s, o, OP_NAMES[(s, o)], desc) for (s, o), desc in OP_DESCRIPTIONS.items()),
     # ingero's own ops (codes above upstream's)
     *((s, o, name, desc) for (s, o), (name, desc) in INGERO_OPS.items()),
 )

@@ -196,11 +196,22 @@ def stack_hash_frames(frames: Sequence[Frame]) -> int:
     return _signed(_fnv1a64(b"".join(parts)))
 
 
-def _go_json(v: Any) -> str:
-    """Compact JSON as Go's json.Marshal writes it (``<``, ``>``, ``&`` escaped)."""
-    s = json.dumps(v, separators=(",", ":"), ensure_ascii=False)
-    return (s.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+def go_json(obj: object, indent: bool = False) -> str:
+    """JSON as Go's ``encoding/json`` writes it: no spaces, ``<>&`` escaped, ``5.0`` as ``5``."""
+    text = json.dumps(_go_values(obj), ensure_ascii=False, separators=(",", ":") if not indent else None,
+                      indent=2 if indent else None)
+    return (text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
             .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
+
+
+def _go_values(v: object) -> object:
+    if isinstance(v, float) and v.is_integer() and abs(v) < 1e21:
+        return int(v)
+    if isinstance(v, dict):
+        return {k: _go_values(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_go_values(x) for x in v]
+    return v
 
 
 def frames_json(frames: Sequence[Frame]) -> str:
@@ -225,4 +236,4 @@ def frames_json(frames: Sequence[Frame]) -> str:
         if f.py_line:
             d["pl"] = f.py_line
         out.append(d)
-    return _go_json(out) if out else ""
+    return go_json(out) if out else ""

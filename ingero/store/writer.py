@@ -65,8 +65,8 @@ from ingero.store.records import (  # noqa: F401 - the writer's public types liv
     StoreError,
     SystemSnapshot,
     WriterStats,
-    _go_json,
     frames_json,
+    go_json,
     stack_hash_frames,
     stack_hash_ips,
 )
@@ -281,7 +281,7 @@ class EventWriter:
                     for t in plain:
                         k = len(t) - 2
                         if k > VALUE_SLOTS:
-                            t = (*t[:VALUE_SLOTS + 2], _go_json(list(t[VALUE_SLOTS + 2:])))
+                            t = (*t[:VALUE_SLOTS + 2], go_json(list(t[VALUE_SLOTS + 2:])))
                             k = -1
                         side.setdefault(k, []).append(t)
             self._write(rows, side, epoch)
@@ -385,7 +385,7 @@ class EventWriter:
                 if not addrs:
                     return 0
                 h = stack_hash_ips(addrs)
-                row = (h, _go_json([f"0x{a:x}" for a in addrs]), "")
+                row = (h, go_json([f"0x{a:x}" for a in addrs]), "")
             if len(self._stack_memo) > 100_000:
                 self._stack_memo.clear()
             self._stack_memo[key] = h
@@ -457,8 +457,8 @@ class EventWriter:
                           for i, f in enumerate(info.fields)]
                 c.execute("INSERT INTO probes (id, name, session_id, source, op, spec, fields, library, symbols, "
                           "status, started_at, view) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'active', ?, ?)",
-                          (pid_, info.name, self.session_id, SOURCE_PROBE, pid_, info.spec, _go_json(fields),
-                           info.library, _go_json(list(info.symbols)), time.time_ns(), view))
+                          (pid_, info.name, self.session_id, SOURCE_PROBE, pid_, info.spec, go_json(fields),
+                           info.library, go_json(list(info.symbols)), time.time_ns(), view))
                 desc = info.description or _probe_description(info)
                 c.execute("INSERT OR REPLACE INTO ops (source_id, op_id, name, description) VALUES (?, ?, ?, ?)",
                           (SOURCE_PROBE, pid_, info.name, desc))
@@ -486,7 +486,7 @@ class EventWriter:
             self._check_open()
             self._queue("INSERT OR REPLACE INTO probe_aggregates (probe_id, key, count, aggs, hists, read_at) "
                         "VALUES (?, ?, ?, ?, ?, ?)",
-                        [(pid_, _go_json(dict(key)), int(count), _go_json(dict(aggs)), _go_json(dict(hists)), now)
+                        [(pid_, go_json(dict(key)), int(count), go_json(dict(aggs)), go_json(dict(hists)), now)
                          for key, count, aggs, hists in rows])
             self._write([], {}, False)
 
@@ -516,7 +516,7 @@ class EventWriter:
                                      ("dur_us", getattr(e, "dur_us", 0))) if k != "dur_us" or v}
                   for e in ch.timeline]
             rows.append((cid, t, ch.severity, ch.summary, ch.root_cause, ch.explanation,
-                         _go_json(list(ch.recommendations)), op, p99, p50, ratio, _go_json(tl),
+                         go_json(list(ch.recommendations)), op, p99, p50, ratio, go_json(tl),
                          cid.split(":", 1)[0]))
         with self._lock:
             self._check_open()
@@ -705,7 +705,7 @@ def _fix_value(v: Any) -> Any:
     if type(v) is int:
         return v - U64 if v > I64_MAX else v
     if isinstance(v, (tuple, list, dict)):
-        return _go_json(v if not isinstance(v, tuple) else list(v))
+        return go_json(v if not isinstance(v, tuple) else list(v))
     if isinstance(v, (str, bytes, float, int)) or v is None:
         return v
     return str(v)
