@@ -399,7 +399,7 @@ def _tail_chain(ctx: _Context, source: int, op: str, p50: int, p99: int) -> Caus
     if not causes:
         return None
     ratio = p99 / p50
-    layer = "DRIVER" if source == 4 else "CUDA"
+    layer = "DRIVER" if source == SOURCE_DRIVER else "CUDA"
     tl.append(TimelineEntry(layer, op, f"p99={go_duration(p99)} ({ratio:.1f}x p50={go_duration(p50)})",
                             p99 // 1000))
     root = " + ".join(causes)

@@ -7,6 +7,7 @@ tools start with the telemetry preamble, so an agent treats them as data, not in
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, datetime
 
@@ -15,6 +16,7 @@ from ingero.analysis.failures import failure_findings
 from ingero.analysis.stacks import StackSummary
 from ingero.analysis.stats import TraceStats
 from ingero.analysis.window import go_duration
+from ingero.paths import selftest_dir
 from ingero.store.records import go_json
 from ingero.store.schema import source_label
 from ingero.store.sqlguard import QueryResult
@@ -199,3 +201,20 @@ def _cell(v: object) -> object:
     if isinstance(v, str):
         return sanitize(v, MAX_FRAME_LEN)
     return v
+
+
+# --- get_test_report ----------------------------------------------------------------------------------
+def test_report_text(tsc: bool = True) -> str:
+    """The newest ``ingero selftest`` report, as written (tsc) or indented."""
+    folder = selftest_dir()
+    reports = sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
+    if not reports:
+        return (f"No test report found in {folder}. Run 'sudo ingero selftest' first to generate the report "
+                "(it traces a real CUDA workload and writes a JSON report there).")
+    raw = reports[-1].read_text(errors="replace")
+    if tsc:
+        return raw
+    try:
+        return json.dumps(json.loads(raw), indent=2, sort_keys=True)
+    except ValueError:
+        return raw

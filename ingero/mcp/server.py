@@ -41,7 +41,6 @@ from ingero.mcp.strict import (
     StrictArgsMiddleware,
     make_strict,
 )
-from ingero.paths import selftest_dir
 from ingero.store import TraceReader
 from ingero.store.sqlguard import (
     DEFAULT_TIMEOUT_S,
@@ -273,7 +272,7 @@ def build_server(reader: TraceReader | None, audit: AuditLog | None,
         "Get the newest GPU integration test report (JSON) written by `ingero selftest`. Includes per-test "
         "status, timing, and system info."))
     async def get_test_report(tsc: Annotated[bool | None, Field(description=TSC_DESC)] = None) -> str:
-        return await anyio.to_thread.run_sync(lambda: test_report_text(_tsc(tsc)))
+        return await anyio.to_thread.run_sync(lambda: fmt.test_report_text(_tsc(tsc)))
 
     @server.tool(structured_output=False, description=run_sql_description(reader, options.sql_timeout_s))
     async def run_sql(
@@ -518,21 +517,6 @@ class _AbsentToolMiddleware:
                            "it does not change what the kernel traces. validate_probe still checks specs.")
                 return CallToolResult(content=[TextContent(type="text", text=why)], is_error=True)
         return await call_next(ctx)
-
-
-def test_report_text(tsc: bool = True) -> str:
-    folder = selftest_dir()
-    reports = sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
-    if not reports:
-        return (f"No test report found in {folder}. Run 'sudo ingero selftest' first to generate the report "
-                "(it traces a real CUDA workload and writes a JSON report there).")
-    raw = reports[-1].read_text(errors="replace")
-    if tsc:
-        return raw
-    try:
-        return json.dumps(json.loads(raw), indent=2, sort_keys=True)
-    except ValueError:
-        return raw
 
 
 class _AuditMiddleware:

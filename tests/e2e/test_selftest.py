@@ -28,7 +28,7 @@ def test_selftest_passes_and_get_test_report_serves_it(need_bpf, tmp_path, monke
     [saved] = list((tmp_path / "selftest").glob("report-*.json"))
     assert json.loads(saved.read_text()) == report
 
-    from ingero.mcp.server import test_report_text
+    from ingero.mcp.format import test_report_text
 
     monkeypatch.setenv("INGERO_STATE_DIR", str(tmp_path))
     assert json.loads(test_report_text(tsc=True)) == report
@@ -36,6 +36,6 @@ def test_selftest_passes_and_get_test_report_serves_it(need_bpf, tmp_path, monke
 
 def test_get_test_report_without_a_report_says_how_to_make_one(tmp_path, monkeypatch):
     monkeypatch.setenv("INGERO_STATE_DIR", str(tmp_path))
-    from ingero.mcp.server import test_report_text
+    from ingero.mcp.format import test_report_text
 
     assert "Run 'sudo ingero selftest'" in test_report_text()
