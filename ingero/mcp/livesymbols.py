@@ -12,6 +12,15 @@ from ingero.errors import IngeroError
 from ingero.mcp.livetext import _csv, _page, _prefix, _sig, _wrap, cap, lib_label
 
 
+def _spec_name(lib, sym) -> str:
+    """The target to write in a probe spec: ``libc10_cuda.so:"c10::cuda::device_count()"`` for a C++
+    function (its demangled name, quoted), ``libcudart.so.13:cudaMalloc`` for a C one."""
+    if sym.demangled == sym.name:
+        return f"{lib_label(lib)}:{sym.name}"
+    quoted = sym.demangled.replace("\\", "\\\\").replace('"', '\\"')
+    return f'{lib_label(lib)}:"{quoted}"'
+
+
 class SymbolTools:
     def list_libraries(self, pid: int = 0, limit: int = 50, offset: int = 0) -> str:
         from ingero.symbols import find_libraries, symbol_count
@@ -90,10 +99,12 @@ class SymbolTools:
         rows = []
         for n in names[off: off + lim]:
             s = by_name[n]
-            rows.append((s.demangled, "yes" if _sig(cat, n, major) is not None else "", s.section))
+            rows.append((s.demangled, _spec_name(lib, s), "yes" if _sig(cat, n, major) is not None else "",
+                         s.section))
         head = (f"{note}{lib_label(lib)} ({lib.path}), build-id {(lib.build_id or '-')[:16]}: "
                 f"{len(table.names())} functions; {len(names)} match '{pattern}'; rows {off + 1}-"
-                f"{off + len(rows)}. sig = the catalogue knows its typed arguments (describe_symbol).")
+                f"{off + len(rows)}. spec = the target to write in a probe spec (a C++ function by its "
+                f"demangled name, quoted); sig = the catalogue knows its typed arguments (describe_symbol).")
         tail = ""
         if off + lim < len(names):
             tail = f"\nnext page: offset={off + lim}"
@@ -101,7 +112,7 @@ class SymbolTools:
                 groups = Counter(_prefix(n) for n in names).most_common(8)
                 tail += ("\nhint: narrow the pattern; largest groups: "
                          + ", ".join(f"'{g}*' {c}" for g, c in groups))
-        return cap(head + "\n" + _wrap(_csv(("name", "sig", "table"), rows)) + tail)
+        return cap(head + "\n" + _wrap(_csv(("name", "spec", "sig", "table"), rows)) + tail)
 
     # -- describe_symbol ---------------------------------------------------------------------------------
     def describe_symbol(self, library: str, symbol: str, pid: int = 0) -> str:
@@ -116,7 +127,7 @@ class SymbolTools:
         sig = _sig(cat, sym.name, major)
         out = [note.rstrip("\n")] if note else []
         out.append(f"{lib_label(lib)}:{sym.name} at file offset {sym.file_offset:#x}, {sym.size} bytes"
-                   + (f" ({sym.demangled})" if sym.demangled != sym.name else ""))
+                   + (f" ({sym.demangled}; in a spec: {_spec_name(lib, sym)})" if sym.demangled != sym.name else ""))
         if sig is None:
             out.append("signature: not in the catalogue. A spec can use arg0..argN (64-bit integers), or declare "
                        f"the arguments: probe p = {lib.stem}:{sym.name}(u64 a, ptr b) -> i32")
