@@ -263,19 +263,13 @@ class _Stop:
 
 def _bind_loads(watcher, session, printer) -> None:
     """Attach the waiting probes to the libraries the command has just opened, then let it go on."""
-    from dataclasses import replace
-
     from ingero.errors import IngeroError
-    from ingero.runtime.libwatch import load_path
-    from ingero.symbols import resolve_library
+    from ingero.runtime.libwatch import loaded_library
 
     for load in watcher.poll(0):
         try:
-            here = load_path(load)
-            if here is None:
-                continue
-            lib = replace(resolve_library(here), path=os.path.normpath(load.path), pid=load.pid)
-            for b in session.offer(lib):
+            lib = loaded_library(load)
+            for b in session.offer(lib) if lib is not None else ():
                 printer.bound(b)
         except IngeroError as e:
             printer.status(f"cannot probe {load.path} opened by pid {load.pid}: {e.message}")

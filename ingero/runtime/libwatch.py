@@ -186,3 +186,18 @@ def load_path(load: LibraryLoad) -> str | None:
         if os.path.exists(candidate):
             return candidate
     return None
+
+
+def loaded_library(load: LibraryLoad):
+    """The :class:`~ingero.symbols.Library` a load opened, named as the process names it (its path,
+    normalised) and read where this process can read it; None if it is gone. Raises IngeroError for a
+    file that is no library (NotAnElf, ...)."""
+    from dataclasses import replace
+
+    from ingero.symbols import resolve_library
+
+    here = load_path(load)
+    if here is None:
+        return None
+    return replace(resolve_library(here), path=os.path.normpath(load.path), pid=load.pid)
+

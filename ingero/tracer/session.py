@@ -276,19 +276,14 @@ class TraceSession:
     def _bind_loads(self) -> None:
         """The traced tree opened watched libraries: put the standard set and the waiting DSL probes on
         those files, then let the processes the kernel held at the open go on."""
-        from dataclasses import replace
-
-        from ingero.runtime.libwatch import load_path
-        from ingero.symbols import resolve_library
+        from ingero.runtime.libwatch import loaded_library
 
         for load in self._watcher.poll(0):
             try:
-                here = load_path(load)
-                if here is None:
-                    continue
-                lib = replace(resolve_library(here), path=os.path.normpath(load.path), pid=load.pid)
-                self.tracer.consider(lib)
-                self.dynamic.offer(lib)
+                lib = loaded_library(load)
+                if lib is not None:
+                    self.tracer.consider(lib)
+                    self.dynamic.offer(lib)
             except IngeroError as e:
                 log.info("cannot probe %s opened by %d: %s", load.path, load.pid, e)
             finally:
