@@ -20,7 +20,6 @@ rate would overflow the CUDA ring during it (it runs at the end of the trace in 
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
 import threading
 import time
