@@ -36,6 +36,7 @@ def db(tmp_path_factory) -> Path:
         rows += [Event(T0 + 60 * S + i, 7, 7, 100, probe.op, 500, values=(4096,)) for i in range(2)]
         w.add_events(rows, epoch=True)
         w.add_aggregates([Aggregate(T0 + 60 * S, 1, 1, 7, count=600, stored=3)])
+        w.add_process_names({7: "trainer"})
         w.add_events([], epoch=True)
     return path
 
@@ -140,3 +141,10 @@ def test_recomputed_chains_say_so(db):
     _, text = _call(db, "get_causal_chains", {})
     arr = json.loads(text[len(PREAMBLE):])
     assert arr and all(c["src"] == "computed now from the stored events of the window asked for" for c in arr)
+
+
+def test_probe_view_comm_is_the_process_name(db):
+    view = _sql(db, "SELECT view FROM probes")[0][0]
+    names = {pid: name for pid, name in _sql(db, "SELECT pid, name FROM process_names")}
+    rows = _sql(db, f'SELECT pid, comm FROM "{view}"')
+    assert len(rows) == 2 and all(comm == names[pid] == "trainer" for pid, comm in rows)

@@ -682,7 +682,9 @@ def view_columns(fields: Sequence[str]) -> tuple[str, ...]:
 
 
 def _view_sql(view: str, probe_id: int, fields: tuple[str, ...]) -> str:
-    cols = ["e.id AS event_id", "e.timestamp", "e.pid", "e.tid", "e.comm", "e.duration AS latency",
+    # a probe event's own comm is empty: the process's name comes from process_names, as the tracer saw it
+    comm = "COALESCE(NULLIF(e.comm, ''), (SELECT pn.name FROM process_names pn WHERE pn.pid = e.pid), '') AS comm"
+    cols = ["e.id AS event_id", "e.timestamp", "e.pid", "e.tid", comm, "e.duration AS latency",
             "e.ret_code AS retval", "e.stack_hash"]
     for i, col in enumerate(view_columns(fields)):
         expr = f"pv.v{i}" if i < VALUE_SLOTS else f"json_extract(pv.more, '$[{i - VALUE_SLOTS}]')"
