@@ -258,3 +258,22 @@ def test_runner_answers_as_the_guard_does(reader):
             runner.run("SELECT nope FROM events")
     finally:
         runner.close()
+
+
+def test_memory_of_a_query_is_given_back(reader):
+    """A query that sorts ~200 MB runs in its own process: the caller's RSS does not keep it (ground truth:
+    /proc/self/status, and getrusage of the waited child for what the query used)."""
+    import resource
+
+    def rss_kib() -> int:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+    runner = SqlRunner(reader.uri, timeout_s=60, spare=False)
+    before = rss_kib()
+    res = runner.run("SELECT COUNT(*) FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c "
+                     "LIMIT 1500000) SELECT x, printf('%0100d', x) AS s FROM c ORDER BY s DESC)")
+    assert res.rows == ((1_500_000,),)
+    child_peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    assert child_peak_kib > 150 * 1024, child_peak_kib          # the query did use that memory...
+    assert rss_kib() - before < 16 * 1024, (before, rss_kib())    # ...and none of it stayed here
