@@ -148,3 +148,20 @@ def test_probe_view_comm_is_the_process_name(db):
     names = {pid: name for pid, name in _sql(db, "SELECT pid, name FROM process_names")}
     rows = _sql(db, f'SELECT pid, comm FROM "{view}"')
     assert len(rows) == 2 and all(comm == names[pid] == "trainer" for pid, comm in rows)
+
+
+def test_one_symbol_count_per_library_everywhere(cudart12):
+    """`ingero symbols`, list_symbols, list_libraries and a DSL glob count the same functions."""
+    import re
+
+    from ingero.dsl import check
+    from ingero.mcp.live import ProbeTools
+
+    cli = subprocess.run([ingero_cmd(), "symbols", str(cudart12)], capture_output=True, text=True, timeout=120)
+    n_cli = int(re.search(r"# (\d+) of (\d+) function symbols match", cli.stdout).group(2))
+    tools = ProbeTools(None)
+    n_list = int(re.search(r"(\d+) functions; ", tools.list_symbols(str(cudart12), "*", limit=1)).group(1))
+    libs = [line.split(",") for line in tools.list_libraries(0, 500, 0).splitlines() if str(cudart12) in line]
+    n_libs = int(libs[0][2])
+    n_glob = len(check(f"probe p = {cudart12}:*\n").resolved().probes[0].symbols)
+    assert n_cli == n_list == n_libs == n_glob > 100, (n_cli, n_list, n_libs, n_glob)
