@@ -165,3 +165,18 @@ def test_one_symbol_count_per_library_everywhere(cudart12):
     n_libs = int(libs[0][2])
     n_glob = len(check(f"probe p = {cudart12}:*\n").resolved().probes[0].symbols)
     assert n_cli == n_list == n_libs == n_glob > 100, (n_cli, n_list, n_libs, n_glob)
+
+
+def test_hits_matched_and_stored_differences_are_explained():
+    from ingero.mcp.live import _counters_explained
+    from ingero.runtime.values import ProbeStats
+
+    def st(hits, filtered, matched, budget=0, lost=0):
+        return ProbeStats(hits, filtered, 0, matched, budget, lost, 0, 0, 0, 0)
+
+    assert _counters_explained(st(10, 2, 8), 8) == []                    # everything accounted for
+    lines = _counters_explained(st(12, 2, 8), 8)
+    assert len(lines) == 1 and lines[0].startswith("hits - filtered - rate dropped - matched = 2: calls entered")
+    lines = _counters_explained(st(10, 0, 10, budget=3, lost=1), 4)
+    assert lines == ["4 events stored of 6 recorded in the kernel (matched - budget dropped - lost): the rest are "
+                     "in the ring buffer or the writer's queue, stored within a batch"]

@@ -437,6 +437,7 @@ class ProbeTools(SymbolTools):
                 out.append(f"kernel counters: hits {stats.hits}, matched {stats.matched}, filtered {stats.filtered}, "
                            f"rate dropped {stats.rate_dropped}, budget dropped {stats.budget_dropped}, "
                            f"lost {stats.lost}, agg overflow {stats.agg_overflow}")
+                out += _counters_explained(stats, n)
             aggs = self.session.dynamic.aggregates(probe_id)
             if aggs:
                 out.append(_aggregates_text(aggs, lim, off))
@@ -482,3 +483,19 @@ class ProbeTools(SymbolTools):
             out.append("no events yet" + (" (the probe is active: call again after the workload runs)"
                                           if status == "active" else ""))
         return cap("\n".join(out))
+
+
+def _counters_explained(stats, stored: int) -> list[str]:
+    """Why hits, matched and the events stored differ, when they do (nothing left unexplained)."""
+    lines = []
+    open_calls = stats.hits - stats.filtered - stats.rate_dropped - stats.matched
+    if open_calls > 0:
+        lines.append(f"hits - filtered - rate dropped - matched = {open_calls}: calls entered but not counted yet "
+                     "(in flight when the counters were read: a call with a return part is counted when it "
+                     "returns; or never returned: the process exited inside it)")
+    recorded = stats.matched - stats.budget_dropped - stats.lost
+    if stored and stored != recorded:
+        lines.append(f"{stored} events stored of {recorded} recorded in the kernel (matched - budget dropped - "
+                     "lost): " + ("the rest are in the ring buffer or the writer's queue, stored within a batch"
+                                  if stored < recorded else "the counters were read before the newest calls"))
+    return lines
