@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import threading
 from collections import Counter
+from pathlib import Path
 
 import anyio
 import pytest
@@ -38,9 +39,7 @@ def traced(tmp_path_factory):
     args = ("--startup", "--repeat", "0", "--threads", str(IDLE_THREADS), "--workers", str(WORKERS))
     with Workload(*args) as w:
         w.expect("waiting calls")
-        spec = "probe devcount = libcudart.so.12:cudaGetDeviceCount\n    record retval\n"
-        session = TraceSession(TraceOptions(db=db, chains_every_s=0.5, probe_specs=(("devcount", spec),)),
-                               pids=[w.pid]).start()
+        session = TraceSession(TraceOptions(db=db, chains_every_s=0.5), pids=[w.pid]).start()
         runner = threading.Thread(target=session.run)
         runner.start()
         try:
@@ -141,35 +140,50 @@ def test_failing_calls_are_findings_in_every_tool(traced, tmp_path):
 
 
 def test_get_stacks_takes_every_op_name_stats_prints_and_source_names(traced, tmp_path):
+    import subprocess
+    import sys
+
     from tests.replay_helpers import stdio_session, text_of
 
     db, _, threads, _ = traced
     n_host = rows(db, "SELECT COUNT(*) FROM events WHERE source = 3")[0][0]
     n_created = rows(db, "SELECT COUNT(*) FROM events WHERE source = 3 AND op = 40")[0][0]
-    n_probe = rows(db, "SELECT COUNT(*) FROM events WHERE source = 100")[0][0]
-    assert n_probe == WORKERS  # one cudaGetDeviceCount per worker
+    # a dynamic probe's op (probe:NAME), from `ingero trace --probe` in its own process
+    spec = tmp_path / "devcount.probe"
+    spec.write_text("probe devcount = libcudart.so.12:cudaGetDeviceCount\n    record retval\n")
+    pdb = tmp_path / "probe.db"
+    r = subprocess.run([str(Path(sys.executable).parent / "ingero"), "trace", "--db", str(pdb), "--quiet", "--probe",
+                        str(spec), "--", sys.executable, "-m", "ingero.workload", "--startup", "--repeat", "0"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert rows(pdb, "SELECT COUNT(*) FROM events WHERE source = 100") == [(1,)]
 
     async def main():
-        async with stdio_session(db, tmp_path / "audit.db") as s:
+        out = {}
+        async with stdio_session(pdb, tmp_path / "audit-probe.db") as s:
             stats = text_of(await s.call_tool("get_trace_stats", {}))
-            out = {}
-            for args in [{"source": "HOST"}, {"source": "host"}, {"source": 3}, {"op": "thread_create"},
-                         {"op": "probe:devcount"}, {"op": "cudaGetDeviceCount", "tsc": False},
-                         {"op": "cudaGetDeviceCount", "pid": 1}, {"source": "hots"}, {"op": "probe:nope"},
-                         {"op": "cudaGetDevceCount"}]:
+            for args in [{"op": "probe:devcount"}, {"op": "probe:nope"}]:
                 r = await s.call_tool("get_stacks", args)
                 out[json.dumps(args, sort_keys=True)] = (r.is_error, text_of(r))
-            return stats, out
+        async with stdio_session(db, tmp_path / "audit.db") as s:
+            for args in [{"source": "HOST"}, {"source": "host"}, {"source": 3}, {"op": "thread_create"},
+                         {"op": "cudaGetDeviceCount", "tsc": False}, {"op": "cudaGetDeviceCount", "pid": 1},
+                         {"source": "hots"}, {"op": "cudaGetDevceCount"}]:
+                r = await s.call_tool("get_stacks", args)
+                out[json.dumps(args, sort_keys=True)] = (r.is_error, text_of(r))
+        return stats, out
 
     stats, out = anyio.run(main)
-    assert '"op":"probe:devcount"' in stats and '"op":"thread_create"' in stats
+    assert '"op":"probe:devcount"' in stats
+    assert out['{"op": "probe:devcount"}'][1].startswith("No stacks found: 1 probe:devcount events, none")
+    err, text = out['{"op": "probe:nope"}']
+    assert err and 'no probe named "nope" (probes: probe:devcount)' in text
     host = (False, f"No stacks found: {n_host} host events, none with a call stack -- host and I/O events never "
                    "carry one (stacks are captured for CUDA/driver calls and probes that record them).")
     assert out['{"source": "HOST"}'] == out['{"source": "host"}'] == out['{"source": 3}'] == host
     assert out['{"op": "thread_create"}'] == (
         False, f"No stacks found: {n_created} thread_create events, none with a call stack -- host and I/O "
                "events never carry one (stacks are captured for CUDA/driver calls and probes that record them).")
-    assert out['{"op": "probe:devcount"}'][1].startswith(f"No stacks found: {n_probe} probe:devcount events, none")
     err, text = out['{"op": "cudaGetDeviceCount", "tsc": false}']
     assert not err and "cudaGetDeviceCount" in text and '"n": ' in text
     assert out['{"op": "cudaGetDeviceCount", "pid": 1}'] == (
@@ -177,7 +191,5 @@ def test_get_stacks_takes_every_op_name_stats_prints_and_source_names(traced, tm
                "has).")
     err, text = out['{"source": "hots"}']
     assert err and 'unknown source "hots"' in text and "host" in text and "validation" not in text.lower()
-    err, text = out['{"op": "probe:nope"}']
-    assert err and 'no probe named "nope" (probes: probe:devcount)' in text
     err, text = out['{"op": "cudaGetDevceCount"}']
     assert err and "did you mean 'cudaGetDeviceCount'" in text
