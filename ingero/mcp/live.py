@@ -40,8 +40,8 @@ from ingero.mcp.livetext import (
     cap,
 )
 from ingero.runtime.format import ABSENT
+from ingero.store.records import view_columns
 from ingero.store.schema import SOURCE_PROBE
-from ingero.store.writer import view_columns
 from ingero.tracer.dynamic import ProbeLimits
 
 log = logging.getLogger(__name__)

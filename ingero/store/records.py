@@ -237,3 +237,19 @@ def frames_json(frames: Sequence[Frame]) -> str:
             d["pl"] = f.py_line
         out.append(d)
     return go_json(out) if out else ""
+
+
+#: The columns every probe view has (from its events row); a recorded field of the same name is
+#: ``field_NAME`` in the view (:func:`view_columns`).
+VIEW_BASE = ("event_id", "timestamp", "pid", "tid", "comm", "latency", "retval", "stack_hash")
+
+
+def view_columns(fields: Sequence[str]) -> tuple[str, ...]:
+    """The view column of each recorded field, in order."""
+    used = set(VIEW_BASE)
+    out = []
+    for name in fields:
+        col = name if name not in used else f"field_{name}"
+        used.add(col)
+        out.append(col)
+    return tuple(out)

@@ -54,6 +54,7 @@ from ingero.store.records import (  # noqa: F401 - the writer's public types liv
     EVENT_COLUMNS,
     I64_MAX,
     U64,
+    VIEW_BASE,
     Aggregate,
     ChainLike,
     Event,
@@ -69,6 +70,7 @@ from ingero.store.records import (  # noqa: F401 - the writer's public types liv
     go_json,
     stack_hash_frames,
     stack_hash_ips,
+    view_columns,
 )
 from ingero.store.schema import DDL, SOURCE_PROBE
 
@@ -663,22 +665,6 @@ def _statements(script: str) -> list[str]:
 
 def _sql_literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
-
-
-#: The columns every probe view has (from its events row); a recorded field of the same name is
-#: ``field_NAME`` in the view (:func:`view_columns`).
-VIEW_BASE = ("event_id", "timestamp", "pid", "tid", "comm", "latency", "retval", "stack_hash")
-
-
-def view_columns(fields: Sequence[str]) -> tuple[str, ...]:
-    """The view column of each recorded field, in order."""
-    used = set(VIEW_BASE)
-    out = []
-    for name in fields:
-        col = name if name not in used else f"field_{name}"
-        used.add(col)
-        out.append(col)
-    return tuple(out)
 
 
 def _view_sql(view: str, probe_id: int, fields: tuple[str, ...]) -> str:
