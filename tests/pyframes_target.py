@@ -4,7 +4,8 @@
 the lines marked ``# @name``; in the main thread, a second thread, or a forked worker (mode ``sites``:
 ``two_sites()`` calls ``alloc()`` from two lines, a third of the calls from the first). Prints ``ready``
 and waits for a line on stdin before calling; each process that called prints ``called pid=N`` and waits
-for SIGUSR1 before exiting, so the tracer reads its frames while it is alive.
+for SIGUSR1 (or the seconds given as a fourth argument) before exiting, so the tracer reads its frames while
+it is alive.
 """
 
 import ctypes
@@ -12,6 +13,7 @@ import os
 import signal
 import sys
 import threading
+import time
 
 LIB = None
 
@@ -40,7 +42,10 @@ def two_sites(calls):
 
 def finish():
     print(f"called pid={os.getpid()}", flush=True)
-    signal.sigwait([signal.SIGUSR1])
+    if len(sys.argv) > 4:  # a hold in seconds instead of the signal (a target started by `ingero trace`)
+        time.sleep(float(sys.argv[4]))
+    else:
+        signal.sigwait([signal.SIGUSR1])
 
 
 if __name__ == "__main__":

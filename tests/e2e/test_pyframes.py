@@ -327,10 +327,10 @@ def test_the_live_view_counts_calls_per_python_line(traced):
 
 
 def test_a_probe_in_a_live_trace_records_python_frames(tmp_path):
-    """A DSL probe attached by a live trace shares the standard set's Python process table: its recorded
-    ``pystack`` (stored in the probe's view) holds the exact calling lines, per call."""
+    """A DSL probe attached by a live trace (``ingero trace --probe``, in its own process: bcc shares tables
+    by name per process) shares the standard set's Python process table: its recorded ``pystack`` (stored in
+    the probe's view) holds the exact calling lines, per call."""
     from ingero.runtime.kernel import bpf_problem
-    from ingero.tracer.session import TraceOptions, TraceSession
     from ingero.workload import wheel_libcudart
 
     if os.geteuid() != 0 or bpf_problem():
@@ -338,33 +338,13 @@ def test_a_probe_in_a_live_trace_records_python_frames(tmp_path):
     exe = interpreters()["3.12"]
     lib = str(wheel_libcudart(12))
     db = tmp_path / "live.db"
+    spec = tmp_path / "sites.probe"
+    spec.write_text(f"probe sites = {lib}:cudaMalloc\n    record pystack\n")
     lines = marked_lines()
-    p = subprocess.Popen([exe, str(TARGET), lib, "sites", "5"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         text=True)
-    try:
-        assert p.stdout.readline().strip() == "ready"
-        spec = f"probe sites = {lib}:cudaMalloc\n    record pystack\n"
-        session = TraceSession(TraceOptions(db=db, preattach=False, chains_every_s=3600,
-                                            probe_specs=(("t.probe", spec),)), pids=[p.pid]).start()
-        runner = threading.Thread(target=session.run)
-        runner.start()
-        try:
-            p.stdin.write("\n")
-            p.stdin.flush()
-            pid = int(p.stdout.readline().split("=")[1])
-            wait_for(lambda: session.snapshot().by_op["cudaMalloc"] >= 5, 60, "5 cudaMalloc events")
-            wait_for(lambda: session.dynamic is not None and sum(lp.events for lp in session.dynamic.probes.values())
-                     >= 5, 60, "5 probe events")
-            os.kill(pid, signal.SIGUSR1)
-            p.wait(timeout=30)
-            runner.join(timeout=60)
-        finally:
-            session.stop("test over")
-            runner.join(timeout=60)
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
+    r = subprocess.run([str(ROOT / ".venv" / "bin" / "ingero"), "trace", "--db", str(db), "--quiet", "--probe",
+                        str(spec), "--", exe, str(TARGET), lib, "sites", "5", "2"], input="", capture_output=True,
+                       text=True, timeout=180)
+    assert r.returncode == 0, r.stderr
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
         got = [json.loads(v) for (v,) in conn.execute('SELECT pystack FROM "probe_sites" ORDER BY timestamp')]
