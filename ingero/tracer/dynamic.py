@@ -24,6 +24,10 @@ from ingero.errors import IngeroError, NotFound
 
 log = logging.getLogger(__name__)
 
+#: ring buffer of each spec attached to a live trace (pages): 8 MiB, ~100k records of a burst while the
+#: tracer is busy elsewhere (what it cannot hold is counted: LiveProbe.lost, lost_events)
+LIVE_PROBE_RINGBUF_PAGES = 2048
+
 
 @dataclass(frozen=True)
 class Excess:
@@ -98,6 +102,7 @@ class LiveProbe:
     status: str = "active"  # active | ended
     end_reason: str = ""
     events: int = 0
+    lost: int = 0  # events its ring buffer could not hold (recorded in lost_events as they happen)
     recent: deque = field(default_factory=lambda: deque(maxlen=200))
     ended_at: float = 0.0
     final_stats: object = None  # ProbeStats read when the BPF object was closed
@@ -154,7 +159,7 @@ class DynamicProbes:
                     f"at most {self.limits.max_probes} probes may be active at once ({active} are)",
                     hint="detach one first",
                 )
-            compiled = compile_spec(spec, tree_filter=self.tree_filter,
+            compiled = compile_spec(spec, tree_filter=self.tree_filter, ringbuf_pages=LIVE_PROBE_RINGBUF_PAGES,
                                     python_extern=self.tree_filter and getattr(self.tree, "python", None) is not None)
             bind = self.watcher is not None
             if bind:
@@ -308,11 +313,32 @@ class DynamicProbes:
                     n += len(rows)
                     if self.metrics is not None:
                         self._count(rows, by_name)
+                self._record_lost(session, by_name.values())
                 for name, why in session.ended.items():
                     lp = by_name.get(name)
                     if lp is not None and lp.status == "active":
                         self._end(lp, why)
             return n
+
+    def _record_lost(self, session, probes) -> None:
+        """Events a probe's ring could not hold, into lost_events as they happen: never silent."""
+        from ingero.store.schema import SOURCE_PROBE
+
+        for lp in probes:
+            try:
+                lost = session.stats(lp.name).lost
+            except Exception:  # noqa: BLE001 - the session may be closing; the final count is read at close
+                continue
+            if lost > lp.lost:
+                self.writer.add_lost(lost - lp.lost, f"probe {lp.name}: ring buffer full", probe_id=lp.id,
+                                     source=SOURCE_PROBE)
+                lp.lost = lost
+
+    @property
+    def lost(self) -> int:
+        """Events lost by every probe so far."""
+        with self._lock:
+            return sum(lp.lost for lp in self.probes.values())
 
     def _count(self, rows: list, by_name: dict[str, LiveProbe]) -> None:
         """Each probe's events of this tick into the metrics, with latencies when the probe measures them."""

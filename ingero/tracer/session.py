@@ -232,6 +232,14 @@ class TraceSession:
             return True
         return bool(self.tracer.followed())
 
+    def _lost_so_far(self) -> dict[str, int]:
+        """Lost events per ring: the standard set's, and every DSL probe's together ("probes")."""
+        lost = dict(self._lost_written)
+        probes = self.dynamic.lost if self.dynamic is not None else 0
+        if probes:
+            lost["probes"] = probes
+        return lost
+
     def snapshot(self, rate: float = 0.0) -> Snapshot:
         t = self._totals
         follower = self.tracer.follower if self.tracer is not None else None
@@ -241,7 +249,7 @@ class TraceSession:
             stored=t.stored,
             rate=rate,
             by_op=Counter(t.by_op),
-            lost=dict(self._lost_written),
+            lost=self._lost_so_far(),
             libraries=[lib.path for lib in self.tracer.libraries.values()] if self.tracer else [],
             processes=self.tracer.followed() if self.tracer and self.tracer.loaded else set(),
             chains=t.chains,
