@@ -151,3 +151,38 @@ def test_a_killed_tracer_leaves_no_process_stopped(need_bpf, tmp_path):
     finally:
         tracer.kill()
         tracer.wait()
+
+
+def test_what_a_probe_ring_cannot_hold_is_counted(need_bpf, tmp_path, monkeypatch):
+    """A DSL probe in a live trace with a one-page ring and a slowed reader loses events: every one is in
+    lost_events (with the probe's id) and the trace's lost counts, so stored + lost = the calls made."""
+    from ingero.runtime.probes import ProbeSession
+    from ingero.tracer import dynamic
+
+    monkeypatch.setattr(dynamic, "LIVE_PROBE_RINGBUF_PAGES", 1)
+    poll = ProbeSession.poll
+
+    def slow_poll(self, *args, **kwargs):
+        time.sleep(0.05)
+        return poll(self, *args, **kwargs)
+
+    monkeypatch.setattr(ProbeSession, "poll", slow_poll)
+    repeat = 400
+    db = tmp_path / "lossy.db"
+    spec = "probe allocs = libcudart.so.12:cudaMalloc\n    record size, retval, latency\n"
+    session = TraceSession(TraceOptions(db=db, chains_every_s=3600, probe_specs=(("allocs", spec),)),
+                           command=[sys.executable, "-m", "ingero.workload", "--repeat", str(repeat)]).start()
+    final = session.run()
+    calls = workload.expected_counts(repeat)["cudaMalloc"]
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        (probe_id,) = conn.execute("SELECT id FROM probes WHERE name = 'allocs'").fetchone()
+        stored = conn.execute("SELECT COUNT(*) FROM events WHERE source = 100").fetchone()[0]
+        lost = conn.execute("SELECT COALESCE(SUM(count), 0) FROM lost_events WHERE probe_id = ?",
+                            (probe_id,)).fetchone()[0]
+        (probe_lost,) = conn.execute("SELECT lost FROM probes WHERE id = ?", (probe_id,)).fetchone()
+    finally:
+        conn.close()
+    assert lost > 0, "the slowed reader kept up with a one-page ring: nothing was lost"
+    assert stored + lost == calls and probe_lost == lost, (stored, lost, calls, probe_lost)
+    assert final.lost.get("probes") == lost
