@@ -1,9 +1,11 @@
 /* Calls one no-argument function of a shared library N times and prints the mean ns per call.
- * usage: callloop LIB SYMBOL N      (e.g. libcudart.so.12 cudaGetLastError 1000000)
- * The library is dlopen()ed, so no CUDA headers are needed. Prints: "<ns per call> <pid>". */
+ * usage: callloop LIB SYMBOL N [wait]     (e.g. libcudart.so.12 cudaGetLastError 1000000)
+ * The library is dlopen()ed, so no CUDA headers are needed. Prints: "<ns per call> <pid>". With "wait",
+ * prints "ready <pid>" after the warm-up and waits for a line on stdin before the timed loop. */
 #include <dlfcn.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -16,6 +18,12 @@ int main(int argc, char **argv) {
     long n = atol(argv[3]);
     volatile int sink = 0;
     for (int i = 0; i < 1000; i++) sink += fn();  /* warm up (and let a tracer see us) */
+    if (argc > 4 && strcmp(argv[4], "wait") == 0) {
+        char line[16];
+        printf("ready %d\n", getpid());
+        fflush(stdout);
+        if (!fgets(line, sizeof line, stdin)) return 1;
+    }
     struct timespec a, b;
     clock_gettime(CLOCK_MONOTONIC, &a);
     for (long i = 0; i < n; i++) sink += fn();
