@@ -154,19 +154,13 @@ def test_a_killed_tracer_leaves_no_process_stopped(need_bpf, tmp_path):
 
 
 def test_what_a_probe_ring_cannot_hold_is_counted(need_bpf, tmp_path, monkeypatch):
-    """A DSL probe in a live trace with a one-page ring and a slowed reader loses events: every one is in
-    lost_events (with the probe's id) and the trace's lost counts, so stored + lost = the calls made."""
-    from ingero.runtime.probes import ProbeSession
+    """A DSL probe in a live trace with a one-page ring (~60 records) under a burst of 1,200 calls in about
+    0.1 s loses events: every one is in lost_events (with the probe's id) and the trace's lost counts, so
+    stored + lost = the calls made. (Blocking the reader instead would also block the library watcher's
+    hold at the workload's dlopen.)"""
     from ingero.tracer import dynamic
 
     monkeypatch.setattr(dynamic, "LIVE_PROBE_RINGBUF_PAGES", 1)
-    poll = ProbeSession.poll
-
-    def slow_poll(self, *args, **kwargs):
-        time.sleep(0.05)
-        return poll(self, *args, **kwargs)
-
-    monkeypatch.setattr(ProbeSession, "poll", slow_poll)
     repeat = 400
     db = tmp_path / "lossy.db"
     spec = "probe allocs = libcudart.so.12:cudaMalloc\n    record size, retval, latency\n"
@@ -183,6 +177,6 @@ def test_what_a_probe_ring_cannot_hold_is_counted(need_bpf, tmp_path, monkeypatc
         (probe_lost,) = conn.execute("SELECT lost FROM probes WHERE id = ?", (probe_id,)).fetchone()
     finally:
         conn.close()
-    assert lost > 0, "the slowed reader kept up with a one-page ring: nothing was lost"
+    assert lost > 0, "a one-page ring held every call: nothing was lost"
     assert stored + lost == calls and probe_lost == lost, (stored, lost, calls, probe_lost)
     assert final.lost.get("probes") == lost
