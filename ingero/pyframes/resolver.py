@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from ingero.pyframes.linetable import line_for
 from ingero.pyframes.offsets import NONE
 from ingero.pyframes.process import ProcessMemory, PyRuntime, find_runtime
+from ingero.runtime.shared import SharedNames
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +89,9 @@ def task_fsbase_offset() -> int:
 class PyStacks:
     """Configure traced processes in, and resolve Python stacks out of, one BPF object with ingero_py.h."""
 
-    def __init__(self, bpf, runtimes: dict[int, PyRuntime | None] | None = None) -> None:
+    def __init__(self, bpf, names: SharedNames, runtimes: dict[int, PyRuntime | None] | None = None) -> None:
         self._bpf = bpf
+        self._procs = names.name("ingero_py_procs")  # renamed at load (ingero.runtime.shared)
         #: pid -> its runtime (None: looked at, not Python); shared with the PyStacks that configures the
         #: processes when this one only resolves (a DSL probe in a live trace)
         self.runtimes: dict[int, PyRuntime | None] = {} if runtimes is None else runtimes
@@ -106,7 +108,7 @@ class PyStacks:
         if rt is None:
             return None
         o = rt.offsets
-        t = self._bpf["ingero_py_procs"]
+        t = self._bpf[self._procs]
         leaf = t.Leaf()
         leaf.runtime = rt.runtime
         leaf.rt_interp_head = o.runtime_interpreters_head

@@ -33,6 +33,7 @@ from ingero.runtime.links import (
     UprobeMultiLink,
 )
 from ingero.runtime.ring import RingReader
+from ingero.runtime.shared import SharedNames
 from ingero.runtime.values import (  # noqa: F401 - part of this module's interface
     AggregateRow,
     Binding,
@@ -145,12 +146,15 @@ class ProbeSession(BpfObject):
         except ImportError as e:
             raise BpfUnavailable("the bcc Python package is missing (Debian: python3-bpfcc)") from e
         try:
-            self._bpf = BPF(text=self.compiled.c_text, cflags=self.compiled.cflags)
+            # a probe in a live trace refers to the maps of the trace's standard set by that load's names
+            names = self.tree.shared if self.tree is not None else SharedNames.fresh()
+            self._bpf = BPF(text=names.apply(self.compiled.c_text), cflags=self.compiled.cflags)
             if self.compiled.has_python:
                 from ingero.pyframes import PyStacks
 
                 shared = getattr(self.tree, "python", None) if self.compiled.python_extern else None
-                self.python = PyStacks(self._bpf, runtimes=shared.runtimes if shared is not None else None)
+                self.python = PyStacks(self._bpf, names,
+                                       runtimes=shared.runtimes if shared is not None else None)
             for p in self.probes:
                 fn = p.cp.program
                 if p.cp.session:

@@ -36,6 +36,7 @@ from ingero.paths import data_dir
 from ingero.runtime.bpfobj import BpfObject
 from ingero.runtime.links import BPF_TRACE_UPROBE_MULTI, LinkSpec, ProcessLinks, UprobeMultiLink
 from ingero.runtime.ring import RingReader
+from ingero.runtime.shared import SharedNames
 from ingero.store.schema import SOURCE_CUDA, SOURCE_DRIVER, SOURCE_HOST, op_name
 from ingero.tracer.follow import ProcessFollower
 from ingero.tracer.host import HOST_LAYOUT, HostEvent
@@ -141,6 +142,8 @@ class StandardTracer(BpfObject):
         self._opens: list[tuple[int, str]] = []
         self._detaching: threading.Thread | None = None
         self.follower: ProcessFollower | None = None  # per-process links of the traced tree
+        #: this load's names of the maps its DSL probes share (see ingero.runtime.shared)
+        self.shared = SharedNames.fresh()
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
@@ -151,6 +154,7 @@ class StandardTracer(BpfObject):
         parts = ["ingero_py.h"] if self.python_frames else []
         text = "\n".join((bpf_dir / name).read_text()
                          for name in (*parts, "host.bpf.c", "cuda.bpf.c", "follow.bpf.c"))
+        text = self.shared.apply(text)
         self._bpf = BPF(
             text=text,
             cflags=[f"-I{bpf_dir}", f"-DRINGBUF_PAGES={self.ringbuf_pages}",
@@ -161,7 +165,7 @@ class StandardTracer(BpfObject):
             if self.python_frames:
                 from ingero.pyframes import PyStacks
 
-                self.python = PyStacks(self._bpf)
+                self.python = PyStacks(self._bpf, names=self.shared)
             entry = self._bpf.load_func("on_cuda_entry", BPF.KPROBE, attach_type=BPF_TRACE_UPROBE_MULTI)
             ret = self._bpf.load_func("on_cuda_return", BPF.KPROBE, attach_type=BPF_TRACE_UPROBE_MULTI)
             self._fns = (entry, ret)
@@ -226,7 +230,7 @@ class StandardTracer(BpfObject):
     # -- what is traced --------------------------------------------------------------------------------
     def follow(self, pid: int) -> None:
         """Trace process ``pid``, the processes it forks from now on, and the CUDA libraries it maps."""
-        t = self._bpf["ingero_targets"]
+        t = self._bpf[self.shared.name("ingero_targets")]
         t[t.Key(int(pid))] = t.Leaf(1)
         if self.python is not None:
             self.python.configure(int(pid))
@@ -261,7 +265,7 @@ class StandardTracer(BpfObject):
     def followed(self) -> set[int]:
         """The traced processes (tgids) that are alive."""
         out = set()
-        for k in self._bpf["ingero_targets"].keys():
+        for k in self._bpf[self.shared.name("ingero_targets")].keys():
             pid = k.value
             try:
                 with open(f"/proc/{pid}/status") as f:
