@@ -1,5 +1,6 @@
-/* Loads a libcuda (argv[1]) and, after a line arrives on stdin, calls the driver API REPEAT times:
- * cuMemAlloc_v2(1 MiB), cuMemcpy(4096), cuMemcpyAsync(8192), cuLaunchKernel(0xf00d), cuCtxSynchronize.
+/* Loads a libcuda (argv[1]) and, after a line arrives on stdin, calls cuInit(0) once, then the driver API
+ * REPEAT times: cuMemAlloc_v2(1 MiB), cuMemcpy(4096), cuMemcpyAsync(8192), cuLaunchKernel(0xf00d),
+ * cuCtxSynchronize.
  * Prints "ready" once loaded and "done" at the end. */
 #include <dlfcn.h>
 #include <stdio.h>
