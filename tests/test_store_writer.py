@@ -306,3 +306,17 @@ def test_probe_values_need_a_registered_probe(tmp_path):
         odd = w.register_probe(ProbeInfo("odd", fields=(ProbeField("stack", "stack"), ProbeField("ptr"))))
         w.add_events([Event(ktime_now(), 1, 1, SOURCE_PROBE, odd.op, 1, values=(("f <a>", "g"), (1 << 64) - 1))])
         assert w.conn.execute(f"SELECT stack, ptr FROM {odd.view}").fetchall() == [('["f \\u003ca\\u003e","g"]', -1)]
+
+
+def test_an_entry_only_probe_view_shows_latency_and_retval_as_absent(tmp_path):
+    """An entry-only probe never saw the return: its view says NULL (absent), never 0 (a fast success)."""
+    allocs = ProbeInfo("allocs", "probe allocs = libcudart:cudaMalloc\n    record size", (ProbeField("size"),),
+                       "libcudart.so.12", ("cudaMalloc",), at_return=False)
+    db = tmp_path / "t.db"
+    with _writer(db) as w:
+        entry, both = w.register_probe(allocs), w.register_probe(COPIES)
+        w.add_events([Event(ktime_now(), 1, 1, SOURCE_PROBE, entry.op, values=(256,))])
+        w.add_events([Event(ktime_now(), 1, 1, SOURCE_PROBE, both.op, 1500, ret_code=35, values=(4096, 7, 1500))])
+    with TraceReader.open(db) as r:
+        assert r.query("SELECT latency, retval, size FROM probe_allocs") == [(None, None, 256)]
+        assert r.query("SELECT latency, retval, count FROM probe_big_copies") == [(1500, 35, 4096)]

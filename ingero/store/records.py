@@ -64,6 +64,8 @@ class ProbeInfo:
     library: str = ""
     symbols: tuple[str, ...] = ()
     description: str = ""
+    #: the probe reads the return (latency, retval): an entry-only probe's view shows both as NULL, not 0
+    at_return: bool = True
 
 
 @dataclass(frozen=True)

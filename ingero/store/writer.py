@@ -464,7 +464,7 @@ class EventWriter:
                 desc = info.description or _probe_description(info)
                 c.execute("INSERT OR REPLACE INTO ops (source_id, op_id, name, description) VALUES (?, ?, ?, ?)",
                           (SOURCE_PROBE, pid_, info.name, desc))
-                c.execute(_view_sql(view, pid_, names))
+                c.execute(_view_sql(view, pid_, names, info.at_return))
                 c.execute("COMMIT")
             except BaseException:
                 c.execute("ROLLBACK")
@@ -667,11 +667,12 @@ def _sql_literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _view_sql(view: str, probe_id: int, fields: tuple[str, ...]) -> str:
+def _view_sql(view: str, probe_id: int, fields: tuple[str, ...], at_return: bool) -> str:
     # a probe event's own comm is empty: the process's name comes from process_names, as the tracer saw it
     comm = "COALESCE(NULLIF(e.comm, ''), (SELECT pn.name FROM process_names pn WHERE pn.pid = e.pid), '') AS comm"
-    cols = ["e.id AS event_id", "e.timestamp", "e.pid", "e.tid", comm, "e.duration AS latency",
-            "e.ret_code AS retval", "e.stack_hash"]
+    # an entry-only probe never saw the return: its events' duration and ret_code are upstream's 0 filler
+    ret = ("e.duration AS latency", "e.ret_code AS retval") if at_return else ("NULL AS latency", "NULL AS retval")
+    cols = ["e.id AS event_id", "e.timestamp", "e.pid", "e.tid", comm, *ret, "e.stack_hash"]
     for i, col in enumerate(view_columns(fields)):
         expr = f"pv.v{i}" if i < VALUE_SLOTS else f"json_extract(pv.more, '$[{i - VALUE_SLOTS}]')"
         cols.append(f'{expr} AS "{col.replace(chr(34), chr(34) * 2)}"')

@@ -182,6 +182,7 @@ class DynamicProbes:
                 handle = self.writer.register_probe(ProbeInfo(
                     name=rp.name, spec=text, fields=fields,
                     library=library or rp.library.name, symbols=tuple(s.name for s in rp.symbols),
+                    at_return=rp.needs_return,
                 ))
                 lp = LiveProbe(
                     id=handle.probe_id, name=rp.name, spec=text, library=library,
