@@ -17,7 +17,7 @@ import pytest
 from ingero.compiler import compile_spec
 from ingero.dsl import check
 from ingero.runtime.probes import ProbeSession
-from tests.conftest import ROOT
+from tests.conftest import ROOT, skip_or_fail
 
 pytestmark = pytest.mark.bpf
 NATIVE = ROOT / "tests" / "native"
@@ -27,7 +27,7 @@ U64 = 1 << 64
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     if shutil.which("gcc") is None:
-        pytest.skip("needs gcc")
+        skip_or_fail("needs gcc")
     d = tmp_path_factory.mktemp("dsltruth")
     subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-o", d / "libdsltruth.so", NATIVE / "dsl_truth.c"], check=True)
     subprocess.run(["gcc", "-O0", "-pthread", "-o", d / "driver", NATIVE / "dsl_truth_driver.c", f"-L{d}",
@@ -61,7 +61,6 @@ probe ar = {lib}:arith(i64 a, u64 b)
 def run(built):
     """(events by probe, aggregates by probe, stats by probe, the program's lines)."""
     from ingero.runtime.kernel import bpf_problem
-    from tests.conftest import skip_or_fail
 
     if bpf_problem():
         skip_or_fail(bpf_problem())

@@ -13,7 +13,7 @@ import pytest
 from ingero.compiler import compile_spec
 from ingero.dsl import check
 from ingero.runtime.probes import ProbeSession
-from tests.conftest import ROOT
+from tests.conftest import ROOT, skip_or_fail
 
 pytestmark = pytest.mark.bpf
 NATIVE = ROOT / "tests" / "native"
@@ -22,7 +22,7 @@ NATIVE = ROOT / "tests" / "native"
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     if shutil.which("gcc") is None or shutil.which("g++") is None:
-        pytest.skip("needs gcc and g++")
+        skip_or_fail("needs gcc and g++")
     d = tmp_path_factory.mktemp("clib")
     lib = d / "libprobedemo.so"
     subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-o", lib, NATIVE / "probe_demo.c"], check=True)

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, skip_or_fail
 
 pytestmark = pytest.mark.bpf
 
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.bpf
 @pytest.fixture(scope="module")
 def ticker(tmp_path_factory):
     if shutil.which("gcc") is None:
-        pytest.skip("needs gcc")
+        skip_or_fail("needs gcc")
     d = tmp_path_factory.mktemp("tick")
     subprocess.run(["gcc", "-O1", "-o", d / "tick", ROOT / "tests" / "native" / "tick.c"], check=True)
     spec = d / "tick.probe"

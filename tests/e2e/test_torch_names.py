@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import skip_or_fail
 from tests.helpers import torch_python
 
 pytestmark = pytest.mark.bpf
@@ -45,7 +46,7 @@ def _wait_line(stream, want: str, timeout: float = 120) -> None:
 
 def test_libs_and_cxx_names_on_a_torch_process(need_bpf, tmp_path):
     if shutil.which("bpftrace") is None:
-        pytest.skip("needs bpftrace (the ground truth)")
+        skip_or_fail("needs bpftrace (the ground truth)")
     py = torch_python()
     proc = subprocess.Popen([str(py), "-c", PROG], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     tools: list[subprocess.Popen] = []
