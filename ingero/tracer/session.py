@@ -294,7 +294,12 @@ class TraceSession:
             except IngeroError as e:
                 log.info("cannot probe %s opened by %d: %s", load.path, load.pid, e)
             finally:
-                self._watcher.release(load.pid)
+                try:
+                    # held before its first CUDA call: its libpython is mapped by now, so its Python frames
+                    # are walked from that call on (the exec event came before the loader mapped it)
+                    self.tracer.look_for_python(load.pid)
+                finally:
+                    self._watcher.release(load.pid)
 
     def _tick(self, timeout_ms: int) -> int:
         """Move one batch from the kernel to the database; returns how many events it held."""

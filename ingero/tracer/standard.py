@@ -236,6 +236,13 @@ class StandardTracer(BpfObject):
             self.python.configure(int(pid))
         self.link_process(int(pid))
 
+    def look_for_python(self, pid: int) -> None:
+        """Let the kernel walk ``pid``'s Python frames if it runs CPython now and was not known to (Python
+        frames on). Its exec event comes before the dynamic loader maps libpython, so this is asked again
+        later: at each rescan, and while a process is held at the open of a CUDA library."""
+        if self.python is not None and not self.python.is_python(pid):
+            self.python.configure(pid)
+
     def on_process(self, added: Callable[[int], None], dropped: Callable[[int], None]) -> set[int]:
         """Be told of each process that joins the traced tree (``added(pid)``, called while a new process is
         held, before it runs) and leaves it (``dropped(pid)``); returns the processes linked now."""
@@ -289,8 +296,7 @@ class StandardTracer(BpfObject):
             self.follower.drop(pid)
         new = []
         for pid in sorted(alive):
-            if self.python is not None and not self.python.is_python(pid):
-                self.python.configure(pid)  # libpython mapped since, or a program exec'ed since
+            self.look_for_python(pid)  # libpython mapped since, or a program exec'ed since
             try:
                 libs = find_libraries(pid=pid)
             except IngeroError:
