@@ -481,13 +481,18 @@ async def _live_attach_then_scrape(db: Path, audit: Path, pid: int, port: int, w
         w.expect("done ")
         deadline = time.monotonic() + 20
         while True:
+            # the probe's ring and the standard set's ring are read in different ticks: wait until the
+            # metrics hold what the database holds for both (then the test checks the exact figures)
             scrape = _scrape(port)
             with _ro(db) as c:
                 stored = c.execute("SELECT count(*) FROM events WHERE source = 100").fetchone()[0]
+                mallocs = c.execute("SELECT count(*) FROM events WHERE source = 1 AND op = 1").fetchone()[0]
             probe = [v for k, v in scrape.items() if k[0] == "ingero_probe_events_total"]
-            if probe == [stored] and stored:
+            calls = [v for k, v in scrape.items() if k[0] == "ingero_calls_total" and ("op", "cudaMalloc") in k[1]
+                     and ("source", "cuda") in k[1]]
+            if probe == [stored] and stored and calls == [mallocs] and mallocs:
                 return scrape
-            assert time.monotonic() < deadline, (probe, stored)
+            assert time.monotonic() < deadline, (probe, stored, calls, mallocs)
             await anyio.sleep(0.3)
 
 
