@@ -26,6 +26,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from ingero import workload
 from ingero.analysis import trace_stats
 from ingero.fleet.metrics import BUCKETS_S
 from ingero.store import TraceReader
@@ -479,6 +480,7 @@ async def _live_attach_then_scrape(db: Path, audit: Path, pid: int, port: int, w
         assert not res.is_error, text_of(res)
         w.go()
         w.expect("done ")
+        planned = workload.expected_counts(3)["cudaMalloc"]
         deadline = time.monotonic() + 20
         while True:
             # the probe's ring and the standard set's ring are read in different ticks: wait until the
@@ -490,9 +492,10 @@ async def _live_attach_then_scrape(db: Path, audit: Path, pid: int, port: int, w
             probe = [v for k, v in scrape.items() if k[0] == "ingero_probe_events_total"]
             calls = [v for k, v in scrape.items() if k[0] == "ingero_calls_total" and ("op", "cudaMalloc") in k[1]
                      and ("source", "cuda") in k[1]]
-            if probe == [stored] and stored and calls == [mallocs] and mallocs:
+            # the workload has finished: every one of its calls (its plan) is on its way to the database
+            if probe == [stored] == [planned] and calls == [mallocs] == [planned]:
                 return scrape
-            assert time.monotonic() < deadline, (probe, stored, calls, mallocs)
+            assert time.monotonic() < deadline, (probe, stored, calls, mallocs, planned)
             await anyio.sleep(0.3)
 
 
