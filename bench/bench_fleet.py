@@ -66,27 +66,12 @@ def _session(db: Path, pid: int, metrics):
 
 
 def _phase(prod, session, rate: int, secs: float, phase: int) -> dict:
-    from bench_trace_ingest import cpu_s
+    from bench_trace_ingest import cpu_s, run_phase
 
     lost0 = sum(session.tracer.lost().values())
     stored0 = session.snapshot().events
     cpu0 = cpu_s()
-    prod.stdin.write(f"{rate} {secs} {phase}\n")
-    prod.stdin.flush()
-    done = prod.stdout.readline().split()
-    t_end = time.monotonic()
-    calls, elapsed_ns = int(done[1]), int(done[2])
-    last, last_t = -1, time.monotonic()
-    while True:
-        n = session.snapshot().events - stored0
-        lost = sum(session.tracer.lost().values()) - lost0
-        if n + lost >= calls:
-            break
-        if n != last:
-            last, last_t = n, time.monotonic()
-        elif time.monotonic() - last_t > 2.0:
-            break
-        time.sleep(0.005)
+    calls, elapsed_ns, t_end = run_phase(prod, session, rate, secs, phase, stored0, lost0)
     drain = time.monotonic() - t_end
     return {"phase": phase, "calls": calls, "secs": elapsed_ns / 1e9, "achieved": calls / (elapsed_ns / 1e9),
             "lost": sum(session.tracer.lost().values()) - lost0, "drain_s": drain, "cpu": cpu_s() - cpu0}

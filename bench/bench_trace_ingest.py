@@ -108,6 +108,28 @@ def writer_baseline(tmp: str, n: int) -> list[tuple[str, float]]:
     return out
 
 
+def run_phase(prod, session, rate: int, secs: float, phase: int, stored0: int, lost0: int) -> tuple[int, int, float]:
+    """Have the paced producer run one phase, then wait until the tracer has stored it (or stops making
+    progress for 2 s); (calls made, their ns, monotonic time the producer finished)."""
+    prod.stdin.write(f"{rate} {secs} {phase}\n")
+    prod.stdin.flush()
+    done = prod.stdout.readline().split()
+    t_end = time.monotonic()
+    calls, elapsed_ns = int(done[1]), int(done[2])
+    last, last_t = -1, time.monotonic()
+    while True:
+        n = session.snapshot().events - stored0
+        lost = sum(session.tracer.lost().values()) - lost0
+        if n + lost >= calls:
+            break
+        if n != last:
+            last, last_t = n, time.monotonic()
+        elif time.monotonic() - last_t > 2.0:
+            break
+        time.sleep(0.005)
+    return calls, elapsed_ns, t_end
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="1.5 s per rate")
@@ -146,23 +168,7 @@ def main() -> int:
                     stored0 = session.snapshot().events
                     sampler.reset()
                     cpu0, pcpu0 = cpu_s(), cpu_s(prod.pid)
-                    prod.stdin.write(f"{rate} {secs} {phase}\n")
-                    prod.stdin.flush()
-                    done = prod.stdout.readline().split()
-                    t_end = time.monotonic()
-                    calls, elapsed_ns = int(done[1]), int(done[2])
-                    # wait until the tracer has stored the phase (or stops making progress)
-                    last, last_t = -1, time.monotonic()
-                    while True:
-                        n = session.snapshot().events - stored0
-                        lost = sum(session.tracer.lost().values()) - lost0
-                        if n + lost >= calls:
-                            break
-                        if n != last:
-                            last, last_t = n, time.monotonic()
-                        elif time.monotonic() - last_t > 2.0:
-                            break
-                        time.sleep(0.005)
+                    calls, elapsed_ns, t_end = run_phase(prod, session, rate, secs, phase, stored0, lost0)
                     drain_ms = (time.monotonic() - t_end) * 1000
                     cpu, pcpu = cpu_s() - cpu0, cpu_s(prod.pid) - pcpu0
                     results.append({"rate": rate, "calls": calls, "achieved": calls / (elapsed_ns / 1e9),
