@@ -28,7 +28,8 @@ test:
 	$(PY) -m ruff check ingero tests bench scripts
 	$(PY) -m pytest -q
 
-bench: setup
+bench:
+	VENV=$(VENV) scripts/setup.sh bench
 	$(PY) bench/run_all.py
 
 # regenerate the signature catalogue's runtime + driver part from the runtime wheels' headers

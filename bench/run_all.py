@@ -44,6 +44,7 @@ def run_benches(benches: list[Path], extra: list[str], timeout: float) -> tuple[
     sections, failed = [], []
     for b in benches:
         print(f"== {b.stem}", flush=True)
+        load_before = os.getloadavg()[0]
         r = run_group([sys.executable, str(b), *extra], timeout, cwd=ROOT)
         print(r.stdout, end="")
         if r.returncode != 0:
@@ -55,7 +56,8 @@ def run_benches(benches: list[Path], extra: list[str], timeout: float) -> tuple[
             text = r.stdout.strip()
             if not text.startswith("## "):  # plain-text output: keep its layout
                 text = f"## {b.stem}\n\n```\n{text}\n```"
-            sections.append(text + f"\n\n_{b.name} took {r.seconds:.1f} s._\n")
+            load = f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after, on {os.cpu_count()} CPUs"
+            sections.append(text + f"\n\n_{b.name} took {r.seconds:.1f} s ({load})._\n")
     return sections, failed
 
 

@@ -7,6 +7,7 @@
 #   scripts/setup.sh python     the venv (VENV, default .venv) with Debian's bcc linked in + ingero[test]
 #   scripts/setup.sh torch      the PyTorch test fixture: a venv outside the checkout (TORCH_FIXTURE) with
 #                               torch==TORCH_VERSION, built once per machine and reused by every clone
+#   scripts/setup.sh test|bench everything, the fixtures included (make test, make bench)
 #   scripts/setup.sh pythons    checks the CPython builds the Python-frame tests trace (3.10 to 3.13, pyenv,
 #                               shared libpython, with headers) and says how to get a missing one
 set -euo pipefail
@@ -127,6 +128,6 @@ case "$PHASE" in
   torch) torch_setup ;;
   pythons) pythons_setup ;;
   all) system_setup; python_setup ;;
-  test) system_setup; python_setup; torch_setup; pythons_setup ;;
-  *) say "unknown phase $PHASE (system|python|torch|pythons|all|test)"; exit 2 ;;
+  test|bench) system_setup; python_setup; torch_setup; pythons_setup ;;
+  *) say "unknown phase $PHASE (system|python|torch|pythons|all|test|bench)"; exit 2 ;;
 esac
