@@ -32,10 +32,15 @@ def _scrape(m: FleetMetrics) -> dict[str, list]:
     return out
 
 
-@settings(max_examples=40, deadline=None)
-@given(st.lists(st.lists(call, min_size=0, max_size=60), min_size=1, max_size=4), st.booleans())
-def test_batches_count_as_every_event_would(batches, raw):
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(call, min_size=0, max_size=60), min_size=1, max_size=4), st.booleans(), st.booleans(),
+       st.sampled_from([None, 0, 35]))
+def test_batches_count_as_every_event_would(batches, raw, one_op, one_ret):
     m = FleetMetrics(node_labels({}, hostname="n1"))
+    if one_op:  # the usual batch (a loop of one call) takes its own path: every call of a batch as its first
+        batches = [[(*c[:4], b[0][4], b[0][5], *c[6:]) for c in b] for b in batches]
+    if one_ret is not None:  # ... and one return code for all
+        batches = [[(*c[:6], one_ret, *c[7:]) for c in b] for b in batches]
     for b in batches:
         chunk = b"".join(CUDA_RECORD.pack(*c) for c in b) if raw else None
         m.observe_calls(b, chunk)
@@ -59,6 +64,8 @@ def test_record_columns_match_the_ring_record():
 
     assert [CUDA_FIELDS[i] for i in (metrics._DUR, metrics._SRC, metrics._OP, metrics._RET)] == [
         "duration_ns", "source", "op", "ret"]
+    # the metrics read source and op as one u2 (source | op << 8)
+    assert CUDA_RECORD_COLUMNS["op"][1] == CUDA_RECORD_COLUMNS["source"][1] + 1
     t = (1, 2, 3, 4, 5, 6, -7, 8, 9, 10, 11, b"x")
     assert len(t) == len(CUDA_FIELDS)
     buf = CUDA_RECORD.pack(*t)

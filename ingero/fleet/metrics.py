@@ -61,7 +61,9 @@ def _record_dtype() -> np.dtype:
     if not _DTYPE:
         from ingero.tracer.standard import CUDA_RECORD, CUDA_RECORD_COLUMNS
 
-        cols = CUDA_RECORD_COLUMNS
+        cols = dict(CUDA_RECORD_COLUMNS)
+        # source and op side by side (a test checks) read as one little-endian u2, the kind: source | op << 8
+        cols["kind"] = ("<u2", cols["source"][1])
         _DTYPE.append(np.dtype({"names": list(cols), "formats": [f for f, _ in cols.values()],
                                 "offsets": [o for _, o in cols.values()], "itemsize": CUDA_RECORD.size}))
     return _DTYPE[0]
@@ -139,8 +141,8 @@ class FleetMetrics:
         self._keys: dict[int, tuple[str, str]] = {}
         self.error_names = ErrorNames()
         self._calls: dict[tuple[str, str], int] = {}  # events of other sources (host, I/O), by name
-        # CUDA/driver calls by slot: (source << 8 | op) -> slot, the slots' keys, bucket counts, sums (ns),
-        # and failed calls by (slot, return code)
+        # CUDA/driver calls by slot: their kind (source | op << 8, the record's two bytes) -> slot, the slots'
+        # kinds, bucket counts, sums (ns), and failed calls by (slot, return code)
         self._slot = np.full(1 << 16, -1, dtype=np.int64)
         self._slot_keys: list[int] = []
         self._hist = np.zeros((_INITIAL_SLOTS, _NB), dtype=np.int64)
@@ -159,52 +161,69 @@ class FleetMetrics:
 
         Each (source, op) has a slot (a row of the totals): a batch is bucketed with one ``searchsorted``
         and counted with ``bincount`` into a slots x buckets array, added to the totals in one operation;
-        no sort, no Python loop over events or ops (new ops get their slot once)."""
+        no sort, no Python loop over events or ops (new ops get their slot once). A batch of one op (the
+        usual case: a loop of the same call) takes a shorter path: no slot arithmetic, an integer sum."""
         n = len(calls)
         if not n:
             return
         raw = np.frombuffer(chunk, _record_dtype()) if chunk is not None else None
         if raw is not None and len(raw) == n:
-            dur = raw["duration"].astype(np.int64)
-            key = raw["source"].astype(np.int64) * 256 + raw["op"]
-            ret = raw["ret"].astype(np.int64)
+            dur, kind, ret = raw["duration"], raw["kind"], raw["ret"]
         else:
             dur = np.fromiter(map(itemgetter(_DUR), calls), np.int64, n)
-            key = (np.fromiter(map(itemgetter(_SRC), calls), np.int64, n) & 0xFF) * 256 + \
-                (np.fromiter(map(itemgetter(_OP), calls), np.int64, n) & 0xFF)
+            kind = (np.fromiter(map(itemgetter(_SRC), calls), np.int64, n) & 0xFF) | \
+                (np.fromiter(map(itemgetter(_OP), calls), np.int64, n) & 0xFF) << 8
             ret = np.fromiter(map(itemgetter(_RET), calls), np.int64, n)
-        idx = self._slot[key]
-        if idx.min() < 0:  # an op seen for the first time
+        idx = self._slot[kind]
+        lo, hi = int(idx.min()), int(idx.max())
+        if lo < 0:  # an op seen for the first time
             with self._lock:
-                for k in np.unique(key[idx < 0]).tolist():
+                for k in np.unique(kind[idx < 0]).tolist():
                     self._new_slot(k)
-            idx = self._slot[key]
-        slots = len(self._slot_keys)
-        hist = np.bincount(idx * _NB + np.searchsorted(BUCKETS_NS, dur, side="left"),
-                           minlength=slots * _NB).reshape(slots, _NB)
-        sums = np.rint(np.bincount(idx, weights=dur, minlength=slots)).astype(np.int64)
-        errors = self._batch_errors(idx, ret, slots)
-        with self._lock:
-            self._hist[:slots] += hist
-            self._sums[:slots] += sums
-            for k, c in errors:
-                self._err[k] = self._err.get(k, 0) + c
+            idx = self._slot[kind]
+            lo, hi = int(idx.min()), int(idx.max())
+        buckets = np.searchsorted(BUCKETS_NS, dur, side="left")
+        failed = ret != 0
+        if lo == hi:  # one op: one row
+            hist = np.bincount(buckets, minlength=_NB)
+            total = int(dur.sum(dtype=np.int64))
+            errors = self._batch_errors(np.array([lo]), ret[failed], 1) if failed.any() else []
+            with self._lock:
+                self._hist[lo] += hist
+                self._sums[lo] += total
+                for k, c in errors:
+                    self._err[k] = self._err.get(k, 0) + c
+        else:
+            slots = hi + 1
+            hist = np.bincount(idx * _NB + buckets, minlength=slots * _NB).reshape(slots, _NB)
+            sums = np.rint(np.bincount(idx, weights=dur, minlength=slots)).astype(np.int64)
+            errors = self._batch_errors(idx[failed], ret[failed], slots) if failed.any() else []
+            with self._lock:
+                self._hist[:slots] += hist
+                self._sums[:slots] += sums
+                for k, c in errors:
+                    self._err[k] = self._err.get(k, 0) + c
         if self.on_slow_calls is not None and self.slow_call_ns > 0:
             slow = np.flatnonzero(dur > self.slow_call_ns)
             if len(slow):
                 self.on_slow_calls([calls[i] for i in slow.tolist()])
 
     @staticmethod
-    def _batch_errors(idx: np.ndarray, ret: np.ndarray, slots: int) -> list[tuple[tuple[int, int], int]]:
-        """((slot, return code), count) of a batch's failed calls."""
-        failed = ret != 0
-        if not failed.any():
-            return []
-        codes, where = ret[failed], idx[failed]
-        if codes.min() >= 0 and codes.max() < _SMALL_CODES:  # CUDA's error codes: no sort needed
+    def _batch_errors(where: np.ndarray, codes: np.ndarray, slots: int) -> list[tuple[tuple[int, int], int]]:
+        """((slot, return code), count) of a batch's failed calls (their slots, ``where``: one for all or
+        one each, and their return codes)."""
+        codes = codes.astype(np.int64)
+        low, high = int(codes.min()), int(codes.max())
+        if low == high and len(where) == 1:  # one op failing with one error (a loop of the same failure)
+            return [((int(where[0]), low), len(codes))]
+        if low >= 0 and high < _SMALL_CODES:  # CUDA's error codes: no sort needed
+            if len(where) == 1:
+                counts = np.bincount(codes)
+                return [((int(where[0]), int(i)), int(counts[i])) for i in np.flatnonzero(counts)]
             counts = np.bincount(where * _SMALL_CODES + codes, minlength=slots * _SMALL_CODES)
             nz = np.flatnonzero(counts)
             return [((int(i) // _SMALL_CODES, int(i) % _SMALL_CODES), int(counts[i])) for i in nz]
+        where = np.broadcast_to(where, codes.shape)
         keys, counts = np.unique(where * (1 << 32) + (codes & 0xFFFFFFFF), return_counts=True)
         out = []
         for k, c in zip(keys.tolist(), counts.tolist(), strict=True):
@@ -213,7 +232,7 @@ class FleetMetrics:
         return out
 
     def _new_slot(self, key: int) -> None:
-        """Give (source, op) ``key`` the next slot, growing the totals' arrays (under the lock)."""
+        """Give the kind ``key`` (source | op << 8) the next slot, growing the totals' arrays (under the lock)."""
         if self._slot[key] >= 0:
             return
         slot = len(self._slot_keys)
@@ -227,7 +246,8 @@ class FleetMetrics:
         name = self._keys.get(k)
         if name is None:
             source_names, op_name = _names()
-            name = self._keys[k] = (source_names.get(k >> 8, str(k >> 8)), op_name(k >> 8, k & 0xFF))
+            source, op = k & 0xFF, k >> 8
+            name = self._keys[k] = (source_names.get(source, str(source)), op_name(source, op))
         return name
 
     def observe_counts(self, counts: dict[tuple[int, str], int]) -> None:
@@ -295,7 +315,7 @@ class FleetMetrics:
         errors: dict[tuple[str, str, str], int] = {}
         for (slot, code), c in err.items():
             key = keys[slot]
-            name = (*self._key(key), self.error_names.name(key >> 8, code))
+            name = (*self._key(key), self.error_names.name(key & 0xFF, code))
             errors[name] = errors.get(name, 0) + c
         return MetricsSnapshot(labels=self.labels, info=dict(self.info), start_ns=self._start_ns, calls=calls,
                                durations=durations, errors=errors, **rest)
