@@ -42,6 +42,10 @@ MAX_RANGE_S = 24 * 3600
 MAX_POINTS = 120
 MAX_OUTPUT = 64 * 1024
 MAX_QUERY = 4096
+#: the longest value of each string argument (query_fleet's schema and `ingero fleet` both refuse longer)
+ARG_CHARS = {"action": 16, "since": 64, "op": 128, "step": 64, "query": MAX_QUERY}
+#: stragglers: the largest k (a p99 a thousand times the median's is already a dead node)
+MAX_K = 1000.0
 
 
 @dataclass(frozen=True)
@@ -160,8 +164,7 @@ class FleetQuery:
     def stragglers(self, since: str = "", op: str = "", k: float = DEFAULT_K,
                    min_calls: int = MIN_CALLS) -> tuple[list[Straggler], list[NodeOp]]:
         """Nodes whose p99 of an op exceeds k x the fleet median p99 of that op (and the rows compared)."""
-        if not k > 1:
-            raise IngeroError(f"k {k:g}: a straggler is k times slower than the fleet median; k must be > 1")
+        check_arguments(k=k)
         rows = [r for r in self.node_ops(since, op) if r.calls >= min_calls and r.p99_s > 0]
         by_op: dict[str, list[NodeOp]] = {}
         for r in rows:
@@ -189,11 +192,12 @@ class FleetQuery:
     def answer(self, action: str, *, since: str = "", op: str = "", k: float = DEFAULT_K, query: str = "",
                step: str = "", limit: int = 0) -> str:
         """The compact text answer of one action (what query_fleet and `ingero fleet` print)."""
+        check_arguments(action=action, since=since, op=op, k=k, query=query, step=step, limit=limit)
         action = (action or "").strip().lower()
         if action not in ACTIONS:
             hint = suggestion(action, ACTIONS)
             raise IngeroError(f"unknown action {action!r}: use {', '.join(ACTIONS)}", hint)
-        lim = DEFAULT_LIMIT if limit <= 0 else min(limit, MAX_LIMIT)
+        lim = DEFAULT_LIMIT if limit <= 0 else limit
         if action == "promql":
             return promql(self.prom, query, since=since, step=step, limit=lim)
         if query:
@@ -272,13 +276,24 @@ class FleetQuery:
         return text + "\n" + "\n".join(self._reach_lines(r.node for r in rows[:limit]))
 
 
+def check_arguments(*, k: float = DEFAULT_K, limit: int = 0, **strings: str) -> None:
+    """Refuse an argument over its bound, naming it and the bound (before anything is asked)."""
+    for name, value in strings.items():
+        if value and len(value) > ARG_CHARS[name]:
+            raise IngeroError(f"{name} is {len(value)} characters, more than the {ARG_CHARS[name]} accepted")
+    if not 0 <= limit <= MAX_LIMIT:
+        raise IngeroError(f"limit {limit}: must be between 1 and {MAX_LIMIT} (0 for the default {DEFAULT_LIMIT})")
+    if not (k > 1 and k <= MAX_K):  # NaN fails both
+        raise IngeroError(f"k {k:g}: a straggler is k times slower than the fleet median; k must be > 1 and "
+                          f"at most {MAX_K:g}")
+
+
 def promql(prom: Prometheus, query: str, *, since: str = "", step: str = "", limit: int = DEFAULT_LIMIT) -> str:
     """A read-only PromQL query: instant (now), or over the last ``since`` every ``step`` -- bounded."""
     q = (query or "").strip()
     if not q:
         raise IngeroError("query is required for action promql", "e.g. sum by (node) (rate(ingero_calls_total[1m]))")
-    if len(q) > MAX_QUERY:
-        raise IngeroError(f"query is {len(q)} characters long (max {MAX_QUERY})")
+    check_arguments(query=query, since=since, step=step, limit=limit)
     try:
         if not since:
             if step:

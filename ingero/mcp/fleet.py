@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import anyio
 from mcp.server.mcpserver import MCPServer
@@ -10,6 +10,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field
 
 from ingero.errors import IngeroError
+from ingero.fleet.query import ACTIONS, ARG_CHARS, DEFAULT_K, DEFAULT_LIMIT, MAX_K, MAX_LIMIT, FleetQuery
 
 QUERY_FLEET_DESCRIPTION = (
     "Query every ingero node of the fleet through Prometheus (each node's `ingero trace --metrics`). Actions: "
@@ -23,19 +24,22 @@ QUERY_FLEET_DESCRIPTION = (
 
 def add_fleet_tool(server: MCPServer, prometheus_url: str) -> None:
     from ingero.fleet.prom import Prometheus
-    from ingero.fleet.query import FleetQuery
 
     fleet = FleetQuery(Prometheus(prometheus_url))
 
     @server.tool(structured_output=False, description=QUERY_FLEET_DESCRIPTION)
     async def query_fleet(
-        action: Annotated[str, Field(description="overview | ops | stragglers | errors | promql")],
-        since: Annotated[str, Field(description="only the last DURATION (e.g. 5m); omit for everything")] = "",
-        op: Annotated[str, Field(description="only this op, e.g. cudaStreamSync")] = "",
-        k: Annotated[float, Field(description="stragglers: p99 more than k x the fleet median (default 2)")] = 2.0,
-        query: Annotated[str, Field(description="promql: the PromQL expression")] = "",
-        step: Annotated[str, Field(description="promql with since: the step of the range query")] = "",
-        limit: Annotated[int, Field(description="max rows/series (default 100, max 1000)")] = 0,
+        action: Annotated[Literal[ACTIONS], Field(description=" | ".join(ACTIONS))],
+        since: Annotated[str, Field(description="only the last DURATION (e.g. 5m); omit for everything",
+                                    max_length=ARG_CHARS["since"])] = "",
+        op: Annotated[str, Field(description="only this op, e.g. cudaStreamSync", max_length=ARG_CHARS["op"])] = "",
+        k: Annotated[float, Field(description="stragglers: p99 more than k x the fleet median (default 2)",
+                                  gt=1, le=MAX_K)] = DEFAULT_K,
+        query: Annotated[str, Field(description="promql: the PromQL expression", max_length=ARG_CHARS["query"])] = "",
+        step: Annotated[str, Field(description="promql with since: the step of the range query",
+                                   max_length=ARG_CHARS["step"])] = "",
+        limit: Annotated[int, Field(description=f"max rows/series (0: {DEFAULT_LIMIT})", ge=0,
+                                    le=MAX_LIMIT)] = 0,
     ) -> str:
         def work() -> str:
             try:
