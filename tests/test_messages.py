@@ -180,3 +180,30 @@ def test_hits_matched_and_stored_differences_are_explained():
     lines = _counters_explained(st(10, 0, 10, budget=3, lost=1), 4)
     assert lines == ["4 events stored of 6 recorded in the kernel (matched - budget dropped - lost): the rest are "
                      "in the ring buffer or the writer's queue, stored within a batch"]
+
+
+def test_source_codes_in_tool_descriptions_come_from_the_one_table_and_are_accepted(db):
+    """get_stacks' source description lists every source of the table, as get_stacks takes it (a code or
+    a name, the same answer); run_sql's legend names every upstream op of the table by its code."""
+    import re
+
+    from mcp import Client
+
+    from ingero.mcp.server import build_server
+    from ingero.store.schema import INGERO_OPS, OP_NAMES, SOURCE_NAMES
+
+    with TraceReader.open(db) as reader:
+        async def main():
+            async with Client(build_server(reader, None)) as c:
+                return {t.name: t for t in (await c.list_tools()).tools}
+        tools = anyio.run(main)
+    described = tools["get_stacks"].input_schema["properties"]["source"]["description"]
+    pairs = re.findall(r"(\d+)/(\w+)", described)
+    assert {int(code): name for code, name in pairs} == SOURCE_NAMES and len(pairs) == len(SOURCE_NAMES)
+    for code, name in pairs:
+        by_code, by_name = _call(db, "get_stacks", {"source": int(code)}), _call(db, "get_stacks", {"source": name})
+        assert by_code == by_name and not by_code[0], (code, name, by_code)
+    legend = tools["run_sql"].description
+    for (source, op), name in OP_NAMES.items():
+        if (source, op) not in INGERO_OPS:
+            assert re.search(rf"{SOURCE_NAMES[source].upper()} ops: [^.]*\b{op}={name}\b", legend), name

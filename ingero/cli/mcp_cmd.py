@@ -11,6 +11,7 @@ import click
 
 from ingero.cli.fleet_opts import fleet_options, start_export
 from ingero.errors import IngeroError
+from ingero.limits import DEFAULT_SYMBOLS, MAX_PROBES, MAX_SYMBOLS, PROBE_EVENTS, PROBE_TTL_S
 
 #: what ``ingero mcp --live -- CMD`` does with the command when the server stops (the first is the default)
 WORKLOAD_ON_EXIT = ("terminate", "keep")
@@ -39,12 +40,13 @@ WORKLOAD_ON_EXIT = ("terminate", "keep")
 @click.option("--allow-lib", "allow_libs", multiple=True, metavar="GLOB",
               help="Libraries probes may attach to, by stem, soname, file name or path glob (repeatable; "
                    "default: the CUDA libraries).")
-@click.option("--max-probes", type=int, default=8, show_default=True, help="--live: live probes at once.")
-@click.option("--probe-ttl", default="5m", show_default=True, help="--live: longest probe ttl (a spec may lower it).")
-@click.option("--probe-events", type=int, default=1_000_000, show_default=True,
+@click.option("--max-probes", type=int, default=MAX_PROBES, show_default=True, help="--live: live probes at once.")
+@click.option("--probe-ttl", default=f"{PROBE_TTL_S:g}s", show_default=True,
+              help="--live: longest probe ttl (a spec may lower it).")
+@click.option("--probe-events", type=int, default=PROBE_EVENTS, show_default=True,
               help="--live: most events per probe (a spec may lower it).")
-@click.option("--probe-symbols", type=int, default=1000, show_default=True,
-              help="--live: most symbols one probe may match.")
+@click.option("--probe-symbols", type=int, default=DEFAULT_SYMBOLS, show_default=True,
+              help=f"--live: most symbols one probe may match (at most {MAX_SYMBOLS}).")
 @click.option("--workload-on-exit", "on_exit", type=click.Choice(WORKLOAD_ON_EXIT), default="terminate",
               show_default=True,
               help="--live -- CMD: what happens to the command when the server stops (stdio: the client went "
@@ -107,6 +109,9 @@ def mcp(db: Path | None, http: str | None, tls_cert: Path | None, tls_key: Path 
 
         if min(max_probes, probe_events, probe_symbols) <= 0:
             raise IngeroError("--max-probes, --probe-events and --probe-symbols must be positive")
+        if probe_symbols > MAX_SYMBOLS:
+            raise IngeroError(f"--probe-symbols {probe_symbols} is above the hard limit of {MAX_SYMBOLS} a probe "
+                              "may attach to", f"--probe-symbols {MAX_SYMBOLS}")
         limits = ProbeLimits(ttl_s=parse_duration_ns(probe_ttl) / 1e9, events=probe_events,
                              max_probes=max_probes, max_symbols=probe_symbols)
         opts = LiveOptions(allow_attach=allow_attach, allow_libs=tuple(allow_libs), limits=limits)

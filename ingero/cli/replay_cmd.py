@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from ingero.errors import IngeroError
+from ingero.store.schema import source_choices
 
 _db = click.option("--db", "db", required=True, envvar="INGERO_DB",
                    type=click.Path(dir_okay=False, path_type=Path), help="Trace database (env INGERO_DB).")
@@ -176,7 +177,7 @@ def explain(db: Path, since: str, until: str, pids: tuple[int, ...], stored: boo
 @_db
 @click.option("--op", default="", help="Operation name as stats prints it, e.g. cudaMalloc, probe:NAME "
               "(wins over --source).")
-@click.option("--source", default="0", help="A code or name: 1/cuda, 3/host, 4/driver, 100/probe.")
+@click.option("--source", default="0", help=f"A code or name: {source_choices()}.")
 @click.option("--pid", type=int, default=0)
 @_since
 @_until

@@ -1,4 +1,4 @@
-"""A probe's ``limit`` clause -> typed :class:`Budgets` (the hard limits a budget may not pass are here too)."""
+"""A probe's ``limit`` clause -> typed :class:`Budgets`, within the hard limits of :mod:`ingero.limits`."""
 
 from __future__ import annotations
 
@@ -7,10 +7,9 @@ from ingero.dsl.context import Report
 from ingero.dsl.resolved import Budgets
 from ingero.dsl.units import TIME_UNITS, number
 from ingero.errors import suggestion
+from ingero.limits import MAX_SYMBOLS
 
 BUDGET_NAMES = ("ttl", "events", "rate", "symbols")
-#: The most functions one probe may attach to, whatever its ``limit symbols`` says.
-MAX_SYMBOLS = 10_000
 
 
 def budgets(limit: ast.Limit | None, report: Report) -> Budgets:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from ingero.abi import Piece
+from ingero.limits import DEFAULT_SYMBOLS
 
 #: Fields every probe has, whatever the function.
 BUILTINS = ("retval", "latency", "pid", "tid", "comm", "symbol", "stack", "pystack", "ts")
@@ -154,7 +155,7 @@ class Budgets:
     ttl_s: float | None = None
     events: int | None = None
     rate: int | None = None  # per second
-    symbols: int = 1000
+    symbols: int = DEFAULT_SYMBOLS
 
 
 @dataclass(frozen=True)

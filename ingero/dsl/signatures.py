@@ -21,8 +21,9 @@ DECLARED_TYPES = {
     "f32": ("float", 4), "f64": ("double", 8),
 }  # fmt: skip
 
-#: Placed catalogue signatures, by (symbol, CUDA major, legacy): the catalogue never changes in a process.
-_PLACED: dict[tuple[str, int, bool], Sig] = {}
+#: Placed catalogue signatures, by the catalogue's own Signature object (a catalogue hands out one per
+#: name and never changes; a test's catalogue of its own may give the same name another signature).
+_PLACED: dict[int, tuple[Signature, Sig]] = {}
 
 
 def scalar(kind: str, size: int, name: str) -> CType:
@@ -61,12 +62,13 @@ def signatures(ctx: ProbeContext, report: Report) -> ProbeContext:
 
 
 def _from_catalogue(cs: Signature) -> Sig:
-    key = (cs.called_as, cs.cuda_major, cs.legacy)
-    sig = _PLACED.get(key)
-    if sig is None:
-        params = tuple((p.name, p.ctype) for p in cs.params)
-        places = place_arguments([c for _, c in params], cs.return_ctype)
-        sig = _PLACED[key] = Sig(params, cs.return_ctype, tuple(places), func_is_code=cs.library == "cudart")
+    hit = _PLACED.get(id(cs))
+    if hit is not None and hit[0] is cs:
+        return hit[1]
+    params = tuple((p.name, p.ctype) for p in cs.params)
+    places = place_arguments([c for _, c in params], cs.return_ctype)
+    sig = Sig(params, cs.return_ctype, tuple(places), func_is_code=cs.library == "cudart")
+    _PLACED[id(cs)] = (cs, sig)
     return sig
 
 

@@ -11,10 +11,10 @@ from dataclasses import replace
 
 from ingero.catalogue import Catalogue, family_of
 from ingero.dsl import ast
-from ingero.dsl.budgets import MAX_SYMBOLS
 from ingero.dsl.context import ProbeContext, Report
 from ingero.dsl.resolved import LibraryRef
 from ingero.errors import IngeroError, suggestion
+from ingero.limits import MAX_SYMBOLS
 from ingero.symbols import Library, SymbolTable
 from ingero.symbols.discovery import stem_of
 
@@ -148,7 +148,8 @@ def _pick_symbols(
             t.symbol_span,
             f"{pattern!r} matches {len(chosen)} functions of {where}, more than the "
             f"budget of {ctx.budgets.symbols}",
-            f"narrow the glob, or raise the budget: limit symbols {min(len(chosen), MAX_SYMBOLS)}",
+            f"narrow the glob, or raise the budget: limit symbols {len(chosen)}" if len(chosen) <= MAX_SYMBOLS
+            else f"narrow the glob: one probe attaches to {MAX_SYMBOLS} functions at most",
         )
         return ctx
     return replace(ctx, symbol_names=tuple(chosen), symbol_offsets=dict(offsets), notes=ctx.note(*notes))

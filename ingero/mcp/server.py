@@ -42,6 +42,7 @@ from ingero.mcp.strict import (
     make_strict,
 )
 from ingero.store import TraceReader
+from ingero.store.schema import INGERO_OPS, OP_NAMES, SOURCE_NAMES, SOURCE_PROBE, source_choices
 from ingero.store.sqlguard import (
     DEFAULT_TIMEOUT_S,
     MAX_OUTPUT_BYTES,
@@ -126,6 +127,17 @@ async def _call(backend: _Backend, fn: Callable[[], str]) -> str:
         raise ToolError(render_error(e)) from None
 
 
+def _codes_legend() -> str:
+    """Sources and upstream's ops by code (``Sources: 1=CUDA, ... CUDA ops: 1=cudaMalloc, ...``), from the
+    one table of each (:mod:`ingero.store.schema`)."""
+    shown = [(code, name.upper()) for code, name in SOURCE_NAMES.items() if code != SOURCE_PROBE]
+    text = "Sources: " + ", ".join(f"{code}={name}" for code, name in shown) + "."
+    for code, name in shown:
+        ops = [f"{op}={n}" for (src, op), n in OP_NAMES.items() if src == code and (src, op) not in INGERO_OPS]
+        text += f" {name} ops: {', '.join(ops)}." if ops else ""
+    return text
+
+
 def run_sql_description(reader: TraceReader | None, timeout_s: float = DEFAULT_TIMEOUT_S) -> str:
     text = (
         "Execute read-only SQL on the Ingero database. For ad-hoc analysis the fixed tools can't do: "
@@ -137,15 +149,7 @@ def run_sql_description(reader: TraceReader | None, timeout_s: float = DEFAULT_T
         "JOINs: events.source=sources.id, events.(source,op)=ops.(source_id,op_id), "
         "events.stack_hash=stack_traces.hash, events.cgroup_id=cgroup_metadata.cgroup_id, "
         "events.pid=process_names.pid (qualify pid as e.pid when joining).\n"
-        "Sources: 1=CUDA, 3=HOST, 4=DRIVER, 5=IO, 6=TCP, 7=NET, 8=CUDA_GRAPH. CUDA ops: 1=cudaMalloc, "
-        "2=cudaFree, 3=cudaLaunchKernel, 4=cudaMemcpy, 5=cudaStreamSync, 6=cudaDeviceSync, "
-        "7=cudaMemcpyAsync, 8=cudaMallocManaged, 9=cudaMemcpy2D, 10=cudaMemcpy2DAsync, 11=cudaMemcpyPeer, "
-        "12=cudaMemcpyPeerAsync. "
-        "HOST ops: 1=sched_switch, 2=sched_wakeup, 3=mm_page_alloc, 4=oom_kill, 5=process_exec, "
-        "6=process_exit, 7=process_fork, 10=pod_restart, 11=pod_eviction, 12=pod_oom_kill. DRIVER ops: "
-        "1=cuLaunchKernel, 2=cuMemcpy, 3=cuMemcpyAsync, 4=cuCtxSynchronize, 5=cuMemAlloc, "
-        "6=cuMemAllocManaged. IO ops: 1=block_read, 2=block_write, 3=block_discard. TCP ops: "
-        "1=tcp_retransmit. NET ops: 1=net_send, 2=net_recv. ingero databases add ops from 40 up (CUDA: "
+        f"{_codes_legend()} ingero databases add ops from 40 up (CUDA: "
         "cudaGetDeviceCount, cudaGetLastError, cudaStreamCreate*, cudaHostAlloc...; DRIVER: cuInit...; HOST: "
         "40=thread_create, 41=thread_exit, so process_fork/process_exit are processes only): JOIN ops for "
         "their names. ret_code: the cudaError_t/CUresult of CUDA/driver calls (0 = success).\n"
@@ -303,7 +307,7 @@ def build_server(reader: TraceReader | None, audit: AuditLog | None,
         "For older DBs without resolved symbols, falls back to raw IPs (hex addresses)."))
     async def get_stacks(
         source: Annotated[int | Annotated[str, Field(max_length=MAX_ARG_CHARS)], Field(
-            description="Source filter, a code or a name: 1/cuda, 3/host, 4/driver, 100/probe")] = 0,
+            description=f"Source filter, a code or a name: {source_choices()}")] = 0,
         op: Annotated[str, Field(description="Operation name as get_trace_stats prints it (e.g. cudaMalloc, "
                                              "cuLaunchKernel, probe:NAME); wins over source",
                                  max_length=MAX_ARG_CHARS)] = "",

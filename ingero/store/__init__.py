@@ -1,20 +1,30 @@
-"""SQLite storage in upstream Ingero's schema: the read-only reader, the run_sql guard and the writer."""
+"""SQLite storage in upstream Ingero's schema: the read-only reader, the run_sql guard and the writer.
 
-from ingero.store.clock import EpochClock
-from ingero.store.reader import OpenMode, TraceReader
-from ingero.store.sqlguard import QueryResult, SqlFailed, SqlRefused, guard_connection, run_guarded
-from ingero.store.writer import (
-    Event,
-    EventWriter,
-    Frame,
-    ProbeField,
-    ProbeHandle,
-    ProbeInfo,
-    SessionInfo,
-    StoreError,
-    SystemSnapshot,
-)
+The names below are imported when first used, so that ``ingero.store.schema`` (the codes and names of
+sources and ops, which the shells' ``--help`` texts are made from) costs no SQLite import.
+"""
 
-__all__ = ["EpochClock", "Event", "EventWriter", "Frame", "OpenMode", "ProbeField", "ProbeHandle", "ProbeInfo",
-           "QueryResult", "SessionInfo", "SqlFailed", "SqlRefused", "StoreError", "SystemSnapshot", "TraceReader",
-           "guard_connection", "run_guarded"]
+from __future__ import annotations
+
+import importlib
+
+_WHERE = {
+    "EpochClock": "clock",
+    "OpenMode": "reader", "TraceReader": "reader",
+    "QueryResult": "sqlguard", "SqlFailed": "sqlguard", "SqlRefused": "sqlguard", "guard_connection": "sqlguard",
+    "run_guarded": "sqlguard",
+    "Event": "records", "Frame": "records", "ProbeField": "records", "ProbeHandle": "records",
+    "ProbeInfo": "records", "SessionInfo": "records", "StoreError": "records", "SystemSnapshot": "records",
+    "EventWriter": "writer",
+}  # fmt: skip
+
+def __getattr__(name: str) -> object:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ingero.store' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"ingero.store.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+__all__ = sorted(_WHERE)

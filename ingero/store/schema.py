@@ -73,6 +73,14 @@ SOURCE_NAMES: dict[int, str] = {
     1: "cuda", 3: "host", 4: "driver", 5: "io", 6: "tcp", 7: "net", 8: "cuda_graph", SOURCE_PROBE: "probe",
 }
 
+
+
+def source_choices() -> str:
+    """Every source a filter takes, as its code or its name: ``1/cuda, 3/host, ...`` (the text of
+    get_stacks' and ``ingero stacks --source``'s descriptions, made from :data:`SOURCE_NAMES`)."""
+    return ", ".join(f"{code}/{name}" for code, name in SOURCE_NAMES.items())
+
+
 #: (source, op) -> op name, as upstream's ``pkg/events/types.go``
 OP_NAMES: dict[tuple[int, int], str] = {
     (1, 1): "cudaMalloc", (1, 2): "cudaFree", (1, 3): "cudaLaunchKernel", (1, 4): "cudaMemcpy",

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from ingero.errors import IngeroError, NoSymbols, SymbolNotFound, suggestion
 from ingero.symbols import cache
 from ingero.symbols.discovery import Library, resolve_library
-from ingero.symbols.elf import read_elf_info, read_function_symbols
+from ingero.symbols.elf import RawSymbol, read_elf_info, read_function_symbols
 
 log = logging.getLogger(__name__)
 
@@ -285,7 +285,14 @@ def demangle_all(names: list[str]) -> list[str]:
 
 def _parse(path: str, reader: str, key: str | None = None) -> SymbolTable:
     info, raw = read_function_symbols(path, reader=reader)
-    raw.sort(key=lambda r: (r.name, r.address, r.section))
+    return table_of(path, raw, info.build_id, info.soname, key=key)
+
+
+def table_of(path: str, raw: list[RawSymbol], build_id: str | None = None, soname: str | None = None, *,
+             key: str | None = None) -> SymbolTable:
+    """The table of the function symbols ``raw`` of the file ``path`` (sorted here): what reading a file
+    gives, and what a test gives the checker as the symbols of a library of its own."""
+    raw = sorted(raw, key=lambda r: (r.name, r.address, r.section))
     versions: list[str] = [""]
     bindings: list[str] = []
     vidx: dict[str, int] = {}
@@ -309,8 +316,7 @@ def _parse(path: str, reader: str, key: str | None = None) -> SymbolTable:
             bindings.append(r.binding)
         cols.binding.append(b)
         cols.flags.append(int(r.default_version) | (r.section == "symtab") << 1 | (r.kind == "ifunc") << 2)
-    return SymbolTable(path, info.build_id, info.soname, cols, versions, bindings,
-                       names=[r.name for r in raw], key=key)
+    return SymbolTable(path, build_id, soname, cols, versions, bindings, names=[r.name for r in raw], key=key)
 
 
 def _no_symbols(table: SymbolTable) -> NoSymbols:

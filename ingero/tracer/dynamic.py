@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 
 from ingero.dsl.resolved import Budgets, ResolvedProbe, ResolvedSpec
 from ingero.errors import IngeroError, NotFound
+from ingero.limits import MAX_PROBES, MAX_SYMBOLS, PROBE_EVENTS, PROBE_TTL_S
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +53,18 @@ class ProbeLimits:
     server's or the CLI's settings). :meth:`excess` says what is over, :meth:`in_force` what a probe
     runs with; the MCP guards, ``validate_probe`` and :class:`DynamicProbes` all ask this one object."""
 
-    ttl_s: float = 300.0
-    events: int = 1_000_000
-    max_probes: int = 8
-    max_symbols: int = 1000
+    ttl_s: float = PROBE_TTL_S
+    events: int = PROBE_EVENTS
+    max_probes: int = MAX_PROBES
+    #: a server may lower it (``ingero mcp --probe-symbols``), never raise it past the checker's hard limit
+    max_symbols: int = MAX_SYMBOLS
+
+    def __post_init__(self) -> None:
+        if min(self.ttl_s, self.events, self.max_probes, self.max_symbols) <= 0:
+            raise IngeroError("probe limits must be positive (ttl, events, live probes, symbols)")
+        if self.max_symbols > MAX_SYMBOLS:
+            raise IngeroError(f"a probe may attach to {MAX_SYMBOLS} symbols at most, not {self.max_symbols}",
+                              f"give a limit of at most {MAX_SYMBOLS}")
 
     def excess(self, rp: ResolvedProbe) -> tuple[Excess, ...]:
         """Every budget of ``rp`` over these limits (none: it may run as written)."""
