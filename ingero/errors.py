@@ -18,9 +18,12 @@
                                    generated; exit code 2, traceback with --debug or INGERO_DEBUG=1
 
 Everything below :class:`IngeroError` except :class:`InternalError` is a **user error**: the message says
-what is wrong and the hint what to do; no traceback is ever shown. Any other exception reaching a shell
-is an internal error too (a bug). :func:`render` is the one text both shells show: the CLI prints it and
-exits with :func:`exit_code`; the MCP server raises it as a ``ToolError``.
+what is wrong and the hint what to do; no traceback is ever shown. A mistake on the command line (click's
+usage errors: an unknown option or command, a missing argument, a bad value) is one too: the CLI turns it
+into an :class:`IngeroError` (click's message; its did-you-mean, or where the help is, as the hint). Any
+other exception reaching a shell is an internal error too (a bug). :func:`render` is the one text both
+shells show: the CLI prints it and exits with :func:`exit_code`; the MCP server raises it as a
+``ToolError``.
 """
 
 from __future__ import annotations

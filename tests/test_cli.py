@@ -37,5 +37,5 @@ def test_top_level_help_lists_every_command():
 
 def test_unknown_command_is_a_clean_error():
     out = subprocess.run([str(Path(sys.executable).parent / "ingero"), "symbolz"], capture_output=True, text=True)
-    assert out.returncode == 2 and "Traceback" not in out.stderr
-    assert "No such command 'symbolz'" in out.stderr
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr == "error: No such command 'symbolz'.\nhint: see `ingero --help`\n"

@@ -77,6 +77,44 @@ def test_an_internal_error_exits_2_and_shows_the_traceback_only_when_asked(need_
         assert "Traceback" not in out.stderr and "run again with --debug or INGERO_DEBUG=1" in out.stderr
 
 
+@pytest.mark.parametrize(("args", "error", "hint"), [
+    (("trace", "--stak", "--", "true"), "No such option '--stak'.", "did you mean '--stacks' or '--no-stacks'?"),
+    (("symbols",), "Missing argument 'LIBRARY'.", "see `ingero symbols --help`"),
+    (("stacks", "--db", "x.db", "--limit", "many"), "Invalid value for '--limit': 'many' is not a valid integer.",
+     "see `ingero stacks --help`"),
+    (("probe", "chek"), "No such command 'chek'.", "did you mean 'check'?"),
+])
+def test_a_mistake_on_the_command_line_is_a_user_error(args, error, hint):
+    """click's usage errors exit 1 like every user error (2 is an internal error's), shown the same way."""
+    out = _run(INGERO, *args)
+    assert (out.returncode, out.stdout, out.stderr) == (1, "", f"error: {error}\nhint: {hint}\n")
+
+
+#: ``ingero stats`` with a bug planted where it opens the database (a KeyError, as a bug would raise)
+PLANTED_BUG = """
+import sys
+import ingero.store.reader as reader
+def broken(cls, path, **kw):
+    raise KeyError("planted")
+reader.TraceReader.open = classmethod(broken)
+from ingero.cli import main
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize("debug", ["", "--debug", "INGERO_DEBUG=1"])
+def test_a_bug_exits_2_and_shows_its_traceback_only_when_asked(debug):
+    env = {"INGERO_DEBUG": "1"} if debug.startswith("INGERO_DEBUG") else {}
+    out = _run(sys.executable, "-c", PLANTED_BUG, *(["--debug"] if debug == "--debug" else []),
+               "stats", "--db", str(DATALOADER), env=env)
+    assert out.returncode == 2, out.stderr
+    assert "internal error: KeyError: 'planted'\nhint: this is a bug in ingero: please report it" in out.stderr
+    if debug:
+        assert "Traceback (most recent call last)" in out.stderr and "in broken\nKeyError: 'planted'" in out.stderr
+    else:
+        assert "Traceback" not in out.stderr and "run again with --debug or INGERO_DEBUG=1" in out.stderr
+
+
 def test_exit_codes_and_rendering_of_the_tree():
     assert exit_code(IngeroError("x")) == 1 and exit_code(InternalError("x")) == 2 and exit_code(KeyError(1)) == 2
     assert render(IngeroError("no such thing", hint="try that")) == "error: no such thing\nhint: try that"

@@ -14,7 +14,7 @@ import traceback
 
 import click
 
-from ingero.errors import DEBUG_ENV, debugging, exit_code, render
+from ingero.errors import DEBUG_ENV, IngeroError, debugging, exit_code, render
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "libs": ("ingero.cli.symbols_cmd", "libs"),
@@ -59,17 +59,33 @@ def cli(debug: bool) -> None:
         os.environ[DEBUG_ENV] = "1"
 
 
+def usage_error(e: click.ClickException) -> IngeroError:
+    """A mistake on the command line (an unknown option or command, a missing argument, a bad value) as
+    the user error it is: click's own message, its did-you-mean as the hint, else where the help is."""
+    ctx = getattr(e, "ctx", None)
+    where = f"see `{ctx.command_path} --help`" if ctx is not None else "see `ingero --help`"
+    possible = getattr(e, "possibilities", None)  # an unknown option's close matches
+    if possible:
+        return IngeroError(e.message, "did you mean " + " or ".join(f"'{p}'" for p in possible) + "?")
+    message, _, maybe = e.format_message().partition(" Did you mean ")  # an unknown command's
+    return IngeroError(message, f"did you mean {maybe}" if maybe else where)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Run the CLI. A user error (:class:`~ingero.errors.IngeroError`) prints ``error:``/``hint:`` and
-    exits 1; an internal one exits 2, with its traceback under ``--debug`` or ``INGERO_DEBUG=1``."""
+    """Run the CLI. A user error (:class:`~ingero.errors.IngeroError`, and a mistake on the command line)
+    prints ``error:``/``hint:`` and exits 1; an internal one exits 2, with its traceback under ``--debug``
+    or ``INGERO_DEBUG=1``."""
     try:
         cli.main(args=argv, prog_name="ingero", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
+    except click.exceptions.NoArgsIsHelpError as e:  # a group without its subcommand: its help, as a mistake
+        click.echo(e.format_message(), err=True)
+        sys.exit(1)
     except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
+        click.echo(render(usage_error(e)), err=True)
+        sys.exit(1)
     except BrokenPipeError:
         sys.exit(0)
     except Exception as e:  # noqa: BLE001 - the shell: every error is shown one way, bugs included
