@@ -9,7 +9,7 @@ import pytest
 
 from ingero.analysis import TimeWindow, causal_chains, make_window, top_stacks, trace_stats
 from ingero.analysis.chains import CausalChain, dedup_stored, replay_chains
-from ingero.analysis.demo import SCENARIOS, build_scenario_db, find_scenario, run_scenario
+from ingero.analysis.demo import SCENARIOS, find_scenario, generate, run_scenario, scenario_db
 from ingero.analysis.stacks import parse_frames, render_frame
 from ingero.analysis.stats import nearest_rank
 from ingero.analysis.window import go_duration, parse_duration_ns, parse_time
@@ -132,8 +132,7 @@ def test_replay_recomputes_chains_from_events():
 
 
 def test_replay_on_synthetic_incident():
-    reader, writer = build_scenario_db(find_scenario("incident"))
-    try:
+    with scenario_db(find_scenario("incident")) as reader:
         chains, n = replay_chains(reader)
         assert n == 1468
         sync = next(c for c in chains if c.cuda_op == "cudaStreamSync")
@@ -141,9 +140,28 @@ def test_replay_on_synthetic_incident():
         assert sync.summary.startswith("cudaStreamSync p99=") and "850 sched_switch events" in sync.summary
         quiet = replay_chains(reader, TimeWindow(0, 1))[0]
         assert quiet == []
-    finally:
-        reader.close()
-        writer.close()
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
+def test_a_demo_database_is_written_by_the_store_s_writer_in_upstream_s_schema(scenario):
+    """Every generated event and snapshot is a row of upstream's tables, exactly (read back by direct SQL),
+    with the lookup rows and version any trace the writer writes has; the folder is gone afterwards."""
+    g = generate(scenario)
+    with scenario_db(scenario) as reader:
+        db = reader.mode.opened
+        cols = "id, timestamp, pid, tid, source, op, duration, gpu_id, arg0, arg1, ret_code, stack_hash, comm, node"
+        rows = _sql(db, f"SELECT {cols} FROM events ORDER BY CAST(substr(id, 6) AS INTEGER)")
+        snaps = _sql(db, "SELECT timestamp, cpu_pct, mem_pct, mem_avail, swap_mb, load_avg FROM system_snapshots "
+                         "ORDER BY id")
+        (version,), = _sql(db, "PRAGMA user_version")
+        sources = _sql(db, "SELECT id, name FROM sources")
+        (session,), = _sql(db, "SELECT command FROM sessions")
+    assert rows == [(f"demo:{i}", e.timestamp, e.pid, e.tid, e.source, e.op, e.duration, 0, e.arg0, e.arg1, 0, 0, "",
+                     "demo") for i, e in enumerate(g.events, 1)]
+    assert snaps == [tuple(s.__dict__.values()) for s in g.snaps]
+    assert version == 10 and (1, "CUDA") in sources and (3, "HOST") in sources
+    assert session == f"ingero demo scenario {scenario.name}"
+    assert not db.exists() and not db.parent.exists()
 
 
 def test_stacks_on_dataloader():

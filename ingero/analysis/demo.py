@@ -1,27 +1,30 @@
 """Upstream's six synthetic demo scenarios, generated as events and analysed for real.
 
-Each scenario writes its events (pid 12345, upstream's shapes and durations) into an in-memory database
-in upstream's schema; ``run_scenario`` then runs the same stats and causal-chain analysis as a stored
-trace gets. No GPU, no root and no sleeping: timestamps are synthetic.
+Each scenario's events (pid 12345, upstream's shapes and durations) are written by the store's own
+:class:`~ingero.store.EventWriter` into a database of a temporary folder, so the demo's database is
+upstream's schema written the one way every trace is; ``run_scenario`` then runs the same stats and
+causal-chain analysis as a stored trace gets. No GPU, no root and no sleeping: timestamps are synthetic.
 """
 
 from __future__ import annotations
 
 import random
-import sqlite3
-import uuid
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from ingero.analysis.chains import ChainsResult, causal_chains
 from ingero.analysis.stats import TraceStats, trace_stats
 from ingero.errors import IngeroError, suggestion
-from ingero.store.reader import OpenMode, TraceReader
-from ingero.store.schema import DDL
+from ingero.store.reader import TraceReader
+from ingero.store.records import Event, SessionInfo, SystemSnapshot
+from ingero.store.writer import EventWriter
 
 PID = 12345
 T0 = 1_774_000_000_000_000_000  # a fixed start time keeps outputs reproducible
+NODE = "demo"  # event ids are demo:1, demo:2, ...
 US, MS = 1_000, 1_000_000
 
 
@@ -30,19 +33,19 @@ class _Gen:
 
     def __init__(self) -> None:
         self.t = T0
-        self.rows: list[tuple] = []
-        self.snaps: list[tuple] = []
+        self.events: list[Event] = []
+        self.snaps: list[SystemSnapshot] = []
         self.rng = random.Random(42)
 
     def ev(self, source: int, op: int, dur: int, pid: int = PID, arg0: int = 0, arg1: int = 0) -> None:
-        self.rows.append((f"demo:{len(self.rows) + 1}", self.t, pid, pid, source, op, dur, arg0, arg1))
+        self.events.append(Event(self.t, pid, pid, source, op, dur, arg0=arg0, arg1=arg1))
         self.t += dur + 5 * US
 
     def jitter(self, ns: int, pct: float = 0.1) -> int:
         return max(1, int(ns * (1 + self.rng.uniform(-pct, pct))))
 
     def snap(self, cpu: float, mem: float = 40.0, load: float = 2.0) -> None:
-        self.snaps.append((self.t, cpu, mem, 16000, 0, load))
+        self.snaps.append(SystemSnapshot(self.t, cpu, mem, 16000, 0, load))
 
 
 def _incident(g: _Gen) -> None:
@@ -169,28 +172,30 @@ class DemoResult:
     events: int
 
 
-def build_scenario_db(scenario: Scenario) -> tuple[TraceReader, sqlite3.Connection]:
-    """Generate the scenario's events into a shared in-memory database; returns (reader, writer)."""
+def generate(scenario: Scenario) -> _Gen:
+    """The scenario's events and snapshots, in the order they happen (epoch ns timestamps)."""
     g = _Gen()
     scenario.generate(g)
-    name = f"ingero-demo-{uuid.uuid4().hex}"
-    uri = f"file:{name}?mode=memory&cache=shared"
-    w = sqlite3.connect(uri, uri=True, check_same_thread=False)
-    w.executescript(DDL)
-    w.executemany("INSERT INTO events (id, timestamp, pid, tid, source, op, duration, arg0, arg1) "
-                  "VALUES (?,?,?,?,?,?,?,?,?)", g.rows)
-    w.executemany("INSERT OR IGNORE INTO system_snapshots (timestamp, cpu_pct, mem_pct, mem_avail, swap_mb, "
-                  "load_avg) VALUES (?,?,?,?,?,?)", g.snaps)
-    w.commit()
-    return TraceReader(OpenMode("memory", Path(name), Path(name)), uri), w
+    return g
+
+
+@contextmanager
+def scenario_db(scenario: Scenario) -> Iterator[TraceReader]:
+    """The scenario written by the store's writer into a database of a temporary folder (removed on
+    exit), open for reading."""
+    g = generate(scenario)
+    with tempfile.TemporaryDirectory(prefix="ingero-demo-") as tmp:
+        path = Path(tmp) / f"{scenario.name}.db"
+        with EventWriter(path, node=NODE, session=SessionInfo(command=f"ingero demo scenario {scenario.name}",
+                                                               flags="synthetic")) as w:
+            for snap in g.snaps:
+                w.add_snapshot(snap)
+            w.add_events(g.events, epoch=True)
+        with TraceReader.open(path) as reader:
+            yield reader
 
 
 def run_scenario(name: str) -> DemoResult:
     scenario = find_scenario(name)
-    reader, writer = build_scenario_db(scenario)
-    try:
-        return DemoResult(scenario, trace_stats(reader), causal_chains(reader, top_n=0),
-                          reader.count("events"))
-    finally:
-        reader.close()
-        writer.close()
+    with scenario_db(scenario) as reader:
+        return DemoResult(scenario, trace_stats(reader), causal_chains(reader, top_n=0), reader.count("events"))
