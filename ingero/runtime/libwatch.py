@@ -27,6 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ingero.errors import BpfUnavailable, IngeroError
+from ingero.runtime.memory import release_compiler_memory
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,7 @@ class LibraryWatcher:
         except Exception as e:
             raise IngeroError(f"the kernel refused the library watcher: {e}",
                               hint="this is a bug in ingero: report it") from e
+        release_compiler_memory()
         cfg = self._bpf["watch_cfg"]
         cfg[ct.c_int(1)] = ct.c_uint32(int(self.hold))
         self._bpf["lib_loads"].open_ring_buffer(self._on_load)

@@ -32,6 +32,7 @@ from ingero.runtime.links import (
     ProcessLinks,
     UprobeMultiLink,
 )
+from ingero.runtime.memory import release_compiler_memory
 from ingero.runtime.ring import RingReader
 from ingero.runtime.shared import SharedNames
 from ingero.runtime.values import (  # noqa: F401 - part of this module's interface
@@ -149,6 +150,7 @@ class ProbeSession(BpfObject):
             # a probe in a live trace refers to the maps of the trace's standard set by that load's names
             names = self.tree.shared if self.tree is not None else SharedNames.fresh()
             self._bpf = BPF(text=names.apply(self.compiled.c_text), cflags=self.compiled.cflags)
+            release_compiler_memory()
             if self.compiled.has_python:
                 from ingero.pyframes import PyStacks
 

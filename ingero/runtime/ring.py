@@ -16,13 +16,16 @@ _DISCARD = 1 << 30
 class RingReader:
     """A BPF ring buffer map read in place, as libbpf does (``ring_buffer__consume``), in bulk.
 
-    The consumer page is mapped read-write, the producer page and the data area (mapped twice by the
-    kernel, so a record wrapping around the end is contiguous) read-only. :meth:`read` copies every
-    committed record since the last read with one slice and returns the decoded records of one fixed
-    layout (``record`` includes the 8-byte header; anything else in the ring -- a discarded or foreign
-    record -- is skipped). Stops at a record still being written (busy bit). Single consumer; relies on
-    x86-64 ordering (loads are not reordered with loads, nor stores with earlier loads), as the rest of
-    the probe set relies on x86-64 argument registers.
+    The consumer page is mapped read-write, the producer page and the data area read-only. The kernel
+    maps the data area twice in a row (so that a record wrapping around the end is contiguous); this
+    reader maps it once, because every mapped page counts in the tracer's resident set from the start
+    (the kernel maps all of them at mmap time): a 16 MiB ring costs 16 MiB, not 32. :meth:`read` copies
+    every committed record up to the end of the area with one slice and returns the decoded records of
+    one fixed layout (``record`` includes the 8-byte header; anything else in the ring -- a discarded or
+    foreign record -- is skipped); the one record that straddles the end is put together from its two
+    pieces. Stops at a record still being written (busy bit). Single consumer; relies on x86-64 ordering
+    (loads are not reordered with loads, nor stores with earlier loads), as the rest of the probe set
+    relies on x86-64 argument registers.
     """
 
     def __init__(self, map_fd: int, size: int, record: struct.Struct) -> None:
@@ -41,7 +44,7 @@ class RingReader:
         self._base = page
         self._cons = mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
         try:
-            self._data = mmap.mmap(map_fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
+            self._data = mmap.mmap(map_fd, page + size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
         except BaseException:
             self._cons.close()
             raise
@@ -69,14 +72,32 @@ class RingReader:
 
     def read(self, max_records: int = 1 << 30) -> list[tuple]:
         """The records committed since the last read (at most ``max_records``), decoded, in order."""
+        out = self._read_part(max_records)
+        chunk = self.last_chunk
+        # a part ends at the end of the data area: the records before it, the one straddling it, the
+        # records after it (what a doubly mapped area would give in one slice)
+        for _ in range(2):
+            if len(out) >= max_records:
+                break
+            more = self._read_part(max_records - len(out))
+            if not more:
+                break
+            out += more
+            chunk = None
+        self.last_chunk = chunk
+        return out
+
+    def _read_part(self, max_records: int) -> list[tuple]:
         cons = self._cons_pos[0]
         prod = self._prod_pos[0]
         self.last_chunk = None
         if prod <= cons:
             return []
-        n = min((prod - cons) // self.stride, max_records)
+        at = cons & (self.size - 1)
+        # whole records before the end of the (once-mapped) data area
+        n = min((prod - cons) // self.stride, max_records, (self.size - at) // self.stride)
         if n:
-            start = self._base + (cons & (self.size - 1))
+            start = self._base + at
             region = self._view[start:start + n * self.stride]
             # the headers first, in place: a record whose header reads committed has its body written, so
             # the copy taken after them holds it (x86-64: loads are not reordered with older loads)
@@ -88,19 +109,25 @@ class RingReader:
         return self._read_slow(cons, prod, max_records)
 
     def _read_slow(self, cons: int, prod: int, max_records: int) -> list[tuple]:
-        """Record by record: stop at a busy one, skip discarded and foreign ones."""
+        """Record by record: stop at a busy one, skip discarded and foreign ones, stop after the one that
+        reaches the end of the data area."""
         out: list[tuple] = []
-        data, mask, base = self._data, self.size - 1, self._base
+        data, mask, base, end = self._data, self.size - 1, self._base, self._base + self.size
         unpack, header = self.record.unpack_from, self._hdr.unpack_from
         while cons < prod and len(out) < max_records:
             off = base + (cons & mask)
-            length = header(data, off)[0]
+            length = header(data, off)[0]  # 8-byte aligned: a header never straddles the end
             if length & _BUSY:
                 break
             size = (((length & ~(_BUSY | _DISCARD)) + 8) + 7) // 8 * 8
             if not length & _DISCARD and size == self.stride:
-                out.append(unpack(data, off))
+                if off + size <= end:
+                    out.append(unpack(data, off))
+                else:  # the record wraps around: its tail is at the start of the area
+                    out.append(unpack(data[off:end] + data[base:base + off + size - end]))
             cons += size
+            if off + size >= end:
+                break
         self._cons_pos[0] = cons
         return out
 

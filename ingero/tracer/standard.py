@@ -21,7 +21,6 @@ callback, ctypes structure or Python object per event (the per-event path throug
 
 from __future__ import annotations
 
-import ctypes as ct
 import logging
 import mmap
 import os
@@ -35,6 +34,7 @@ from dataclasses import dataclass
 from ingero.paths import data_dir
 from ingero.runtime.bpfobj import BpfObject
 from ingero.runtime.links import BPF_TRACE_UPROBE_MULTI, LinkSpec, ProcessLinks, UprobeMultiLink
+from ingero.runtime.memory import release_compiler_memory
 from ingero.runtime.ring import RingReader
 from ingero.runtime.shared import SharedNames
 from ingero.store.schema import SOURCE_CUDA, SOURCE_DRIVER, SOURCE_HOST, op_name
@@ -100,14 +100,6 @@ class AttachedLibrary:
     @property
     def links(self) -> list[UprobeMultiLink]:
         return self.per_process.links
-
-
-def _release_compiler_memory() -> None:
-    """Give back to the system the heap bcc's in-process compiler (LLVM) left behind (~30 MB)."""
-    try:
-        ct.CDLL(None).malloc_trim(0)
-    except (AttributeError, OSError):  # not glibc
-        pass
 
 
 def _symbols_for(soname: str) -> tuple[int, dict[str, int]] | None:
@@ -180,7 +172,7 @@ class StandardTracer(BpfObject):
                 self._rings[name] = ring
                 self._epoll.register(ring.fd, select.EPOLLIN)
             self.follower = ProcessFollower(self._bpf, self._link_libraries, self._unlink_libraries)
-            _release_compiler_memory()
+            release_compiler_memory()
             for pid in self._initial:
                 self.follow(pid)
             self.follower.start()
