@@ -1,7 +1,9 @@
 /* Calls one no-argument function of a shared library N times and prints the mean ns per call.
  * usage: callloop LIB SYMBOL N [wait]     (e.g. libcudart.so.12 cudaGetLastError 1000000)
  * The library is dlopen()ed, so no CUDA headers are needed. Prints: "<ns per call> <pid>". With "wait",
- * prints "ready <pid>" after the warm-up and waits for a line on stdin before the timed loop. */
+ * prints "ready <pid>" after the warm-up and waits for a line on stdin before the timed loop. On stderr:
+ * "cpu <ns per call>", the CPU time (user + system, traps included) the loop itself used, which other
+ * processes competing for the CPU change much less than the wall time. */
 #include <dlfcn.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,11 +26,15 @@ int main(int argc, char **argv) {
         fflush(stdout);
         if (!fgets(line, sizeof line, stdin)) return 1;
     }
-    struct timespec a, b;
+    struct timespec a, b, ca, cb;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ca);
     clock_gettime(CLOCK_MONOTONIC, &a);
     for (long i = 0; i < n; i++) sink += fn();
     clock_gettime(CLOCK_MONOTONIC, &b);
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &cb);
     double ns = ((b.tv_sec - a.tv_sec) * 1e9 + (b.tv_nsec - a.tv_nsec)) / n;
+    double cpu = ((cb.tv_sec - ca.tv_sec) * 1e9 + (cb.tv_nsec - ca.tv_nsec)) / n;
     printf("%.1f %d\n", ns, getpid());
+    fprintf(stderr, "cpu %.1f\n", cpu);
     return 0;
 }
