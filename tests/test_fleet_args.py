@@ -74,6 +74,7 @@ def test_over_the_bound_is_refused_naming_the_argument(name):
     ({"action": "stragglers", "k": 1e6}, f'argument "k" must be at most {MAX_K:g}, got 1000000'),
     ({"action": "Everything"}, 'argument "action" must be one of "overview", "ops", "stragglers", "errors", '
                                '"promql", got string "Everything"'),
+    ({"action": "stragglrs"}, '"promql", got string "stragglrs"; did you mean \'stragglers\'?'),
     ({"action": "ops", "node": "a"}, 'unknown argument "node"'),
 ])
 def test_numbers_and_names_out_of_bounds(args, message):

@@ -11,7 +11,8 @@ Actions (upstream's tool name, answered from Prometheus instead of a fan-out of 
   coarsest step) and in output (series, points, characters).
 
 ``since`` empty means everything each node counted since its trace started (the cumulative counters, which
-match the node's own database); a duration (``5m``) takes the increase over that last window instead. A
+match the node's own database); a duration (``5m``) takes the exact counts of that last window instead
+(:func:`_counter`: not ``increase()``, which loses a series' first sample and extrapolates). A
 node is told apart by its ``node`` and ``rank`` labels; each answer says how to reach that node's own
 ``ingero mcp --live`` (the ``mcp`` label of ``ingero_node_info``) so an agent can go there and attach probes.
 """
@@ -124,8 +125,19 @@ def _window(since: str) -> str:
 
 
 def _counter(metric: str, window: str, by: str, match: str = "") -> str:
+    """PromQL for a counter's total per ``by``: since each trace started, or over the last ``window``.
+
+    Over a window the count is exact, not ``increase()``'s extrapolation (which also loses a series' first
+    sample): the last sample in the window minus the sample at its start (the last one scraped before it),
+    and a series first scraped inside the window counted from 0 (a trace's counters start at 0). A series
+    whose counter went back (its trace restarted inside the window) is counted from that restart; the
+    answers name such nodes (:meth:`FleetQuery.restarted`)."""
     sel = f"{metric}{{{match}}}" if match else metric
-    return f"sum by ({by}) (increase({sel}[{window}]))" if window else f"sum by ({by}) ({sel})"
+    if not window:
+        return f"sum by ({by}) ({sel})"
+    last = f"last_over_time({sel}[{window}])"
+    return (f"sum by ({by}) ((({last} - {sel} offset {window}) unless (resets({sel}[{window}]) > 0)) "
+            f"or {last})")
 
 
 def _op_match(op: str) -> str:
@@ -205,8 +217,21 @@ class FleetQuery:
         text = getattr(self, f"_{action}_text")(since=since, op=op, k=k, limit=lim)
         return _cap(text)
 
+    def restarted(self, since: str) -> list[tuple[str, str]]:
+        """Nodes whose trace restarted (a counter went back) within the last ``since``."""
+        w = _window(since)
+        if not w:
+            return []
+        return sorted({_key(s.labels) for s in self.prom.instant(f"max by (node, rank) (resets({CALLS_TOTAL}[{w}]))")
+                       if s.value > 0})
+
     def _scope(self, since: str) -> str:
-        return f"last {since}" if _window(since) else "since each node's trace started"
+        if not _window(since):
+            return "since each node's trace started"
+        again = self.restarted(since)
+        note = f"; counted from its restart: {', '.join(map(_who, again))}" if again else ""
+        return (f"last {since}: exact counts between the last scrape before the window and the last in it, "
+                f"a series first scraped inside it counted from 0{note}")
 
     def _reach_lines(self, keys) -> list[str]:
         reach = self.reach()
@@ -245,7 +270,9 @@ class FleetQuery:
                  "bucket shown)", "op|node|rank|calls|p50|p99|p99 bucket"]
         lines += [f"{r.op}|{r.node[0]}|{r.node[1]}|{r.calls}|{fmt_s(r.p50_s)}|{fmt_s(r.p99_s)}|{bucket_of(r.p99_s)}"
                   for r in rows[:limit]]
-        if not rows:
+        if not rows and _window(since):
+            lines.append(f"no CUDA calls in the last {since}" + (f" for op {op}" if op else ""))
+        elif not rows:
             lines.append("no CUDA calls in the fleet's metrics" + (f" for op {op}" if op else "") +
                          " (is Prometheus scraping the nodes' --metrics? see docs/fleet.md)")
         text = _more(lines, len(rows), limit)

@@ -18,7 +18,8 @@ QUERY_FLEET_DESCRIPTION = (
     "ops (per-op p50/p99 per node from latency histograms), stragglers (nodes whose p99 of an op exceeds k x "
     "the fleet median, with the factor), errors (failing calls per node, op and CUDA error), promql (a "
     "read-only PromQL query; bounded: 10 s, 24 h range, 120 points and `limit` series). Omit 'since' for "
-    "everything since each node's trace started. Each answer says how to reach the node's own `ingero mcp "
+    "everything since each node's trace started; with 'since' the counts are exact over that window. Each "
+    "answer says how to reach the node's own `ingero mcp "
     "--live`: go there to get_trace_stats and attach probes.")
 
 

@@ -78,8 +78,10 @@ def _sentence(tool: str, err: ValidationError) -> str:
         return f"invalid arguments for {tool}: {where} must be {want}, got {_kind(err.instance)}"
     if err.validator in ("enum", "const"):
         allowed = err.validator_value if err.validator == "enum" else [err.validator_value]
+        near = did_you_mean(err.instance, [str(a) for a in allowed]) if isinstance(err.instance, str) else []
+        hint = f"; did you mean {near[0]!r}?" if near else ""
         return (f"invalid arguments for {tool}: {where} must be one of {', '.join(map(json.dumps, allowed))}, "
-                f"got {_kind(err.instance)}")
+                f"got {_kind(err.instance)}{hint}")
     if err.validator == "maxLength":
         return (f"invalid arguments for {tool}: {where} is {len(err.instance)} characters, more than the "
                 f"{err.validator_value} this server accepts")

@@ -205,9 +205,12 @@ def fleet(tmp_path_factory):
                 p.wait()
 
 
-async def _query_fleet(url: str, audit: Path, calls: list[dict]) -> list[tuple[bool, str]]:
+async def _query_fleet(url: str, audit: Path, calls: list[dict], times: list | None = None) -> list[tuple[bool, str]]:
+    """Each call's (is_error, text); ``times`` gets each call's wall-clock (start, end). A call given as a
+    function is the arguments it returns when called right before the call."""
     from mcp import ClientSession, StdioServerParameters
     from mcp.client.stdio import stdio_client
+    from mcp.shared.exceptions import MCPError
 
     params = StdioServerParameters(command=ingero_cmd(), args=["mcp", "--prometheus", url,
                                                                "--audit-db", str(audit)],
@@ -218,7 +221,16 @@ async def _query_fleet(url: str, audit: Path, calls: list[dict]) -> list[tuple[b
         tools = {t.name for t in (await s.list_tools()).tools}
         assert "query_fleet" in tools
         for args in calls:
-            res = await s.call_tool("query_fleet", args)
+            if callable(args):  # made just before the call (a window timed to the scrapes)
+                args = args()
+            t0 = time.time()
+            try:
+                res = await s.call_tool("query_fleet", args)
+            except MCPError as e:  # invalid params (the input schema): a JSON-RPC error
+                out.append((True, f"invalid params: {e.error.message}"))
+                continue
+            if times is not None:
+                times.append((t0, time.time()))
             out.append((res.is_error, text_of(res)))
     return out
 
@@ -306,7 +318,73 @@ def test_query_fleet_over_a_real_prometheus(fleet, tmp_path):
     assert too_long[0] and "at most 24 h" in too_long[1], too_long
     assert not coarse[0] and "step raised from 1s to 5s" in coarse[1], coarse
     assert not limited[0] and re.search(r"\.\.\. \d+ more", limited[1]), limited
-    assert typo[0] and "did you mean 'stragglers'" in typo[1], typo
+    assert typo[0] and 'argument "action" must be one of' in typo[1], typo
+    assert "did you mean 'stragglers'" in typo[1], typo
+
+
+def _samples(url: str, rank: str) -> list[tuple[float, float]]:
+    """Prometheus's raw samples of a node's OP call counter: (time, value), in order."""
+    q = f'ingero_call_duration_seconds_count{{rank="{rank}",op="{OP}"}}[1h]'
+    (series,) = _prom_get(url, "/api/v1/query", query=q)["data"]["result"]
+    return [(float(t), float(v)) for t, v in series["values"]]
+
+
+def _at(samples: list[tuple[float, float]], t: float) -> float:
+    """The counter at time t: its last sample at or before t (0 before the first: the trace started at 0)."""
+    return max((v for ts, v in samples if ts <= t), default=0.0)
+
+
+def test_since_counts_are_exact(fleet, tmp_path):
+    """A window over a whole trace counts every call (increase() would lose the first sample and
+    extrapolate); a window starting mid-trace counts exactly what the counter gained since the last
+    scrape before its start (bracketed by the call's own start and end times)."""
+    nodes, url = fleet["nodes"], fleet["url"]
+    truth = {rank: _p99_in_db(n["db"], 5)[1] for rank, n in nodes.items()}
+    samples = {rank: _samples(url, rank) for rank in nodes}
+    ref = samples[PROBE_RANK]
+    last = ref[-1][1]
+    # a window starting just after the last sample that is below the final count (mid-trace when the
+    # scrapes caught the workload running), or after the first sample
+    start = max((t for t, v in ref if v < last), default=ref[0][0])
+    window = 0
+
+    def mid_trace() -> dict:  # whole seconds (as since is), asked 0.1 s after a whole one from start
+        nonlocal window
+        window = math.floor(time.time() - start) + 1
+        time.sleep(max(0.0, start + window + 0.1 - time.time()))
+        return {"action": "ops", "op": OP, "since": f"{window}s"}
+
+    times: list[tuple[float, float]] = []
+    answers = anyio.run(_query_fleet, url, tmp_path / "audit.db", [
+        {"action": "ops", "op": OP, "since": "1h"},
+        {"action": "errors", "since": "1h"},
+        mid_trace,
+    ], times)
+    for err, text in answers:
+        print(f"--- (error={err})\n{text}")
+    (_, whole), (_, errors), (_, part) = answers
+    assert "last 1h: exact counts" in whole
+    rows = _table(whole, "op|node|rank|calls|p50|p99|p99 bucket")
+    assert {r["rank"]: int(r["calls"]) for r in rows} == truth
+    want = {}
+    for rank, n in nodes.items():
+        with _ro(n["db"]) as c:
+            for src, op, count in c.execute("SELECT source, op, count(*) FROM events WHERE source IN (1, 4) "
+                                            "AND ret_code != 0 GROUP BY 1, 2"):
+                want[(rank, op_name(src, op))] = count
+    rows = _table(errors, "node|rank|source|op|error|failed|of calls")
+    assert {(r["rank"], r["op"]): int(r["failed"]) for r in rows} == want
+    # the mid-trace window: Prometheus evaluated it at some instant between the call's start and end
+    t0, t1 = times[2]
+    print("samples", samples, "window", window, "start", start, "asked", t0, t1)
+    got = {r["rank"]: int(r["calls"]) for r in _table(part, "op|node|rank|calls|p50|p99|p99 bucket")}
+    for rank, ss in samples.items():
+        final = ss[-1][1]
+        allowed = {final - _at(ss, t) for t in [t0 - window, t1 - window] + [ts for ts, _ in ss
+                                                                           if t0 - window <= ts <= t1 - window]}
+        assert got.get(rank, 0) in allowed, (rank, got, allowed, window, ss)
+    if t1 - window < start + 1 - 0.05:  # answered before the next scrape could fall inside: one answer only
+        assert got.get(PROBE_RANK, 0) == last - _at(ref, start), (got, ref, window)
 
 
 def test_ingero_fleet_cli_twin(fleet):
