@@ -12,7 +12,7 @@ import pytest
 
 from ingero.mcp.format import PREAMBLE
 from ingero.store import Event, EventWriter, ProbeField, ProbeInfo, SessionInfo, TraceReader
-from ingero.store.writer import Aggregate
+from ingero.store.records import Aggregate
 from tests.replay_helpers import ingero_cmd
 
 S = 10**9

@@ -123,7 +123,7 @@ def test_merge_puts_python_frames_before_the_interpreter():
 
 
 def test_python_frames_are_stored_in_upstreams_shape():
-    from ingero.store.writer import frames_json
+    from ingero.store.records import frames_json
 
     stored = json.loads(frames_json([Frame(ip=0x10, symbol="cudaMalloc+0x0", file="/a/libcudart.so.12"),
                                      Frame(py_file="/w/train.py", py_func="<module>", py_line=84)]))
@@ -142,7 +142,7 @@ def test_an_upstream_database_with_python_frames_reads_the_same(tmp_path):
 
     from ingero.analysis import top_stacks
     from ingero.store import TraceReader
-    from ingero.store.writer import frames_json
+    from ingero.store.records import frames_json
 
     src = ROOT.parent / "shared" / "data" / "ingero-dbs" / "pytorch-dataloader-starvation.db"
     if not src.exists():

@@ -28,8 +28,8 @@ from ingero.store import (
 )
 from ingero.store.clock import ktime_now
 from ingero.store.lookup import USER_VERSION
+from ingero.store.records import Aggregate, stack_hash_frames, stack_hash_ips
 from ingero.store.schema import INGERO_OPS, OP_NAMES, SOURCE_PROBE
-from ingero.store.writer import Aggregate, stack_hash_frames, stack_hash_ips
 from tests.replay_helpers import DATALOADER
 
 COPIES = ProbeInfo("big_copies", "probe big_copies = libcudart:cudaMemcpyAsync\n    record count, stream, latency",

@@ -20,15 +20,13 @@ as ``ret_code`` and every recorded field, in the probe's field order, in ``value
 values in ``probe_values`` keyed by the event's id, in the same transaction.
 
 Size cap: with ``max_db_size`` (bytes, database plus ``-wal``), every ``check_every`` batches the writer
-stats the two files; above the cap it deletes the oldest events (and their ``probe_values``), aggregates,
-snapshots and chains older than a cutoff that keeps ~90 % of the cap (upstream's rule), drops orphan
-stacks, vacuums incrementally and truncates the WAL.
+has the file pruned (:func:`ingero.store.dbfile.prune`: the oldest rows go). The file itself (creating or
+opening one, its size, pruning, deferred indexes) is :mod:`ingero.store.dbfile`'s; this module writes rows.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import re
 import socket
 import sqlite3
@@ -39,27 +37,16 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ingero.store import dbfile
 from ingero.store.clock import EpochClock
-from ingero.store.lookup import (
-    DEFERRABLE_INDEXES,
-    OPS,
-    SCHEMA_INFO,
-    SOURCES,
-    USER_VERSION,
-    VALUE_SLOTS,
-    WRITER_COLUMNS,
-    WRITER_DDL,
-)
-from ingero.store.records import (  # noqa: F401 - the writer's public types live there
+from ingero.store.lookup import VALUE_SLOTS
+from ingero.store.records import (
     EVENT_COLUMNS,
     I64_MAX,
     U64,
-    VIEW_BASE,
     Aggregate,
     ChainLike,
-    Event,
     Frame,
-    ProbeField,
     ProbeHandle,
     ProbeInfo,
     SessionInfo,
@@ -72,7 +59,7 @@ from ingero.store.records import (  # noqa: F401 - the writer's public types liv
     stack_hash_ips,
     view_columns,
 )
-from ingero.store.schema import DDL, SOURCE_PROBE
+from ingero.store.schema import SOURCE_PROBE
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +104,7 @@ class EventWriter:
         self._closed = False
         self._deferred: list[str] = []
         self._side_sql: dict[int, str] = {}
-        self.conn = self._open()
+        self.conn = dbfile.open_database(self.path, self.max_db_size)
         self._prefix = f"{self.node}:"
         literal = _sql_literal(self._prefix)
         node = _sql_literal(self.node)
@@ -125,79 +112,12 @@ class EventWriter:
         self._ins_epoch = _INSERT_EVENTS.format(prefix=literal, offset=0, node=node)
         self._seq = self._max_seq()
         self._known_stacks = {h for (h,) in self.conn.execute("SELECT hash FROM stack_traces")}
-        if defer_indexes and not self.conn.execute("SELECT 1 FROM events LIMIT 1").fetchone():
-            for name, _ in DEFERRABLE_INDEXES:
-                self.conn.execute(f"DROP INDEX IF EXISTS {name}")
-            self._deferred = [sql for _, sql in DEFERRABLE_INDEXES]
-            self.conn.execute("PRAGMA cache_size = -8192")    # appends touch the right edge only: 8 MiB
+        if defer_indexes:
+            self._deferred = dbfile.defer_indexes(self.conn)
         self.session_id = self._start_session(session or SessionInfo())
         self.indexes_missing: tuple[str, ...] = ()  # deferred indexes a bounded close did not build
 
-    # -- opening --------------------------------------------------------------------------------------
-    def _open(self) -> sqlite3.Connection:
-        p = self.path
-        try:
-            p.parent.mkdir(parents=True, exist_ok=True)
-            existed = p.exists() and p.stat().st_size > 0
-            conn = sqlite3.connect(p, isolation_level=None, check_same_thread=False)
-        except (OSError, sqlite3.Error) as e:
-            raise StoreError(f"cannot create the trace database {p}: {e}") from e
-        try:
-            return self._prepare(conn, existed)
-        except sqlite3.DatabaseError as e:
-            conn.close()
-            raise StoreError(f"cannot write {p} as a trace database: {e}") from e
-        except BaseException:
-            conn.close()
-            raise
-
-    def _prepare(self, conn: sqlite3.Connection, existed: bool) -> sqlite3.Connection:
-        p = self.path
-        if existed:
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > USER_VERSION:
-                raise StoreError(f"{p} was written by a newer Ingero (user_version {version} > {USER_VERSION})",
-                                 "write to a new file with --db")
-            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-            if tables and "events" not in tables:
-                raise StoreError(f"{p} is an SQLite database but not a trace database (no events table)",
-                                 "give a new file or an Ingero database")
-            if "events" in tables:
-                cols = {r[1]: r[2] for r in conn.execute("PRAGMA table_info(events)")}
-                missing = [c for c in EVENT_COLUMNS if c not in cols]
-                if missing or cols["id"].upper() != "TEXT":
-                    raise StoreError(f"{p} has an older Ingero schema (events lacks {', '.join(missing) or 'TEXT ids'})"
-                                     "; ingero appends only to v0.10 databases and never migrates one",
-                                     "write to a new file with --db")
-        conn.execute("PRAGMA busy_timeout = 5000")
-        # new files only; page_size first: once auto_vacuum is set, SQLite has fixed the page size (4096)
-        conn.execute("PRAGMA page_size = 16384")              # ~10 % faster inserts than 4096
-        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")      # as upstream
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise StoreError(f"cannot switch {p} to WAL mode (journal_mode is {mode})")
-        conn.execute("PRAGMA synchronous = NORMAL")
-        conn.execute("PRAGMA cache_size = -32768")            # 32 MiB: index pages stay hot
-        if self.max_db_size:
-            conn.execute(f"PRAGMA journal_size_limit = {max(1 << 20, min(64 << 20, self.max_db_size // 4))}")
-        conn.execute("BEGIN IMMEDIATE")
-        for stmt in _statements(DDL + WRITER_DDL):
-            conn.execute(stmt)
-        for table, col, decl in WRITER_COLUMNS:
-            cols = {r[1] for r in conn.execute(f'PRAGMA table_info("{table}")')}
-            if col not in cols:
-                conn.execute(f'ALTER TABLE "{table}" ADD COLUMN {col} {decl}')
-        if not conn.execute("SELECT 1 FROM sources LIMIT 1").fetchone():
-            conn.executemany("INSERT INTO sources VALUES (?, ?, ?)", SOURCES)
-            conn.executemany("INSERT INTO ops VALUES (?, ?, ?, ?)", OPS)
-        conn.executemany("INSERT OR IGNORE INTO sources VALUES (?, ?, ?)", SOURCES)
-        conn.executemany("INSERT OR IGNORE INTO ops VALUES (?, ?, ?, ?)", OPS)
-        conn.executemany("INSERT OR REPLACE INTO schema_info VALUES (?, ?)", SCHEMA_INFO)
-        if conn.execute("PRAGMA user_version").fetchone()[0] < USER_VERSION:
-            conn.execute(f"PRAGMA user_version = {USER_VERSION}")
-        conn.execute("COMMIT")
-        return conn
-
+    # -- opening ---------------------------------------------------------------------------------------
     def _max_seq(self) -> int:
         n = len(self._prefix)
         row = self.conn.execute(
@@ -537,58 +457,15 @@ class EventWriter:
 
     # -- size cap -------------------------------------------------------------------------------------
     def db_bytes(self) -> int:
-        total = 0
-        for suffix in ("", "-wal"):
-            try:
-                total += os.stat(f"{self.path}{suffix}").st_size
-            except FileNotFoundError:
-                pass
-        return total
+        return dbfile.db_bytes(self.path)
 
     def _maybe_prune(self) -> None:
-        size = self.db_bytes()
-        if size <= self.max_db_size:
-            return
-        c = self.conn
-        # a checkpoint first: the -wal may hold most of the size, and pruning rows would not shrink it
-        c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        size = self.db_bytes()
-        target = self.max_db_size * 9 // 10
-        for _ in range(3):
-            if size <= self.max_db_size:
-                break
-            mn, mx = c.execute("SELECT MIN(timestamp), MAX(timestamp) FROM events").fetchone()
-            if mn is None:
-                break
-            cutoff = max(mx - (mx - mn) * target // size, mn + 1)
-            self._prune_before(cutoff)
-            size = self.db_bytes()
-        if size > self.max_db_size:
-            log.warning("%s: %d bytes after pruning, above the cap of %d", self.path, size, self.max_db_size)
-
-    def _prune_before(self, cutoff: int) -> None:
-        c = self.conn
-        c.execute("BEGIN IMMEDIATE")
-        try:
-            c.execute("DELETE FROM probe_values WHERE event_id IN (SELECT id FROM events WHERE timestamp < ?)",
-                      (cutoff,))
-            n = c.execute("DELETE FROM events WHERE timestamp < ?", (cutoff,)).rowcount
-            for table, col in (("event_aggregates", "bucket"), ("event_aggregates_5s", "bucket"),
-                               ("system_snapshots", "timestamp"), ("causal_chains", "detected_at")):
-                c.execute(f"DELETE FROM {table} WHERE {col} < ?", (cutoff,))
-            c.execute("DELETE FROM stack_traces WHERE hash NOT IN (SELECT DISTINCT stack_hash FROM events)")
-            c.execute("COMMIT")
-        except BaseException:
-            c.execute("ROLLBACK")
-            raise
-        self._known_stacks = {h for (h,) in c.execute("SELECT hash FROM stack_traces")}
-        self._stack_memo.clear()
-        c.execute("PRAGMA incremental_vacuum")
-        c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        self._pruned += max(0, n)
-        self._prunes += 1
-        log.info("%s: pruned %d events older than %d to stay under %d bytes", self.path, n, cutoff,
-                 self.max_db_size)
+        deleted, passes = dbfile.prune(self.conn, self.path, self.max_db_size)
+        if passes:
+            self._known_stacks = {h for (h,) in self.conn.execute("SELECT hash FROM stack_traces")}
+            self._stack_memo.clear()
+            self._pruned += deleted
+            self._prunes += passes
 
     # -- status and closing -----------------------------------------------------------------------------
     @property
@@ -618,7 +495,8 @@ class EventWriter:
                             "WHERE session_id = ? AND ended_at = 0", [(now, self.session_id)])
                 self._queue("UPDATE sessions SET stopped_at = ? WHERE id = ?", [(now, self.session_id)])
                 self._write([], {}, False)
-                self._build_deferred(index_budget_s)
+                self.indexes_missing = dbfile.build_indexes(self.conn, self.path, self._deferred, index_budget_s)
+                self._deferred = []
                 if not self.indexes_missing:
                     self.conn.execute("PRAGMA optimize")
                 self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -626,43 +504,8 @@ class EventWriter:
                 self._closed = True
                 self.conn.close()
 
-    def _build_deferred(self, budget_s: float | None) -> None:
-        if not self._deferred:
-            return
-        self.conn.execute("PRAGMA cache_size = -32768")
-        timer = None
-        deadline = None
-        if budget_s is not None:
-            deadline = time.monotonic() + max(0.0, budget_s)
-            timer = threading.Timer(max(0.0, budget_s), self.conn.interrupt)
-            timer.daemon = True
-            timer.start()
-        try:
-            for i, sql in enumerate(self._deferred):
-                try:
-                    if deadline is not None and time.monotonic() >= deadline:
-                        raise sqlite3.OperationalError("interrupted: out of time")
-                    self.conn.execute(sql)
-                except sqlite3.OperationalError as e:
-                    if "interrupt" not in str(e):
-                        raise
-                    self.indexes_missing = tuple(re.findall(r"EXISTS (\w+)", " ".join(self._deferred[i:])))
-                    log.warning("%s: left without the indexes %s, out of time to build them (%.1f s given); the "
-                                "file reads the same, slower to filter, and a writer appending to it builds them",
-                                self.path, ", ".join(self.indexes_missing), budget_s)
-                    break
-        finally:
-            if timer is not None:
-                timer.cancel()
-            self._deferred = []
-
 
 # --- helpers -------------------------------------------------------------------------------------------
-def _statements(script: str) -> list[str]:
-    """Split a DDL script into statements (the DDL has no ';' inside literals)."""
-    return [s.strip() for s in script.split(";") if s.strip()]
-
-
 def _sql_literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
@@ -704,6 +547,4 @@ def _fix_row(row: tuple) -> tuple:
     return tuple(_fix_value(v) for v in row)
 
 
-__all__ = ["Aggregate", "ChainLike", "EVENT_COLUMNS", "Event", "EventWriter", "Frame", "ProbeField", "ProbeHandle",
-           "ProbeInfo", "SessionInfo", "StoreError", "SystemSnapshot", "WriterStats", "frames_json",
-           "stack_hash_frames", "stack_hash_ips"]
+__all__ = ["EventWriter"]

@@ -127,7 +127,7 @@ class SelectiveStorage:
 
     def take_aggregates(self) -> list:
         """The buckets counted since the last call (the writer adds them to what is stored)."""
-        from ingero.store.writer import Aggregate
+        from ingero.store.records import Aggregate
 
         out = [Aggregate(bucket, s, o, pid, b.count, b.stored, b.sum_dur, b.min_dur, b.max_dur, b.sum_arg0)
                for (bucket, s, o, pid), b in self._buckets.items()]
