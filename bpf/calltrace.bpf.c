@@ -1,8 +1,14 @@
 /* Entry + return of any number of functions of one file, one uprobe_multi link per direction.
  * The entry stashes the time and the integer argument registers; the return emits one ingero_call.
- * Compiled by bcc with -I<bpf dir>; RINGBUF_PAGES is set by the loader. */
+ * struct ingero_call is not written here: the loader (ingero/runtime/calltrace.py) puts it before this
+ * text, rendered from its one description (CALL_RECORD in ingero/compiler/record.py) with static
+ * assertions of the decoder's offsets. RINGBUF_PAGES is set by the loader. */
 #include <uapi/linux/ptrace.h>
-#include "ingero_call.h"
+
+struct ingero_call_key {
+    u64 pid_tgid;
+    u64 cookie;
+};
 
 BPF_HASH(inflight, struct ingero_call_key, struct ingero_call, 10240);
 BPF_RINGBUF_OUTPUT(calls, RINGBUF_PAGES);

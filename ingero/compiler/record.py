@@ -1,9 +1,10 @@
 """Record layouts, each defined once here: the C struct text and the ctypes decoder both come from it.
 
 A :class:`Layout` is a list of fields (name, C scalar type, array length). ``c_struct()`` renders the C
-declaration the BPF program uses; ``ctype()`` builds the matching ``ctypes.Structure`` the runtime
-decodes with. Every field is 8 bytes or a byte array whose length is a multiple of 8, placed after the
-scalars, so neither side adds padding (tests check ``sizeof`` agrees with the kernel's view).
+declaration the BPF program uses; ``ctype`` builds the matching ``ctypes.Structure`` the runtime decodes
+with, and ``struct_format()`` the :mod:`struct` format. Fields are laid out so that neither side adds
+padding; ``c_checks()`` states the decoder's size and offsets as C static assertions, so the compiler that
+builds the program refuses it if its view of the struct differs.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import ctypes as ct
 from dataclasses import dataclass
 from functools import cached_property
+
+from ingero.abi import INT_REGS
 
 _CT = {"u64": ct.c_uint64, "s64": ct.c_int64, "u32": ct.c_uint32, "s32": ct.c_int32, "char": ct.c_char}
 _SIZE = {"u64": 8, "s64": 8, "u32": 4, "s32": 4, "char": 1}
@@ -39,10 +42,19 @@ class Layout:
         fields = [(f.name, _CT[f.ctype] * f.length if f.length else _CT[f.ctype]) for f in self.fields]
         return type(self.name, (ct.Structure,), {"_fields_": fields})
 
+    def c_checks(self) -> str:
+        """C static assertions of the decoder's view (``ctype``): the struct's size and each field's offset."""
+        ct_ = self.ctype
+        lines = [f'_Static_assert(sizeof(struct {self.name}) == {ct.sizeof(ct_)}, "{self.name}: size");']
+        lines += [f"_Static_assert(__builtin_offsetof(struct {self.name}, {f.name}) == {getattr(ct_, f.name).offset}, "
+                  f'"{self.name}.{f.name}: offset");' for f in self.fields]
+        return "\n".join(lines)
+
     def struct_format(self) -> str:
         """The layout as a :mod:`struct` format (no byte order or padding marks: add them)."""
         codes = {"u64": "Q", "s64": "q", "u32": "I", "s32": "i"}
-        return "".join(f"{f.length}s" if f.ctype == "char" else codes[f.ctype] for f in self.fields)
+        return "".join(f"{f.length}s" if f.ctype == "char" else f"{f.length or ''}{codes[f.ctype]}"
+                       for f in self.fields)
 
     @property
     def size(self) -> int:
@@ -59,6 +71,22 @@ EVENT_HEADER = Layout(
         LayoutField("tid", "u32", key="tid"),
         LayoutField("probe", "u32"),
         LayoutField("cookie", "u32", key="symbol"),
+    ),
+)
+
+#: The record of one traced call of :class:`~ingero.runtime.calltrace.CallTracer` (``bpf/calltrace.bpf.c``):
+#: stashed at entry, emitted at return through the ring buffer.
+CALL_RECORD = Layout(
+    "ingero_call",
+    (
+        LayoutField("ts_ns", "u64"),  # bpf_ktime_get_ns() at entry (CLOCK_MONOTONIC)
+        LayoutField("latency_ns", "u64"),  # return - entry
+        LayoutField("pid", "u32"),  # tgid
+        LayoutField("tid", "u32"),
+        LayoutField("cookie", "u32"),  # the attach cookie: the index of the symbol that fired
+        LayoutField("flags", "u32"),
+        LayoutField("retval", "s64"),
+        LayoutField("args", "u64", len(INT_REGS)),  # the integer argument registers at entry, in SysV order
     ),
 )
 

@@ -4,6 +4,10 @@
 symbols), attaches it as two uprobe_multi links (entry, return) whose attach cookies index the symbol
 list, and decodes the ring buffer into :class:`TracedCall` values. ``close()`` detaches both links and
 releases the programs; it is idempotent and also runs on ``with`` exit.
+
+The record (``struct ingero_call``) has one description, :data:`ingero.compiler.record.CALL_RECORD`: the C
+struct is rendered from it into the program's text, with static assertions of the offsets the decoder's
+``ctypes`` structure (made from the same description) reads, so clang refuses a program whose view differs.
 """
 
 from __future__ import annotations
@@ -19,22 +23,14 @@ from ingero.runtime.links import BPF_TRACE_UPROBE_MULTI, UprobeMultiLink, attach
 
 log = logging.getLogger(__name__)
 
-MAX_ARGS = 6
 
 
-class CallRecord(ct.Structure):
-    """Mirror of ``struct ingero_call`` in ``bpf/ingero_call.h``."""
+def program_text() -> str:
+    """The C of the call tracer: the record's struct and its checks, then ``bpf/calltrace.bpf.c``."""
+    from ingero.compiler.record import CALL_RECORD
 
-    _fields_ = [
-        ("ts_ns", ct.c_uint64),
-        ("latency_ns", ct.c_uint64),
-        ("pid", ct.c_uint32),
-        ("tid", ct.c_uint32),
-        ("cookie", ct.c_uint32),
-        ("flags", ct.c_uint32),
-        ("retval", ct.c_int64),
-        ("args", ct.c_uint64 * MAX_ARGS),
-    ]
+    source = (data_dir("bpf") / "calltrace.bpf.c").read_text()
+    return f"#include <uapi/linux/ptrace.h>\n{CALL_RECORD.c_struct()}\n{CALL_RECORD.c_checks()}\n{source}"
 
 
 @dataclass(frozen=True)
@@ -69,16 +65,16 @@ class CallTracer(BpfObject):
         self.links: list[UprobeMultiLink] = []
         self._bpf = None
         self._pending: list[TracedCall] = []
+        self._record: type | None = None  # pointer to the record's ctypes structure, set by start()
         self._budget = 1 << 62
 
     def start(self) -> CallTracer:
         from bcc import BPF
 
-        bpf_dir = data_dir("bpf")
-        self._bpf = BPF(
-            src_file=str(bpf_dir / "calltrace.bpf.c"),
-            cflags=[f"-I{bpf_dir}", f"-DRINGBUF_PAGES={self.ringbuf_pages}"],
-        )
+        from ingero.compiler.record import CALL_RECORD
+
+        self._record = ct.POINTER(CALL_RECORD.ctype)
+        self._bpf = BPF(text=program_text(), cflags=[f"-DRINGBUF_PAGES={self.ringbuf_pages}"])
         try:
             entry = self._bpf.load_func("on_entry", BPF.KPROBE, attach_type=BPF_TRACE_UPROBE_MULTI)
             ret = self._bpf.load_func("on_return", BPF.KPROBE, attach_type=BPF_TRACE_UPROBE_MULTI)
@@ -95,7 +91,7 @@ class CallTracer(BpfObject):
         return self
 
     def _on_record(self, ctx, data, size) -> int:
-        r = ct.cast(data, ct.POINTER(CallRecord)).contents
+        r = ct.cast(data, self._record).contents
         self._pending.append(
             TracedCall(
                 symbol=self.symbols[r.cookie][0],

@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 
 from ingero import workload
-from ingero.runtime.calltrace import CallRecord, CallTracer
+from ingero.runtime.calltrace import CallTracer
 from ingero.symbols import read_symbols
 from tests.helpers import Workload
 
@@ -16,18 +16,30 @@ pytestmark = pytest.mark.bpf
 PLAN_FUNCS = sorted({c.name for c in workload.PLAN})
 
 
-def test_record_layout_matches_header():
-    from ingero.paths import data_dir
-
-    header = (data_dir("bpf") / "ingero_call.h").read_text()
-    assert "#define INGERO_MAX_ARGS 6" in header
-    assert ct_size() == 8 * 2 + 4 * 4 + 8 + 8 * 6
-
-
-def ct_size() -> int:
+def test_the_record_layout_is_the_compilers(need_bpf):
+    """The one description of the record gives the C struct and the decoder; clang, compiling the real
+    program, agrees with the decoder's size and every offset (static assertions it would refuse), and does
+    refuse a program whose decoder reads one field elsewhere."""
     import ctypes
 
-    return ctypes.sizeof(CallRecord)
+    from bcc import BPF
+
+    from ingero.abi import INT_REGS
+    from ingero.compiler.record import CALL_RECORD
+    from ingero.runtime.calltrace import program_text
+
+    rec = CALL_RECORD.ctype
+    assert ctypes.sizeof(rec) == 8 * 2 + 4 * 4 + 8 + 8 * len(INT_REGS) == 88
+    assert [(f.name, getattr(rec, f.name).offset) for f in CALL_RECORD.fields] == [
+        ("ts_ns", 0), ("latency_ns", 8), ("pid", 16), ("tid", 20), ("cookie", 24), ("flags", 28), ("retval", 32),
+        ("args", 40)]
+    text = program_text()
+    assert text.count("_Static_assert") == len(CALL_RECORD.fields) + 1
+    BPF(text=text, cflags=["-DRINGBUF_PAGES=8"]).cleanup()    # compiles (and loads its maps) as CallTracer does
+    wrong = text.replace("ingero_call, retval) == 32", "ingero_call, retval) == 36")
+    assert wrong != text
+    with pytest.raises(Exception, match="Failed to compile BPF module"):
+        BPF(text=wrong, cflags=["-DRINGBUF_PAGES=8"])
 
 
 def test_every_call_of_the_plan(need_bpf, cudart12):
