@@ -96,6 +96,9 @@ def trace(pids, db, duration, stacks, max_db_size, probe_files, selective, quiet
                f"{final.chains} causal chain(s)")
     if final.held:
         click.echo(f"{final.held} new process(es) held at fork until probed (longest {final.held_max_ms:.1f} ms)")
+    if final.lib_held:
+        click.echo(f"{final.lib_held} open(s) of a CUDA library held until probed (longest "
+                   f"{final.lib_held_max_ms:.1f} ms)")
     for pid, why in sorted(final.unlinked.items()):
         click.echo(f"warning: process {pid} ran on without its probes ({why}): calls it made before they were "
                    "attached are missing", err=True)

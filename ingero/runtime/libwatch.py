@@ -14,7 +14,11 @@ tells which files those are, as they appear:
   the open is seen: calls made in the first milliseconds after a late load may be missed.
 
 Each load comes out of :meth:`LibraryWatcher.poll` as a :class:`LibraryLoad`; the caller resolves it
-(:func:`mapped_library`), attaches, then :meth:`LibraryWatcher.release` continues the process.
+(:func:`loaded_library`), attaches, then :meth:`LibraryWatcher.release` continues the process. A live trace
+hands that work to :meth:`LibraryWatcher.serve`: a thread of the watcher's own reads the loads, binds and
+lets the process go, so a stalled main loop (a slow disk under the writer, a blocked terminal under the live
+view) never leaves a process stopped; and whatever the binding waits for, the process goes on after
+:data:`HOLD_MAX_S` at most (noted in :attr:`LibraryWatcher.early`: its first calls may be missing).
 """
 
 from __future__ import annotations
@@ -23,7 +27,11 @@ import ctypes as ct
 import logging
 import os
 import signal
-from collections.abc import Iterable
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 
 from ingero.errors import BpfUnavailable, IngeroError
@@ -34,6 +42,10 @@ log = logging.getLogger(__name__)
 #: the kernel program matches at most this many names, each shorter than NAME_LEN (bpf/libwatch.bpf.c)
 MAX_NAMES = 8
 NAME_LEN = 64
+#: the longest a process stays stopped at a watched open when :meth:`LibraryWatcher.serve` binds
+HOLD_MAX_S = 5.0
+#: how often the serving thread looks at its stop flag (ms)
+SERVE_POLL_MS = 50
 
 
 @dataclass(frozen=True)
@@ -90,6 +102,13 @@ class LibraryWatcher:
         self._bpf = None
         self._loads: list[LibraryLoad] = []
         self._held: set[int] = set()
+        self._serving: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._binder: ThreadPoolExecutor | None = None
+        #: processes let go at HOLD_MAX_S before their binding finished -> why (their first calls may be missing)
+        self.early: dict[int, str] = {}
+        self.holds = 0  # processes held at a watched open and let go by serve()
+        self.hold_max_ns = 0  # the longest such hold, from the report of the open to the release
 
     def start(self, pids: Iterable[int] = ()) -> LibraryWatcher:
         from ingero.paths import data_dir
@@ -156,6 +175,40 @@ class LibraryWatcher:
         self._loads.append(load)
         return 0
 
+    def serve(self, bind: Callable[[LibraryLoad], None]) -> None:
+        """From now on a thread of its own reads the loads: ``bind(load)`` for each (in a worker, waited for
+        at most :data:`HOLD_MAX_S`), then the process goes on. :meth:`poll` is the thread's alone after this."""
+        self._binder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingero-libbind")
+        self._serving = threading.Thread(target=self._serve, args=(bind,), name="ingero-libwatch", daemon=True)
+        self._serving.start()
+
+    def _serve(self, bind: Callable[[LibraryLoad], None]) -> None:
+        while not self._stop.is_set():
+            try:
+                loads = self.poll(SERVE_POLL_MS)
+            except Exception:  # noqa: BLE001 - keep serving: a stopped process waits for this thread
+                log.exception("reading the library loads failed")
+                time.sleep(SERVE_POLL_MS / 1000)
+                continue
+            for load in loads:
+                self._bind_and_release(bind, load)
+
+    def _bind_and_release(self, bind: Callable[[LibraryLoad], None], load: LibraryLoad) -> None:
+        t0 = time.monotonic_ns()
+        try:
+            self._binder.submit(bind, load).result(timeout=HOLD_MAX_S)
+        except FutureTimeout:
+            self.early[load.pid] = (f"let go {HOLD_MAX_S:g} s after it opened {load.path}, before the probes "
+                                    "were on it (the trace was busy): its first calls into it may be missing")
+            log.warning("process %d: %s", load.pid, self.early[load.pid])
+        except Exception as e:  # noqa: BLE001 - the process goes on whatever happened
+            log.info("cannot probe %s opened by %d: %s", load.path, load.pid, e)
+        finally:
+            if load.held:
+                self.holds += 1
+                self.hold_max_ns = max(self.hold_max_ns, time.monotonic_ns() - t0)
+            self.release(load.pid)
+
     def release(self, pid: int) -> None:
         """Continue a process the kernel stopped at a watched open (a no-op for any other)."""
         if pid in self._held:
@@ -166,6 +219,11 @@ class LibraryWatcher:
                 pass
 
     def close(self) -> None:
+        if self._serving is not None:
+            self._stop.set()
+            self._serving.join()
+            self._serving = None
+            self._binder.shutdown(wait=False, cancel_futures=True)
         if self._bpf is not None:
             try:
                 self.poll(0)  # loads reported but not read yet may have stopped their process

@@ -77,6 +77,8 @@ class Snapshot:
     python_lines: Counter = field(default_factory=Counter)
     held: int = 0  # new processes of the tree held at their first return from fork until probed
     held_max_ms: float = 0.0
+    lib_held: int = 0  # processes of a command held at the open of a CUDA library until probed
+    lib_held_max_ms: float = 0.0
     unlinked: dict = field(default_factory=dict)  # pid -> why it ran on without its probes
 
 
@@ -178,6 +180,10 @@ class TraceSession:
                 # a command has not loaded anything yet: checked on the search paths, bound when it maps it
                 spec = self.check_spec(text, name, in_process=not self.command).resolved()
                 self.dynamic.attach(spec, owner="command line")
+            if self._watcher is not None:
+                # held processes are bound and let go on a thread of their own: a stalled main loop (the
+                # writer, the live view) never leaves one stopped
+                self._watcher.serve(self._bind_load)
         except BaseException:
             if held is not None:
                 held.cancel()
@@ -243,6 +249,7 @@ class TraceSession:
     def snapshot(self, rate: float = 0.0) -> Snapshot:
         t = self._totals
         follower = self.tracer.follower if self.tracer is not None else None
+        watcher = self._watcher
         return Snapshot(
             elapsed_s=time.monotonic() - self._t0 if self._t0 else 0.0,
             events=t.events,
@@ -250,14 +257,16 @@ class TraceSession:
             rate=rate,
             by_op=Counter(t.by_op),
             lost=self._lost_so_far(),
-            libraries=[lib.path for lib in self.tracer.libraries.values()] if self.tracer else [],
+            libraries=[lib.path for lib in list(self.tracer.libraries.values())] if self.tracer else [],
             processes=self.tracer.followed() if self.tracer and self.tracer.loaded else set(),
             chains=t.chains,
             stopped_because=self.stopped_because,
             python_lines=Counter(t.python_lines),
             held=follower.held if follower else 0,
             held_max_ms=follower.held_max_ns / 1e6 if follower else 0.0,
-            unlinked=dict(follower.unlinked) if follower else {},
+            lib_held=watcher.holds if watcher else 0,
+            lib_held_max_ms=watcher.hold_max_ns / 1e6 if watcher else 0.0,
+            unlinked={**(follower.unlinked if follower else {}), **(watcher.early if watcher else {})},
         )
 
     # -- the tick --------------------------------------------------------------------------------------
@@ -280,31 +289,25 @@ class TraceSession:
             raise IngeroError("the trace is not running")
         return self.dynamic.attach(spec, owner=owner)
 
-    def _bind_loads(self) -> None:
-        """The traced tree opened watched libraries: put the standard set and the waiting DSL probes on
-        those files, then let the processes the kernel held at the open go on."""
+    def _bind_load(self, load) -> None:
+        """A traced process opened a watched library (called on the watcher's thread, the process held):
+        put the standard set and the waiting DSL probes on that file; the watcher then lets it go."""
         from ingero.runtime.libwatch import loaded_library
 
-        for load in self._watcher.poll(0):
-            try:
-                lib = loaded_library(load)
-                if lib is not None:
-                    self.tracer.consider(lib)
-                    self.dynamic.offer(lib)
-            except IngeroError as e:
-                log.info("cannot probe %s opened by %d: %s", load.path, load.pid, e)
-            finally:
-                try:
-                    # held before its first CUDA call: its libpython is mapped by now, so its Python frames
-                    # are walked from that call on (the exec event came before the loader mapped it)
-                    self.tracer.look_for_python(load.pid)
-                finally:
-                    self._watcher.release(load.pid)
+        try:
+            lib = loaded_library(load)
+            if lib is not None:
+                self.tracer.consider(lib)
+                self.dynamic.offer(lib)
+        except IngeroError as e:
+            log.info("cannot probe %s opened by %d: %s", load.path, load.pid, e)
+        finally:
+            # held before its first CUDA call: its libpython is mapped by now, so its Python frames
+            # are walked from that call on (the exec event came before the loader mapped it)
+            self.tracer.look_for_python(load.pid)
 
     def _tick(self, timeout_ms: int) -> int:
         """Move one batch from the kernel to the database; returns how many events it held."""
-        if self._watcher is not None:
-            self._bind_loads()
         cuda, host = self.tracer.poll(timeout_ms)
         if self.dynamic is not None:
             probed = self.dynamic.tick()

@@ -129,6 +129,8 @@ class StandardTracer(BpfObject):
         self._bpf = None
         self._fns: tuple | None = None
         self.libraries: dict[tuple[int, int], AttachedLibrary] = {}
+        #: one library attached at a time (the main loop's scans and the library watcher's thread both attach)
+        self._attaching = threading.Lock()
         self._rings: dict[str, RingReader] = {}
         self._epoll: select.epoll | None = None
         self._opens: list[tuple[int, str]] = []
@@ -330,12 +332,12 @@ class StandardTracer(BpfObject):
         lib = resolve_library(str(path))
         st = os.stat(lib.attach_path)
         key = (st.st_dev, st.st_ino)
-        if key in self.libraries:
-            raise IngeroError(f"{path} is probed already")
-        attached = self._attach(lib, key, source, table)
+        with self._attaching:
+            if key in self.libraries:
+                raise IngeroError(f"{path} is probed already")
+            attached = self._attach(lib, key, source, table)
         if attached is None:
             raise IngeroError(f"none of {', '.join(table)} in {path}")
-        self.libraries[key] = attached
         return attached
 
     def consider(self, lib) -> AttachedLibrary | None:
@@ -353,12 +355,10 @@ class StandardTracer(BpfObject):
         except OSError:
             return None
         key = (st.st_dev, st.st_ino)
-        if key in self.libraries:
-            return None
-        attached = self._attach(lib, key, *which)
-        if attached:
-            self.libraries[key] = attached
-        return attached
+        with self._attaching:
+            if key in self.libraries:
+                return None
+            return self._attach(lib, key, *which)
 
     def _attach_opened(self) -> None:
         """A traced process is opening a CUDA library: attach to that file before the loader maps it."""
