@@ -12,7 +12,7 @@
     |-- SpecError                  (ingero.dsl) every located error of a spec, rendered compiler style
     |-- ToolRefused                (ingero.mcp.live) a guard of the MCP server said no
     |-- SqlRefused, SqlFailed      (ingero.store.sqlguard) a query that may not or did not run
-    |-- StoreError                 (ingero.store.writer) a database that cannot be written
+    |-- StoreError                 (ingero.store.records) a database that cannot be written
     |-- HeaderParseError           (ingero.catalogue.cparse) a header the catalogue build cannot read
     `-- InternalError              ingero's own fault, e.g. the kernel refusing a program ingero
                                    generated; exit code 2, traceback with --debug or INGERO_DEBUG=1

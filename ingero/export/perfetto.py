@@ -128,48 +128,53 @@ def _demangle(frame: str) -> str:
         return frame
 
 
+#: upstream's memcpy family (cudaMemcpy2D* carry a width in arg0, the others a size)
+_MEMCPY_OPS = frozenset(("cudaMemcpy", "cudaMemcpyAsync", "cudaMemcpy2D", "cudaMemcpy2DAsync", "cudaMemcpyPeer",
+                         "cudaMemcpyPeerAsync"))
+
+
 def event_args(source: int, op: int, arg0: int, arg1: int, ret_code: int, gpu_id: int) -> dict[str, object]:
     """The arguments worth showing for one event, by what ``arg0``/``arg1`` mean for its op."""
     a: dict[str, object] = {}
-    key = (source, op)
+    name = OP_NAMES.get((source, op), "")
     if source == SOURCE_CUDA:
-        if op in (1, 8):                      # cudaMalloc, cudaMallocManaged
+        if name in ("cudaMalloc", "cudaMallocManaged"):
             a["size"] = arg0
             if arg1:
                 a["ptr"] = _hex(arg1)
-        elif op == 2:                         # cudaFree
+        elif name == "cudaFree":
             a["ptr"] = _hex(arg0)
             if arg1:
                 a["size"] = arg1
-        elif op == 3:                         # cudaLaunchKernel
+        elif name == "cudaLaunchKernel":
             a["func"] = _hex(arg0)
             a["stream"] = _hex(arg1)
-        elif op in (4, 7, 9, 10, 11, 12):     # memcpy family
-            a["width" if op in (9, 10) else "size"] = arg0
+        elif name in _MEMCPY_OPS:
+            a["width" if "2D" in name else "size"] = arg0
             a["kind"] = MEMCPY_KINDS.get(arg1, str(arg1))
-        elif op == 5:                         # cudaStreamSync
+        elif name == "cudaStreamSync":
             a["stream"] = _hex(arg0)
-        elif op != 6:
+        elif name != "cudaDeviceSync":
             a.update(arg0=arg0, arg1=arg1)
-    elif source == SOURCE_DRIVER and key in OP_NAMES:
-        if op == 1:
+    elif source == SOURCE_DRIVER and name:
+        if name == "cuLaunchKernel":
             a["func"] = _hex(arg0)
-        elif op != 4:
+        elif name != "cuCtxSynchronize":
             a["size"] = arg0
     elif source == SOURCE_HOST:
-        if op == 1:
+        if name == "sched_switch":
             a["preempted_by"] = arg1
-        elif op == 2:
+        elif name == "sched_wakeup":
             a["wakee"] = arg1
-        elif op == 3:
+        elif name == "mm_page_alloc":
             a["bytes"] = arg0
-        elif op in (4, 12):
+        elif name in ("oom_kill", "pod_oom_kill"):
             a["victim"] = arg1
-        elif op == 7:
+        elif name == "process_fork":
             a["child"] = arg1
-        elif op == 20:
+        elif name == "mm_page_alloc_summary":
             a.update(count=arg0, bytes=arg1)
-        elif op == 21:
+        elif name == "sched_switch_summary":
             a.update(count=arg0, off_cpu_ns=arg1)
         elif arg0 or arg1:
             a.update(arg0=arg0, arg1=arg1)
