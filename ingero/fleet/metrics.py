@@ -162,7 +162,8 @@ class FleetMetrics:
         Each (source, op) has a slot (a row of the totals): a batch is bucketed with one ``searchsorted``
         and counted with ``bincount`` into a slots x buckets array, added to the totals in one operation;
         no sort, no Python loop over events or ops (new ops get their slot once). A batch of one op (the
-        usual case: a loop of the same call) takes a shorter path: no slot arithmetic, an integer sum."""
+        usual case: a loop of the same call) takes a shorter path: one row, an integer sum, and one count
+        when every failed call failed alike."""
         n = len(calls)
         if not n:
             return
@@ -174,29 +175,33 @@ class FleetMetrics:
             kind = (np.fromiter(map(itemgetter(_SRC), calls), np.int64, n) & 0xFF) | \
                 (np.fromiter(map(itemgetter(_OP), calls), np.int64, n) & 0xFF) << 8
             ret = np.fromiter(map(itemgetter(_RET), calls), np.int64, n)
-        idx = self._slot[kind]
-        lo, hi = int(idx.min()), int(idx.max())
-        if lo < 0:  # an op seen for the first time
-            with self._lock:
-                for k in np.unique(kind[idx < 0]).tolist():
-                    self._new_slot(k)
-            idx = self._slot[kind]
-            lo, hi = int(idx.min()), int(idx.max())
         buckets = np.searchsorted(BUCKETS_NS, dur, side="left")
-        failed = ret != 0
-        if lo == hi:  # one op: one row
+        if kind.min() == kind.max():  # one op (a loop of one call): one row, no per-call slot
+            slot = self._slot_of(int(kind[0]))
             hist = np.bincount(buckets, minlength=_NB)
             total = int(dur.sum(dtype=np.int64))
-            errors = self._batch_errors(np.array([lo]), ret[failed], 1) if failed.any() else []
+            nfailed = int(np.count_nonzero(ret))
+            errors = []
+            if nfailed:
+                codes = ret if nfailed == n else ret[ret != 0]
+                low = int(codes.min())
+                errors = ([((slot, low), nfailed)] if low == int(codes.max())  # one error for all
+                          else self._batch_errors(np.array([slot]), codes, 1))
             with self._lock:
-                self._hist[lo] += hist
-                self._sums[lo] += total
+                self._hist[slot] += hist
+                self._sums[slot] += total
                 for k, c in errors:
                     self._err[k] = self._err.get(k, 0) + c
         else:
-            slots = hi + 1
+            idx = self._slot[kind]
+            if idx.min() < 0:  # an op seen for the first time
+                for k in np.unique(kind[idx < 0]).tolist():
+                    self._slot_of(k)
+                idx = self._slot[kind]
+            slots = int(idx.max()) + 1
             hist = np.bincount(idx * _NB + buckets, minlength=slots * _NB).reshape(slots, _NB)
             sums = np.rint(np.bincount(idx, weights=dur, minlength=slots)).astype(np.int64)
+            failed = ret != 0
             errors = self._batch_errors(idx[failed], ret[failed], slots) if failed.any() else []
             with self._lock:
                 self._hist[:slots] += hist
@@ -214,8 +219,6 @@ class FleetMetrics:
         one each, and their return codes)."""
         codes = codes.astype(np.int64)
         low, high = int(codes.min()), int(codes.max())
-        if low == high and len(where) == 1:  # one op failing with one error (a loop of the same failure)
-            return [((int(where[0]), low), len(codes))]
         if low >= 0 and high < _SMALL_CODES:  # CUDA's error codes: no sort needed
             if len(where) == 1:
                 counts = np.bincount(codes)
@@ -231,16 +234,19 @@ class FleetMetrics:
             out.append(((k >> 32, code - (1 << 32) if code >= 1 << 31 else code), c))
         return out
 
-    def _new_slot(self, key: int) -> None:
-        """Give the kind ``key`` (source | op << 8) the next slot, growing the totals' arrays (under the lock)."""
-        if self._slot[key] >= 0:
-            return
-        slot = len(self._slot_keys)
-        if slot == len(self._hist):
-            self._hist = np.vstack([self._hist, np.zeros_like(self._hist)])
-            self._sums = np.concatenate([self._sums, np.zeros_like(self._sums)])
-        self._slot_keys.append(key)
-        self._slot[key] = slot
+    def _slot_of(self, key: int) -> int:
+        """The slot of the kind ``key`` (source | op << 8): a new one, growing the totals, when first seen."""
+        slot = int(self._slot[key])
+        if slot >= 0:
+            return slot
+        with self._lock:
+            slot = len(self._slot_keys)
+            if slot == len(self._hist):
+                self._hist = np.vstack([self._hist, np.zeros_like(self._hist)])
+                self._sums = np.concatenate([self._sums, np.zeros_like(self._sums)])
+            self._slot_keys.append(key)
+            self._slot[key] = slot
+        return slot
 
     def _key(self, k: int) -> tuple[str, str]:
         name = self._keys.get(k)
