@@ -158,6 +158,8 @@ def test_get_stacks_takes_every_op_name_stats_prints_and_source_names(traced, tm
     assert r.returncode == 0, r.stderr
     assert rows(pdb, "SELECT COUNT(*) FROM events WHERE source = 100") == [(1,)]
 
+    from ingero.store.schema import SOURCE_NAMES
+
     async def main():
         out = {}
         async with stdio_session(pdb, tmp_path / "audit-probe.db") as s:
@@ -165,6 +167,16 @@ def test_get_stacks_takes_every_op_name_stats_prints_and_source_names(traced, tm
             for args in [{"op": "probe:devcount"}, {"op": "probe:nope"}]:
                 r = await s.call_tool("get_stacks", args)
                 out[json.dumps(args, sort_keys=True)] = (r.is_error, text_of(r))
+            # every op name get_trace_stats prints for this database, exactly as printed, and every source
+            # by code and by name
+            printed = json.loads(stats.split("\n\n", 1)[1])["ops"]
+            for o in printed:
+                r = await s.call_tool("get_stacks", {"op": o["op"], "tsc": False, "limit": 100})
+                out[("op", o["op"])] = (r.is_error, text_of(r), o["n"])
+            for code, name in SOURCE_NAMES.items():
+                by_code = await s.call_tool("get_stacks", {"source": code})
+                by_name = await s.call_tool("get_stacks", {"source": name})
+                out[("source", name)] = (by_code.is_error, by_name.is_error, text_of(by_code) == text_of(by_name))
         async with stdio_session(db, tmp_path / "audit.db") as s:
             for args in [{"source": "HOST"}, {"source": "host"}, {"source": 3}, {"op": "thread_create"},
                          {"op": "cudaGetDeviceCount", "tsc": False}, {"op": "cudaGetDeviceCount", "pid": 1},
@@ -175,6 +187,21 @@ def test_get_stacks_takes_every_op_name_stats_prints_and_source_names(traced, tm
 
     stats, out = anyio.run(main)
     assert '"op":"probe:devcount"' in stats
+    op_answers = {k[1]: v for k, v in out.items() if k[0] == "op" and isinstance(k, tuple)}
+    assert "probe:devcount" in op_answers and "cudaGetDeviceCount" in op_answers and "sched_switch" in op_answers
+    for name, (err, text, n) in op_answers.items():
+        assert not err, (name, text)
+        # stacks of that op, or why there are none: as many events of it as get_trace_stats counted
+        if text.startswith("No stacks"):
+            assert f"No stacks found: {n} {name} events, none" in text, (name, n, text)
+        else:
+            stacks = json.loads(text[text.index("{"):])["stacks"]
+            assert len(stacks) < 100 and sum(x["n"] for x in stacks) == n, (name, n, text)
+    assert {k[1]: v for k, v in out.items() if k[0] == "source"} == {
+        name: (False, False, True) for name in SOURCE_NAMES.values()}
+    cli = subprocess.run([str(Path(sys.executable).parent / "ingero"), "stacks", "--db", str(pdb), "--op",
+                          "probe:devcount"], capture_output=True, text=True, timeout=60)
+    assert cli.returncode == 0 and cli.stdout.startswith("No stacks found: 1 probe:devcount events"), cli
     assert out['{"op": "probe:devcount"}'][1].startswith("No stacks found: 1 probe:devcount events, none")
     err, text = out['{"op": "probe:nope"}']
     assert err and 'no probe named "nope" (probes: probe:devcount)' in text
