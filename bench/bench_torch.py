@@ -24,43 +24,49 @@ FIXTURE = Path(os.environ.get("TORCH_FIXTURE", "/var/cache/ingero-fixtures/torch
 IMPORT = "import torch; torch.cuda.is_available()"
 
 
-def hwm(cmd: list[str]) -> tuple[float, float, str]:
-    """(wall seconds, peak RSS in MB of the command's own process -- not of its children --, stdout):
-    the kernel's high-water mark (VmHWM) of that process, read until it exits."""
+def hwm(cmd: list[str]) -> tuple[float, float, str, float]:
+    """(wall seconds, peak RSS in MB of the command's own process -- not of its children --, "" (its
+    output is discarded), CPU seconds user + system of it and of the children it waited for): the
+    kernel's high-water mark (VmHWM) of that process, read until it exits, and its rusage."""
     t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     peak = 0
-    while p.poll() is None:
+    while True:
+        pid, status, ru = os.wait4(p.pid, os.WNOHANG)
+        if pid:
+            break
         try:
             with open(f"/proc/{p.pid}/status") as f:
                 peak = max([peak] + [int(ln.split()[1]) for ln in f if ln.startswith("VmHWM:")])
         except (OSError, ValueError):
             pass
-        time.sleep(0.05)
-    out = p.stdout.read()
+        time.sleep(0.02)
+    p.returncode = os.waitstatus_to_exitcode(status)
     if p.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed with exit {p.returncode}")
-    return time.perf_counter() - t0, peak / 1024, out
+    return time.perf_counter() - t0, peak / 1024, "", ru.ru_utime + ru.ru_stime
 
 
-def run(cmd: list[str], env=None) -> tuple[float, float, str]:
-    """(wall seconds, peak RSS in MB, stdout) of a command that starts no big process of its own: the
-    children's high-water mark of a fresh helper process that runs it."""
+def run(cmd: list[str], env=None) -> tuple[float, float, str, float]:
+    """(wall seconds, peak RSS in MB, stdout, CPU seconds user + system) of a command that starts no big
+    process of its own: the children's high-water mark and rusage of a fresh helper process that runs
+    it, its output read whole (as a user's pipe would)."""
     helper = (
         "import json, os, resource, subprocess, sys, time\n"
         "t0 = time.perf_counter()\n"
         "p = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
         "wall = time.perf_counter() - t0\n"
-        "rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024\n"
-        "print(json.dumps([p.returncode, wall, rss, p.stdout[-4000:], p.stderr[-2000:]]))\n"
+        "ru = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+        "print(json.dumps([p.returncode, wall, ru.ru_maxrss / 1024, p.stdout[-4000:], p.stderr[-2000:],"
+        " ru.ru_utime + ru.ru_stime]))\n"
     )
     import json
 
     r = subprocess.run([PY, "-c", helper, *cmd], capture_output=True, text=True, env=env, timeout=3600)
-    code, wall, rss, out, err = json.loads(r.stdout)
+    code, wall, rss, out, err, cpu = json.loads(r.stdout)
     if code:
         raise SystemExit(f"{' '.join(cmd)} failed with exit {code}: {err}")
-    return wall, rss, out
+    return wall, rss, out, cpu
 
 
 def main() -> None:
@@ -71,20 +77,22 @@ def main() -> None:
     print("## PyTorch scale (bench_torch.py)\n")
     with tempfile.TemporaryDirectory() as cache:
         env = dict(os.environ, INGERO_CACHE_DIR=cache)
-        nm_wall, nm_rss, _ = run(["nm", "-C", "--defined-only", str(lib)])
-        cold_wall, cold_rss, out = run([INGERO, "symbols", str(lib)], env=env)
+        nm_wall, nm_rss, _, nm_cpu = run(["nm", "-C", "--defined-only", str(lib)])
+        cold_wall, cold_rss, out, cold_cpu = run([INGERO, "symbols", str(lib)], env=env)
         count = int(re.search(r"# (\d+) of (\d+) function symbols", out).group(2))
-        warm_wall, warm_rss, _ = run([INGERO, "symbols", str(lib)], env=env)
+        warm_wall, warm_rss, _, warm_cpu = run([INGERO, "symbols", str(lib)], env=env)
         size = sum(f.stat().st_size for f in Path(cache, "symbols").iterdir()) / 2**20
     print(f"`ingero symbols` on {lib.name} ({lib.stat().st_size / 2**20:.0f} MiB, {count} function symbols, "
-          "C++ names demangled), a fresh cache then warm; baseline `nm -C --defined-only` on the same file "
-          "in the same run. One run each.\n")
-    print("| what | s | peak RSS MB | vs nm -C |")
-    print("|---|---|---|---|")
-    print(f"| `nm -C --defined-only` | {nm_wall:.2f} | {nm_rss:.0f} | 1.0x |")
-    print(f"| `ingero symbols`, cold (parse, demangle, write the cache) | {cold_wall:.2f} | {cold_rss:.0f} | "
-          f"{cold_wall / nm_wall:.2f}x the time |")
-    print(f"| `ingero symbols`, warm | {warm_wall:.2f} | {warm_rss:.0f} | {warm_wall / nm_wall:.2f}x the time |")
+          "C++ names demangled, the whole listing read through a pipe), a fresh cache then warm; baseline "
+          "`nm -C --defined-only` on the same file in the same run. One run each; CPU is user + system "
+          f"time of the process (load average {os.getloadavg()[0]:.1f}).\n")
+    print("| what | s | CPU s | peak RSS MB | vs nm -C |")
+    print("|---|---|---|---|---|")
+    print(f"| `nm -C --defined-only` | {nm_wall:.2f} | {nm_cpu:.2f} | {nm_rss:.0f} | 1.0x |")
+    print(f"| `ingero symbols`, cold (parse, demangle, write the cache) | {cold_wall:.2f} | {cold_cpu:.2f} | "
+          f"{cold_rss:.0f} | {cold_wall / nm_wall:.2f}x the time |")
+    print(f"| `ingero symbols`, warm | {warm_wall:.2f} | {warm_cpu:.2f} | {warm_rss:.0f} | "
+          f"{warm_wall / nm_wall:.2f}x the time |")
     print()
     print(f"Cache file: {size:.1f} MB (target < 30 MB: {'met' if size < 30 else 'NOT met'}). "
           f"Warm {warm_wall:.2f} s (target < 0.5 s: {'met' if warm_wall < 0.5 else 'NOT met'}); cold "
@@ -93,9 +101,9 @@ def main() -> None:
           f"{'met' if max(cold_rss, warm_rss) < 250 else 'NOT met'}).\n")
 
     with tempfile.TemporaryDirectory() as d:
-        base_wall, base_rss, _ = run([str(tpy), "-c", IMPORT])
+        base_wall, base_rss, _, base_cpu = run([str(tpy), "-c", IMPORT])
         db = Path(d) / "torch.db"
-        wall, rss, out = hwm([INGERO, "trace", "--quiet", "--db", str(db), "--", str(tpy), "-c", IMPORT])
+        wall, rss, _, cpu = hwm([INGERO, "trace", "--quiet", "--db", str(db), "--", str(tpy), "-c", IMPORT])
         conn = sqlite3.connect(db)
         try:
             events = conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
@@ -106,10 +114,11 @@ def main() -> None:
     share = lost / max(events + lost, 1)
     print(f"`ingero trace -- python -c '{IMPORT}'` (the standard set, stacks on), beside the same command "
           "alone. One run each.\n")
-    print("| what | s | peak RSS MB |")
-    print("|---|---|---|")
-    print(f"| the command alone | {base_wall:.1f} | {base_rss:.0f} |")
-    print(f"| `ingero trace` (the tracer's own peak RSS) | {wall:.1f} | {rss:.0f} |")
+    print("| what | s | CPU s | peak RSS MB |")
+    print("|---|---|---|---|")
+    print(f"| the command alone | {base_wall:.1f} | {base_cpu:.1f} | {base_rss:.0f} |")
+    print(f"| `ingero trace` (CPU: the tracer and the command; RSS: the tracer's own) | {wall:.1f} | {cpu:.1f} | "
+          f"{rss:.0f} |")
     print()
     print(f"Recorded {events} events ({calls} CUDA runtime/driver calls), {lost} lost ({share:.2%}; target "
           f"< 1%: {'met' if share < 0.01 else 'NOT met'}). Tracer peak RSS {rss:.0f} MB (target < 250 MB: "

@@ -182,11 +182,12 @@ def test_cache_per_build_id_and_warm_path_imports(native, tmp_path):
     code = (
         "import sys, json\n"
         "from ingero.symbols import read_symbols\n"
+        "import ingero.symbols.demangle as d\n"
         f"t = read_symbols({str(lib)!r})\n"
-        "n = len(t), t.get('_ZNK11ingero_test6Widget4areaEv').file_offset, 'cxxfilt' in sys.modules\n"
+        "n = len(t), t.get('_ZNK11ingero_test6Widget4areaEv').file_offset, d._impl is not None\n"
         "t.display()\n"
         "print(json.dumps([len(t), t.get('_ZNK11ingero_test6Widget4areaEv').demangled,"
-        " 'elftools' in sys.modules, 'cxxfilt' in sys.modules, n[2]]))\n"
+        " 'elftools' in sys.modules, d._impl is not None, n[2]]))\n"
     )
 
     def run() -> list:
@@ -198,12 +199,12 @@ def test_cache_per_build_id_and_warm_path_imports(native, tmp_path):
     cold = run()
     assert cold[4] is False  # reading and looking up by name demangles nothing: only display() does
     assert cold[:2] != [0, None] and cold[1] == "ingero_test::Widget::area() const"
-    assert cold[3] is True  # demangling needed cxxfilt
+    assert cold[3] is True  # demangling loaded the demangler
     info = read_elf_info(lib)
     entries = [p.name for p in (cache / "symbols").iterdir()]
     assert entries == [f"{info.build_id}-{info.table_sizes[0]:x}-{info.table_sizes[1]:x}.syms"]
     warm = run()
-    assert warm == [cold[0], cold[1], False, False, False]  # no pyelftools, no cxxfilt on the warm path
+    assert warm == [cold[0], cold[1], False, False, False]  # no pyelftools, no demangling on the warm path
 
 
 def test_cached_table_equals_fresh_read(cudart12):
@@ -291,3 +292,53 @@ def test_missing_file_and_library(tmp_path):
     with pytest.raises(LibraryNotFound) as e:
         read_symbols("cublasss")
     assert "libcublas" in (e.value.hint or "")
+
+
+# ---------------------------------------------------------------------------------------------------
+# a PyTorch-sized C++ library (the torch fixture's libtorch_cuda.so: 120k functions)
+
+
+def _nm_functions(path: Path, dynamic: bool) -> list[tuple[str, int]]:
+    """(name, address) of every defined FUNC/IFUNC symbol binutils' nm lists (sysv format names the
+    type), from .dynsym with ``dynamic`` else .symtab."""
+    out = subprocess.run(["nm", *(["-D"] if dynamic else []), "--defined-only", "-f", "sysv", str(path)],
+                         capture_output=True, text=True, check=True, timeout=120).stdout
+    rows = []
+    for line in out.splitlines():
+        f = line.split("|")
+        if len(f) == 7 and f[3].strip() in ("FUNC", "<OS specific>: 10"):  # 10: STT_GNU_IFUNC
+            rows.append((f[0].strip(), int(f[1], 16)))
+    return rows
+
+
+def test_torch_library_cache_equals_fresh_parse_and_nm(tmp_path):
+    """libtorch_cuda.so through the cache, warm (a new process reading the entry the cold run wrote),
+    gives exactly the symbols of a fresh parse without cache; and nm finds the same functions."""
+    from tests.helpers import torch_python
+
+    lib = next(torch_python().parent.parent.glob("lib/python3*/site-packages/torch/lib/libtorch_cuda.so"))
+    env = dict(os.environ, INGERO_CACHE_DIR=str(tmp_path / "cache"))
+    code = (
+        "import json, sys\n"
+        "from ingero.symbols import read_symbols\n"
+        "t = read_symbols(sys.argv[1], write_behind=sys.argv[2] == 'cold')\n"
+        "print(json.dumps([[s.name, s.demangled, s.address, s.file_offset, s.size, s.binding, s.version,"
+        " s.default_version, s.section, s.kind] for s in t]))\n"
+    )
+    got = {}
+    for run in ("cold", "warm"):
+        r = subprocess.run([sys.executable, "-c", code, str(lib), run], env=env, capture_output=True, text=True,
+                           check=True, timeout=300)
+        got[run] = json.loads(r.stdout)
+    assert len(list((tmp_path / "cache" / "symbols").iterdir())) == 1
+    fresh = read_symbols(lib, use_cache=False)
+    rows = [[s.name, s.demangled, s.address, s.file_offset, s.size, s.binding, s.version, s.default_version,
+             s.section, s.kind] for s in fresh]
+    assert got["cold"] == rows and got["warm"] == rows
+    assert len(rows) > 100_000 and sum(1 for r in rows if r[1] != r[0]) > 100_000  # C++ names, demangled
+
+    # nm: the .dynsym functions, then the .symtab ones not repeating one (same name and address)
+    ours = {(r[0], r[2]) for r in rows}
+    dyn, sym = _nm_functions(lib, True), _nm_functions(lib, False)
+    expected = {(n.split("@", 1)[0], a) for n, a in dyn} | {(n, a) for n, a in sym}
+    assert ours == expected and len(rows) == len(expected)

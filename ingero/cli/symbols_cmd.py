@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from itertools import repeat
 
 import click
 
@@ -120,7 +121,7 @@ def symbols(library: str, pattern: str, pid: int | None, as_json: bool, demangle
     from ingero.symbols import read_symbols, resolve_library
 
     lib = resolve_library(library, pid=pid)
-    table = read_symbols(lib)
+    table = read_symbols(lib, write_behind=True)  # the cache entry is compressed while the rows are written
     matched = table.match_indexes(pattern)
     if not matched:
         hint = None
@@ -149,31 +150,43 @@ def symbols(library: str, pattern: str, pid: int | None, as_json: bool, demangle
                 )
             )
         return
-    # straight from the table's columns, written in batches: no object per symbol, no whole-output string
-    # (libtorch_cuda.so has 120k symbols and 80 MB of demangled names)
+    click.echo(f"# {lib.soname or '-'}  {lib.path}  build-id {lib.build_id or '-'}")
+    _write_rows(table, matched, table.display() if demangle else table.all_names, known)
+    click.echo(f"# {len(matched)} of {len(table)} function symbols match '{pattern}'")
+
+
+def _write_rows(table, matched: list[int], shown: list[str], known: set[str]) -> None:
+    """The listing's rows, straight from the table's columns: one %-format per row through map() and
+    one write per 8192 rows -- no object per symbol, no whole-output string (libtorch_cuda.so has 120k
+    symbols and 80 MB of demangled names)."""
     c = table.columns
-    shown = table.display() if demangle else table.all_names
-    names = table.all_names if known else shown
     vers = [v or "-" for v in table.versions]
     binds = table.bindings
     header = ("OFFSET", "SIZE", "BIND", "VERSION", "SIG", "NAME")
+    top_offset = max(map(c.file_offset.__getitem__, matched))
     widths = (
-        max(10, len(header[0]), *(len(f"{c.file_offset[i]:#x}") for i in matched)),
-        max(len(header[1]), *(len(str(c.size[i])) for i in matched)),
+        max(10, len(header[0]), len(f"{top_offset:#010x}")),  # the hex form grows with the value
+        max(len(header[1]), len(str(max(map(c.size.__getitem__, matched))))),
         max(len(header[2]), *(len(binds[b]) for b in {c.binding[i] for i in matched})),
         max(len(header[3]), *(len(vers[v]) for v in {c.version[i] for i in matched})),
         len(header[4]),
     )
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths) + "  {}"
-    click.echo(f"# {lib.soname or '-'}  {lib.path}  build-id {lib.build_id or '-'}")
     out = sys.stdout
-    out.write(fmt.format(*header).rstrip() + "\n")
-    for k in range(0, len(matched), 4096):
-        out.write("".join(
-            fmt.format(f"{c.file_offset[i]:#010x}", c.size[i], binds[c.binding[i]], vers[c.version[i]],
-                       "sig" if names[i] in known else "", shown[i]).rstrip() + "\n"
-            for i in matched[k : k + 4096]))
-    click.echo(f"# {len(matched)} of {len(table)} function symbols match '{pattern}'")
+    out.write(("  ".join(f"{{:<{w}}}" for w in widths) + "  {}").format(*header).rstrip() + "\n")
+    if widths[0] == 10:  # every offset below 4 GiB: formatted in the row's own format
+        fmt, offsets = "%#010x", c.file_offset
+    else:
+        fmt, offsets = f"%-{widths[0]}s", [f"{x:#010x}" for x in c.file_offset]
+    fmt += f"  %-{widths[1]}d  %-{widths[2]}s  %-{widths[3]}s  %-3s  %s"
+    names = table.all_names if known else shown
+    for k in range(0, len(matched), 8192):
+        batch = matched[k : k + 8192]
+        sig = (["sig" if names[i] in known else "" for i in batch] if known else repeat("", len(batch)))
+        rows = map(fmt.__mod__, zip(map(offsets.__getitem__, batch), map(c.size.__getitem__, batch),
+                                    map(binds.__getitem__, map(c.binding.__getitem__, batch)),
+                                    map(vers.__getitem__, map(c.version.__getitem__, batch)), sig,
+                                    map(shown.__getitem__, batch), strict=True))
+        out.write("\n".join(map(str.rstrip, rows)) + "\n")
 
 
 def _known_names(table, lib) -> set[str]:

@@ -45,8 +45,8 @@ Reading symbols
 ---------------
 :func:`read_symbols` returns the defined functions of ``.dynsym`` and ``.symtab`` with their file
 offsets, symbol versions and demangled names (:mod:`ingero.symbols.elf`), cached per build-id in
-``cache_dir()/symbols/`` (:mod:`ingero.symbols.cache`); a warm read imports neither pyelftools nor
-cxxfilt.
+``cache_dir()/symbols/`` (:mod:`ingero.symbols.cache`); a warm read neither imports pyelftools nor
+demangles (:mod:`ingero.symbols.demangle`: libstdc++'s ``__cxa_demangle`` in bulk).
 """
 
 from ingero.symbols.discovery import (

@@ -10,8 +10,10 @@ An entry (``<key>.syms``) is zlib-compressed sections then a small JSON header: 
 compressed on its own, so one name is read without inflating the rest (a stack frame in a 100k-symbol
 C++ library). The demangled section is written the first time a caller needs demangled names (demangling
 is the slow part of a cold read, and most readers -- symbol counts, attaching by name -- never need it).
-A PyTorch-sized library (120k C++ symbols, 100 MB of names) takes a few MB. A cache that cannot be
-written (read-only home) only costs speed: it is logged, never raised.
+The entry is then written again with the compressed names kept from the first write (:class:`Packed`),
+not compressed twice. A PyTorch-sized library (120k C++ symbols, 100 MB of names) takes a few MB. The
+CLI has the compressing and writing done by a thread while it writes its rows (``background``). A cache
+that cannot be written (read-only home) only costs speed: it is logged, never raised.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import json
 import logging
 import os
 import struct
+import threading
 import zlib
 from array import array
 from collections.abc import Sequence
@@ -105,12 +108,23 @@ class Entry:
     file: str
     names_at: list[tuple[int, int]]
     display_at: list[tuple[int, int]] | None
+    columns_at: tuple[int, int] = (0, 0)
 
     def chunk(self, which: str, k: int) -> list[str]:
         off, size = (self.names_at if which == "names" else self.display_at)[k]  # type: ignore[index]
         with open(self.file, "rb") as f:
             f.seek(off)
             return zlib.decompress(f.read(size)).decode().split("\n")
+
+    def packed(self) -> Packed:
+        """The entry's compressed sections as stored (to write it again with more, not compressing twice)."""
+        with open(self.file, "rb") as f:
+            def raw(at: tuple[int, int]) -> bytes:
+                f.seek(at[0])
+                return f.read(at[1])
+
+            return Packed(raw(self.columns_at), [raw(at) for at in self.names_at],
+                          None if self.display_at is None else [raw(at) for at in self.display_at])
 
     def all(self, which: str) -> list[str]:
         at = self.names_at if which == "names" else self.display_at
@@ -146,34 +160,89 @@ def load(key: str) -> Entry | None:
         return None
     return Entry(head["path"], head["build_id"], head["soname"], head["versions"], head["bindings"],
                  head["count"], cols, str(path), [tuple(x) for x in head["names"]],
-                 [tuple(x) for x in head["display"]] if head.get("display") is not None else None)
+                 [tuple(x) for x in head["display"]] if head.get("display") is not None else None,
+                 (off, size))
+
+
+@dataclass
+class Packed:
+    """The compressed sections of an entry, kept so that writing the entry again (with the demangled
+    names added) does not compress the names a second time."""
+
+    columns: bytes
+    names: list[bytes]
+    display: list[bytes] | None = None
+
+
+#: entries being written in the background, by key (see :func:`store`)
+_writing: dict[str, threading.Thread] = {}
+_writing_lock = threading.Lock()
+
+
+def wait(key: str | None = None) -> None:
+    """Wait until the background writes of ``key`` (of every key if None) are on disk."""
+    with _writing_lock:
+        threads = [t for k, t in _writing.items() if key is None or k == key]
+    for t in threads:
+        t.join()
 
 
 def store(key: str, *, path: str, build_id: str | None, soname: str | None, versions: list[str],
-          bindings: list[str], columns: Columns, names: Sequence[str], display: Sequence[str] | None) -> None:
-    """Write an entry (replacing any): ``display`` None leaves the demangled section for later. Layout:
-    MAGIC, the compressed sections, the JSON header (with each section's offset and size), its length."""
+          bindings: list[str], columns: Columns, names: Sequence[str], display: Sequence[str] | None,
+          packed: Packed | None = None, background: bool = False) -> Packed:
+    """Write an entry (replacing any): ``display`` None leaves the demangled section for later; ``packed``
+    the sections an earlier store of the same entry compressed (reused). With ``background`` the sections
+    are compressed and the file written by a thread (zlib lets other threads run meanwhile), which the
+    interpreter waits for before it exits; :func:`wait` waits for it sooner. Returns the sections (filled
+    in by the time the write is done). Layout: MAGIC, the compressed sections, the JSON header (with each
+    section's offset and size), its length."""
+    wait(key)  # one write of an entry at a time, in order
+    out = packed if packed is not None else Packed(b"", [])
+    head = {"format": FORMAT, "path": path, "build_id": build_id, "soname": soname, "versions": versions,
+            "bindings": bindings, "count": len(names)}
+
+    def write() -> None:
+        try:
+            if not out.columns:
+                out.columns = zlib.compress(columns.pack(), LEVEL)
+                out.names = _chunks(names)
+            if display is not None and out.display is None:
+                out.display = _chunks(display)
+            _write(key, head, out)
+        finally:
+            with _writing_lock:
+                if _writing.get(key) is threading.current_thread():
+                    del _writing[key]
+
+    if not background:
+        write()
+        return out
+    t = threading.Thread(target=write, name=f"ingero-symbol-cache-{key[:12]}")
+    with _writing_lock:
+        _writing[key] = t
+    t.start()
+    return out
+
+
+def _write(key: str, head: dict, packed: Packed) -> None:
     d = symbols_dir()
     final = d / f"{key}.syms"
-    tmp = d / f".{key}.{os.getpid()}.tmp"
-    blobs = [zlib.compress(columns.pack(), LEVEL)]
-    name_chunks = _chunks(names)
-    display_chunks = _chunks(display) if display is not None else []
+    tmp = d / f".{key}.{os.getpid()}.{threading.get_ident()}.tmp"
+    blobs = [packed.columns, *packed.names, *(packed.display or ())]
     at, pos = [], len(MAGIC)
-    for b in blobs + name_chunks + display_chunks:
+    for b in blobs:
         at.append((pos, len(b)))
         pos += len(b)
-    n = len(name_chunks)
-    head = json.dumps({"format": FORMAT, "path": path, "build_id": build_id, "soname": soname,
-                       "versions": versions, "bindings": bindings, "count": len(names), "columns": at[0],
-                       "names": at[1 : 1 + n], "display": None if display is None else at[1 + n :]}).encode()
+    n = len(packed.names)
+    raw = json.dumps({**head, "columns": at[0], "names": at[1 : 1 + n],
+                      "display": None if packed.display is None else at[1 + n :]}).encode()
     try:
         d.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
             f.write(MAGIC)
-            for b in blobs + name_chunks + display_chunks:
+            for b in blobs:
                 f.write(b)
-            f.write(head + _HDR.pack(len(head)))
+            f.write(raw + _HDR.pack(len(raw)))
         os.replace(tmp, final)
     except OSError as e:
         log.warning("could not write the symbol cache entry %s: %s", final, e)

@@ -18,10 +18,15 @@ address) are dropped.
 
 from __future__ import annotations
 
+import io
 import logging
+import mmap
 import os
 import struct
+import sys
+from bisect import bisect_right
 from dataclasses import dataclass
+from itertools import compress, repeat
 from typing import BinaryIO, NamedTuple
 
 from ingero.errors import LibraryNotFound, NotAnElf, PermissionProblem
@@ -52,6 +57,34 @@ class RawSymbol(NamedTuple):
     default_version: bool
     section: str  # "dynsym" | "symtab"
     kind: str  # "func" | "ifunc"
+
+
+@dataclass
+class FunctionColumns:
+    """The function symbols of a file as columns (index i = symbol i, in file order): what the symbol
+    table is built from without an object per symbol. ``flags``: bit 0 default version, bit 1 from
+    ``.symtab``, bit 2 an IFUNC."""
+
+    names: list[str]
+    address: list[int]
+    file_offset: list[int]
+    size: list[int]
+    binding: list[str]
+    version: list[str | None]
+    flags: list[int]
+
+    def rows(self) -> list[RawSymbol]:
+        return [RawSymbol(n, a, o, sz, b, v, bool(f & 1), "symtab" if f & 2 else "dynsym",
+                          "ifunc" if f & 4 else "func")
+                for n, a, o, sz, b, v, f in zip(self.names, self.address, self.file_offset, self.size,
+                                                self.binding, self.version, self.flags, strict=True)]
+
+    @classmethod
+    def of(cls, rows: list[RawSymbol]) -> FunctionColumns:
+        return cls([r.name for r in rows], [r.address for r in rows], [r.file_offset for r in rows],
+                   [r.size for r in rows], [r.binding for r in rows], [r.version for r in rows],
+                   [int(r.default_version) | (r.section == "symtab") << 1 | (r.kind == "ifunc") << 2
+                    for r in rows])
 
 
 @dataclass(frozen=True)
@@ -256,20 +289,19 @@ class _Elf:
 
     # -- symbols ---------------------------------------------------------------------------------
     def function_symbols(self) -> list[RawSymbol]:
-        secs = self.sections
-        out: list[RawSymbol] = []
+        return self.function_columns().rows()
+
+    def function_columns(self) -> FunctionColumns:
+        """The defined functions of ``.dynsym`` then ``.symtab`` (a ``.symtab`` entry repeating an entry
+        already taken, same name and address, is dropped), as columns."""
+        out = FunctionColumns([], [], [], [], [], [], [])
         seen: set[tuple[str, int]] = set()
         for want, label in ((SHT_DYNSYM, "dynsym"), (SHT_SYMTAB, "symtab")):
-            for idx, s in enumerate(secs):
+            for idx, s in enumerate(self.sections):
                 if s.type != want or s.size == 0:
                     continue
                 versions = self._versions(idx) if want == SHT_DYNSYM else None
-                for sym in self._symbols(s, label, versions):
-                    key = (sym.name.split("@", 1)[0], sym.address)
-                    if label == "symtab" and key in seen:
-                        continue
-                    seen.add(key)
-                    out.append(sym)
+                self._symbols(s, label == "symtab", versions, out, seen)
         return out
 
     def _versions(self, dynsym_idx: int) -> tuple[list[int], dict[int, str]] | None:
@@ -301,53 +333,115 @@ class _Elf:
                 pos += vd_next
         return ndx, names
 
-    def _symbols(self, s: _Section, label: str, versions) -> list[RawSymbol]:
-        lay, cls64 = self.lay, self.lay.cls64
+    def _fields(self, blob: bytes) -> tuple:
+        """(st_name, st_info, st_shndx, st_value, st_size) of every entry, one sequence each."""
+        lay = self.lay
+        if lay.cls64 and lay.e == "<" and sys.byteorder == "little":
+            # Elf64_Sym is 24 bytes: name u32 @0, info u8 @4, other u8 @5, shndx u16 @6, value u64 @8,
+            # size u64 @16 -- strided views of the native-order casts, no per-entry unpacking
+            mv = memoryview(blob)
+            return (mv.cast("I")[0::6].tolist(), mv[4::24].tobytes(), mv.cast("H")[3::12].tolist(),
+                    mv.cast("Q")[1::3].tolist(), mv.cast("Q")[2::3].tolist())
+        cols = list(zip(*lay.sym.iter_unpack(blob), strict=True)) or [()] * 6
+        if lay.cls64:  # name info other shndx value size
+            return cols[0], cols[1], cols[3], cols[4], cols[5]
+        return cols[0], cols[3], cols[5], cols[1], cols[2]  # name value size info other shndx
+
+    def _strtab(self, sec: _Section) -> tuple[bytes | mmap.mmap, int]:
+        """A string table as (buffer, where it starts in it): the file mapped, not copied, when the table
+        is large (a C++ library's is ~70 MB)."""
+        if sec.size >= 1 << 20:
+            try:
+                m = mmap.mmap(self.f.fileno(), 0, access=mmap.ACCESS_READ)
+            except (OSError, ValueError, io.UnsupportedOperation):
+                m = None
+            if m is not None:
+                if sec.offset + sec.size <= len(m):
+                    return m, sec.offset
+                m.close()
+        return self.read(sec.offset, sec.size), 0
+
+    def _symbols(self, s: _Section, symtab: bool, versions, out: FunctionColumns,
+                 seen: set[tuple[str, int]]) -> None:
+        lay = self.lay
         if s.entsize and s.entsize != lay.sym.size:
             raise NotAnElf(f"{self.path}: unexpected symbol entry size {s.entsize}")
         strsec = self.sections[s.link]
-        strtab = self.read(strsec.offset, strsec.size)
-        blob = self.read(s.offset, s.size - s.size % lay.sym.size)
-        ndx, vnames = versions if versions else (None, None)
+        name_off, info, shndx, value, size = self._fields(self.read(s.offset, s.size - s.size % lay.sym.size))
+        sel = [i for i in compress(range(len(value)), map(_FUNC_INFO.__getitem__, info)) if shndx[i]]
+        buf, base = self._strtab(strsec)
+        try:
+            names = _names(buf, base, strsec.size, [name_off[i] for i in sel])
+        finally:
+            if isinstance(buf, mmap.mmap):
+                buf.close()
+        vals = [value[i] for i in sel]
+        offs = self._file_offsets(vals, [shndx[i] for i in sel])
+        keys = zip((n.split("@", 1)[0] if "@" in n else n for n in names), vals, strict=True)
+        if symtab:
+            keep = [k for k, key in enumerate(keys) if names[k] and offs[k] is not None
+                    and not (key in seen or seen.add(key))]  # type: ignore[func-returns-value]
+        else:
+            seen.update(keys)
+            keep = [k for k in range(len(sel)) if names[k] and offs[k] is not None]
+        for k in range(len(sel)):
+            if offs[k] is None and names[k]:
+                log.debug("%s: %s at %#x is in no PT_LOAD segment; skipped", self.path, names[k], vals[k])
+        ii = [sel[k] for k in keep]
+        infos = [info[i] for i in ii]
+        out.names += [names[k] for k in keep]
+        out.address += [vals[k] for k in keep]
+        out.file_offset += [offs[k] for k in keep]  # type: ignore[misc]
+        out.size += [size[i] for i in ii]
+        out.binding += [_BIND_NAMES[x >> 4] for x in infos]
+        kinds = [(x & 0xF == STT_GNU_IFUNC) << 2 | symtab << 1 for x in infos]
+        if versions:
+            ndx, vnames = versions
+            known = {v: (vnames.get(v & 0x7FFF) if (v & 0x7FFF) > 1 else None, int(not v & VERSYM_HIDDEN))
+                     for v in set(ndx)}
+            vd = [known[ndx[i]] if i < len(ndx) else (None, 1) for i in ii]
+            out.version += [v for v, _ in vd]
+            out.flags += [d | f for (_, d), f in zip(vd, kinds, strict=True)]
+        else:
+            out.version += [None] * len(ii)
+            out.flags += [1 | f for f in kinds]
+
+    def _file_offsets(self, values: list[int], shndx: list[int]) -> list[int | None]:
+        """The file offset of each address: through the PT_LOAD segment holding it, else (an object
+        without segments) through the symbol's section; None when neither holds it."""
+        loads = sorted(self.loads)
+        starts = [a for a, _, _ in loads]
+        ends = [a + size for a, size, _ in loads]
+        if any(ends[k] > starts[k + 1] for k in range(len(loads) - 1)):  # overlapping: first one wins
+            offs = [self.vaddr_to_offset(v) for v in values]
+        else:
+            deltas = [off - a for a, _, off in loads]
+            offs = [v + deltas[k - 1] if k and v < ends[k - 1] else None
+                    for v, k in zip(values, map(bisect_right, repeat(starts), values), strict=True)]
         secs = self.sections
-        out = []
-        for i, t in enumerate(lay.sym.iter_unpack(blob)):
-            if cls64:
-                name_off, info, _other, shndx, value, size = t
-            else:
-                name_off, value, size, info, _other, shndx = t
-            stype = info & 0xF
-            if (stype != STT_FUNC and stype != STT_GNU_IFUNC) or shndx == SHN_UNDEF:
-                continue
-            name = _cstr(strtab, name_off)
-            if not name:
-                continue
-            off = self.vaddr_to_offset(value)
-            if off is None and 0 < shndx < SHN_LORESERVE and shndx < len(secs):
-                sec = secs[shndx]
-                off = value - sec.addr + sec.offset if self.type != 1 else value + sec.offset
+        for k, off in enumerate(offs):
             if off is None:
-                log.debug("%s: %s at %#x is in no PT_LOAD segment; skipped", self.path, name, value)
-                continue
-            version, default = None, True
-            if ndx is not None and i < len(ndx):
-                v = ndx[i]
-                default = not (v & VERSYM_HIDDEN)
-                version = vnames.get(v & 0x7FFF) if (v & 0x7FFF) > 1 else None
-            out.append(
-                RawSymbol(
-                    name,
-                    value,
-                    off,
-                    size,
-                    BINDINGS.get(info >> 4, str(info >> 4)),
-                    version,
-                    default,
-                    label,
-                    "ifunc" if stype == STT_GNU_IFUNC else "func",
-                )
-            )
-        return out
+                v, x = values[k], shndx[k]
+                if 0 < x < SHN_LORESERVE and x < len(secs):
+                    sec = secs[x]
+                    offs[k] = v - sec.addr + sec.offset if self.type != 1 else v + sec.offset
+        return offs
+
+
+#: binding names by st_bind (0-15)
+_BIND_NAMES = [BINDINGS.get(b) or str(b) for b in range(16)]
+#: st_info values of a function (STT_FUNC) or an IFUNC (STT_GNU_IFUNC), any binding
+_FUNC_INFO = bytes(int((x & 0xF) in (STT_FUNC, STT_GNU_IFUNC)) for x in range(256))
+
+
+def _names(buf: bytes | mmap.mmap, base: int, size: int, offsets: list[int]) -> list[str]:
+    """The NUL-terminated strings at these offsets of the string table of ``size`` bytes at ``base``."""
+    if size and buf[base + size - 1] == 0:  # every string ends inside the table
+        find = buf.find
+        return [buf[base + o : find(b"\0", base + o)].decode("utf-8", "replace") if o < size else ""
+                for o in offsets]
+    table = buf[base : base + size]
+    return [_cstr(table, o) for o in offsets]
 
 
 def _cstr(blob: bytes, off: int) -> str:
@@ -383,18 +477,26 @@ def read_elf_info(path: str | os.PathLike) -> ElfInfo:
 
 def read_function_symbols(path: str | os.PathLike, reader: str = "raw") -> tuple[ElfInfo, list[RawSymbol]]:
     """The file's identity and its defined function symbols (``reader``: ``raw`` or ``pyelftools``)."""
+    info, cols = read_function_columns(path, reader)
+    return info, cols.rows()
+
+
+def read_function_columns(path: str | os.PathLike, reader: str = "raw") -> tuple[ElfInfo, FunctionColumns]:
+    """:func:`read_function_symbols` as columns (what the symbol table is built from)."""
     p = os.fspath(path)
     if reader == "pyelftools":
-        return _pyelftools_symbols(p)
+        info, rows = _pyelftools_symbols(p)
+        return info, FunctionColumns.of(rows)
     if reader != "raw":
         raise ValueError(f"unknown reader {reader!r}")
     with _open(p) as f:
         elf = _Elf(f, p)  # NotAnElf propagates: pyelftools would not do better
         try:
-            return elf.info(), elf.function_symbols()
-        except (struct.error, IndexError, NotAnElf) as e:
+            return elf.info(), elf.function_columns()
+        except (struct.error, IndexError, ValueError, NotAnElf) as e:
             log.warning("raw ELF reader failed on %s (%s); falling back to pyelftools", p, e)
-    return _pyelftools_symbols(p)
+    info, rows = _pyelftools_symbols(p)
+    return info, FunctionColumns.of(rows)
 
 
 def _pyelftools_symbols(path: str) -> tuple[ElfInfo, list[RawSymbol]]:

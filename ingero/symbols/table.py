@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 
 from ingero.errors import IngeroError, NoSymbols, SymbolNotFound, suggestion
 from ingero.symbols import cache
+from ingero.symbols.demangle import demangle_all
 from ingero.symbols.discovery import Library, resolve_library
-from ingero.symbols.elf import RawSymbol, read_elf_info, read_function_symbols
+from ingero.symbols.elf import read_elf_info, read_function_columns
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +81,15 @@ class SymbolTable:
         self._symbols: tuple[Symbol, ...] | None = None
         self._chunks: dict[tuple[str, int], list[str]] = {}
         self._objs: dict[int, Symbol] = {}
+        #: the cache entry's compressed sections once written (not compressed again); write it behind
+        self._packed: cache.Packed | None = None
+        self.write_behind = False
 
     def at(self, path: str) -> SymbolTable:
         """The same table read through another path."""
         t = SymbolTable(path, self.build_id, self.soname, self.columns, self.versions, self.bindings,
                         names=self._names, display=self._display, entry=self._entry, key=self._key)
-        t._by_name = self._by_name
+        t._by_name, t._packed, t.write_behind = self._by_name, self._packed, self.write_behind
         return t
 
     def __eq__(self, other: object) -> bool:
@@ -171,9 +175,12 @@ class SymbolTable:
         return got[i % cache.CHUNK]
 
     def _store(self) -> None:
-        cache.store(self._key, path=self.path, build_id=self.build_id, soname=self.soname,  # type: ignore[arg-type]
-                    versions=self.versions, bindings=self.bindings, columns=self.columns,
-                    names=self.all_names, display=self._display)
+        if self._packed is None and self._entry is not None:
+            self._packed = self._entry.packed()
+        self._packed = cache.store(
+            self._key, path=self.path, build_id=self.build_id, soname=self.soname,  # type: ignore[arg-type]
+            versions=self.versions, bindings=self.bindings, columns=self.columns, names=self.all_names,
+            display=self._display, packed=self._packed, background=self.write_behind)
 
     # -- symbols -----------------------------------------------------------------------------------
     def symbol(self, i: int, demangled: str | None = None) -> Symbol:
@@ -264,59 +271,25 @@ _MEMO: dict[str, SymbolTable] = {}
 _MEMO_MAX = 16
 
 
-def demangle_all(names: list[str]) -> list[str]:
-    """The demangled form of each name (the name itself when it is not a mangled C++ name)."""
-    if not any(n.startswith("_Z") for n in names):
-        return list(names)
-    import cxxfilt
-
-    out = []
-    demangle = cxxfilt.demangle
-    for n in names:
-        if n.startswith("_Z"):
-            try:
-                out.append(demangle(n))
-                continue
-            except cxxfilt.InvalidName:
-                pass
-        out.append(n)
-    return out
-
-
 def _parse(path: str, reader: str, key: str | None = None) -> SymbolTable:
-    info, raw = read_function_symbols(path, reader=reader)
-    return table_of(path, raw, info.build_id, info.soname, key=key)
-
-
-def table_of(path: str, raw: list[RawSymbol], build_id: str | None = None, soname: str | None = None, *,
-             key: str | None = None) -> SymbolTable:
-    """The table of the function symbols ``raw`` of the file ``path`` (sorted here): what reading a file
-    gives, and what a test gives the checker as the symbols of a library of its own."""
-    raw = sorted(raw, key=lambda r: (r.name, r.address, r.section))
-    versions: list[str] = [""]
-    bindings: list[str] = []
-    vidx: dict[str, int] = {}
-    bidx: dict[str, int] = {}
-    cols = cache.Columns(array("Q"), array("Q"), array("Q"), array("H"), array("B"), array("B"))
-    for r in raw:
-        cols.address.append(r.address)
-        cols.file_offset.append(r.file_offset)
-        cols.size.append(r.size)
-        if r.version:
-            v = vidx.get(r.version)
-            if v is None:
-                v = vidx[r.version] = len(versions)
-                versions.append(r.version)
-            cols.version.append(v)
-        else:
-            cols.version.append(0)
-        b = bidx.get(r.binding)
-        if b is None:
-            b = bidx[r.binding] = len(bindings)
-            bindings.append(r.binding)
-        cols.binding.append(b)
-        cols.flags.append(int(r.default_version) | (r.section == "symtab") << 1 | (r.kind == "ifunc") << 2)
-    return SymbolTable(path, build_id, soname, cols, versions, bindings, names=[r.name for r in raw], key=key)
+    info, fc = read_function_columns(path, reader=reader)
+    names, address = fc.names, fc.address
+    # sorted by (name, address, section): two stable sorts, the minor key first (dynsym before symtab)
+    order = sorted(range(len(names)), key=[a << 1 | (f >> 1 & 1) for a, f in zip(address, fc.flags,
+                                                                                 strict=True)].__getitem__)
+    order.sort(key=names.__getitem__)
+    # versions and bindings numbered in order of first appearance
+    versions = [""] + [v for v in dict.fromkeys(map(fc.version.__getitem__, order)) if v]
+    vidx = {v: i for i, v in enumerate(versions)}
+    vidx[None] = 0
+    bindings = list(dict.fromkeys(map(fc.binding.__getitem__, order)))
+    bidx = {b: i for i, b in enumerate(bindings)}
+    cols = cache.Columns(array("Q", [address[i] for i in order]), array("Q", [fc.file_offset[i] for i in order]),
+                         array("Q", [fc.size[i] for i in order]),
+                         array("H", [vidx[fc.version[i]] for i in order]),
+                         array("B", [bidx[fc.binding[i]] for i in order]), array("B", [fc.flags[i] for i in order]))
+    return SymbolTable(path, info.build_id, info.soname, cols, versions, bindings,
+                       names=[names[i] for i in order], key=key)
 
 
 def _no_symbols(table: SymbolTable) -> NoSymbols:
@@ -328,13 +301,15 @@ def _no_symbols(table: SymbolTable) -> NoSymbols:
 
 
 def read_symbols(
-    lib: Library | str | os.PathLike, *, reader: str = "raw", use_cache: bool = True
+    lib: Library | str | os.PathLike, *, reader: str = "raw", use_cache: bool = True,
+    write_behind: bool = False,
 ) -> SymbolTable:
     """The function symbols of a library: a :class:`Library`, a path, or a name such as ``libcudart``
     (resolved with :func:`resolve_library`). Cached per build-id in memory and on disk.
 
     ``reader`` picks the ELF reader on a cache miss (``raw`` or ``pyelftools``, see
-    :mod:`ingero.symbols.elf`); ``use_cache=False`` reads the file and touches no cache.
+    :mod:`ingero.symbols.elf`); ``use_cache=False`` reads the file and touches no cache;
+    ``write_behind`` compresses and writes the cache entry in a thread (see :func:`cache.store`).
     Raises LibraryNotFound, NotAnElf, PermissionProblem, NoSymbols.
     """
     if isinstance(lib, str) and "/" not in lib:
@@ -363,8 +338,10 @@ def read_symbols(
         if entry is not None:
             table = SymbolTable(entry.path, entry.build_id, entry.soname, entry.columns, entry.versions,
                                 entry.bindings, entry=entry, key=key)
+            table.write_behind = write_behind
         else:
             table = _parse(path, reader, key)
+            table.write_behind = write_behind
             table._store()  # names now, demangled names when someone needs them
         if len(_MEMO) >= _MEMO_MAX:
             _MEMO.pop(next(iter(_MEMO)))
