@@ -6,7 +6,6 @@ from ingero.dsl import ast
 from ingero.dsl.context import Report
 from ingero.dsl.resolved import Budgets
 from ingero.dsl.units import TIME_UNITS, number
-from ingero.errors import suggestion
 from ingero.limits import MAX_SYMBOLS
 
 BUDGET_NAMES = ("ttl", "events", "rate", "symbols")
@@ -21,11 +20,7 @@ def budgets(limit: ast.Limit | None, report: Report) -> Budgets:
     given: set[str] = set()
     for b in limit.budgets if limit else ():
         if b.name not in BUDGET_NAMES:
-            report.error(
-                b.name_span,
-                f"unknown budget {b.name!r}",
-                suggestion(b.name, BUDGET_NAMES) or f"budgets: {', '.join(BUDGET_NAMES)}",
-            )
+            report.unknown(b.name_span, "budget", b.name, BUDGET_NAMES)
             continue
         if b.name in given:
             report.error(b.span, f"budget {b.name!r} given twice", "keep one of them")

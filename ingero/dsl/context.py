@@ -9,7 +9,7 @@ one mistake does not cascade.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ingero.abi import Place
@@ -19,6 +19,7 @@ from ingero.dsl.diagnostics import Diagnostic
 from ingero.dsl.lookup import Lookups
 from ingero.dsl.resolved import Budgets, LibraryRef, RAgg, ResolvedSymbol, RExpr, Value
 from ingero.dsl.source import Span
+from ingero.errors import suggestion
 
 
 class Report:
@@ -29,6 +30,11 @@ class Report:
 
     def error(self, span: Span, message: str, hint: str | None = None) -> None:
         self._errors.append(Diagnostic(span, message, hint))
+
+    def unknown(self, span: Span, what: str, name: str, known: Sequence[str], plural: str = "") -> None:
+        """``unknown WHAT 'name'``, with the closest known names as the hint, else all of them."""
+        self.error(span, f"unknown {what} {name!r}",
+                   suggestion(name, known) or f"{plural or what + 's'}: {', '.join(known)}")
 
     def add(self, d: Diagnostic) -> None:
         self._errors.append(d)

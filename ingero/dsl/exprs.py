@@ -19,13 +19,23 @@ from __future__ import annotations
 
 import re
 
-from ingero.catalogue import CType
+from ingero.catalogue import Catalogue, CType
 from ingero.dsl import ast
 from ingero.dsl.resolved import BUILTINS, Const, Deref, RArith, Value, ValueRef
 from ingero.dsl.units import number
 from ingero.errors import IngeroError, suggestion
 
 _READABLE = ("int", "uint", "bool", "enum", "pointer")
+
+
+def enum_of(cat: Catalogue, ct: CType) -> str | None:
+    """The catalogue's name of the enum a C type is (its values name a recorded number), or None."""
+    if ct.kind != "enum":
+        return None
+    try:
+        return cat.enum_name(ct.enum or ct.name)
+    except IngeroError:
+        return None
 
 
 class ValueExprs:
@@ -98,12 +108,7 @@ class ValueExprs:
                        "only integers, enums and pointers can be read through a pointer")
             return None
         kind = {"bool": "uint"}.get(leaf.kind, leaf.kind)
-        enum = None
-        if leaf.kind == "enum":
-            try:
-                enum = self.cat.enum_name(leaf.enum or leaf.name)
-            except IngeroError:
-                enum = None
+        enum = enum_of(self.cat, leaf)
         v = Value(key, "deref", kind, leaf.size, leaf.kind in ("int", "enum"), leaf.name, base.piece, enum,
                   at_return, Deref(base.key, off, leaf.size, at_return))
         self.values[key] = v

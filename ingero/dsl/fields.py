@@ -15,7 +15,7 @@ from ingero.abi import Piece, piece, untyped_piece
 from ingero.catalogue import CType
 from ingero.dsl import ast
 from ingero.dsl.context import ProbeContext, Report, Sig
-from ingero.dsl.exprs import ValueExprs
+from ingero.dsl.exprs import ValueExprs, enum_of
 from ingero.dsl.resolved import BUILTINS, COMM_LEN, STR_CAP, Value
 from ingero.dsl.signatures import scalar
 from ingero.errors import IngeroError, suggestion
@@ -132,12 +132,7 @@ class Fields(ValueExprs):
         kind = {"bool": "uint", "char_pointer": "string"}.get(ct.kind, ct.kind)
         if kind == "pointer" and code:
             kind = "code"
-        enum = None
-        if ct.kind == "enum":
-            try:
-                enum = self.cat.enum_name(ct.enum or ct.name)
-            except IngeroError:
-                enum = None
+        enum = enum_of(self.cat, ct)
         size = STR_CAP if kind == "string" else ct.size or 8
         return Value(key, source, kind, size, ct.kind in ("int", "enum"), ct.name, pc, enum, at_return)
 

@@ -8,7 +8,6 @@ from ingero.dsl.context import ProbeContext, Report, a_kind
 from ingero.dsl.fields import Fields
 from ingero.dsl.resolved import RAgg
 from ingero.dsl.units import number
-from ingero.errors import suggestion
 
 #: Every aggregation the language has (the code generator accepts exactly these).
 AGG_FUNCS = ("count", "sum", "min", "max", "avg", "hist", "lhist")
@@ -45,11 +44,7 @@ def _aggregations(agg: ast.Aggregate, fields: Fields, report: Report) -> tuple[R
     aggs: list[RAgg] = []
     for a in agg.aggs:
         if a.func not in AGG_FUNCS:
-            report.error(
-                a.func_span,
-                f"unknown aggregation {a.func!r}",
-                suggestion(a.func, AGG_FUNCS) or f"aggregations: {', '.join(AGG_FUNCS)}",
-            )
+            report.unknown(a.func_span, "aggregation", a.func, AGG_FUNCS)
             continue
         if a.func == "count":
             if a.arg is not None:

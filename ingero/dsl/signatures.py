@@ -81,11 +81,7 @@ def _declared_type(tr: ast.TypeRef, cat: Catalogue, report: Report) -> CType | N
         for m in tr.members:
             if m.type not in DECLARED_TYPES or DECLARED_TYPES[m.type][0] in ("char_pointer",):
                 ok = [k for k in DECLARED_TYPES if k != "str"]
-                report.error(
-                    m.type_span,
-                    f"unknown member type {m.type!r}",
-                    suggestion(m.type, ok) or f"member types: {', '.join(ok)}",
-                )
+                report.unknown(m.type_span, "member type", m.type, ok)
                 continue
             if m.name in names:
                 report.error(m.span, f"member {m.name!r} declared twice", "give each member its own name")
