@@ -207,3 +207,36 @@ def test_source_codes_in_tool_descriptions_come_from_the_one_table_and_are_accep
     for (source, op), name in OP_NAMES.items():
         if (source, op) not in INGERO_OPS:
             assert re.search(rf"{SOURCE_NAMES[source].upper()} ops: [^.]*\b{op}={name}\b", legend), name
+
+
+@pytest.mark.parametrize("with_names", [True, False])
+def test_probe_view_comm_of_a_database_written_before_it_was_filled(db, tmp_path, with_names):
+    """A database whose probe view selects the event's own (empty) comm, as ingero wrote them before (the
+    shipped demo recording has such views): replay fills comm from process_names, or, where the database has
+    none, from another event of the process -- in run_sql and the reader alike; the file is not changed."""
+    import hashlib
+    import shutil
+
+    old = tmp_path / "old.db"
+    shutil.copy(db, old)
+    view = _sql(old, "SELECT view FROM probes")[0][0]
+    c = sqlite3.connect(old)
+    sql = c.execute("SELECT sql FROM sqlite_master WHERE name = ?", (view,)).fetchone()[0]
+    start, end = sql.index("e.tid, ") + len("e.tid, "), sql.index(" AS comm, ") + len(" AS comm")
+    c.execute(f'DROP VIEW "{view}"')
+    c.execute(sql[:start] + "e.comm" + sql[end:])  # the view's SQL as ingero wrote it before
+    if not with_names:
+        c.execute("DROP TABLE process_names")
+        c.execute("UPDATE events SET comm = 'trainer' WHERE source = 1 AND pid = 7")  # the CUDA calls' own
+    c.commit()
+    c.close()
+    assert _sql(old, f'SELECT DISTINCT comm FROM "{view}"') == [("",)]  # what such a view gives by itself
+    digest = hashlib.sha256(old.read_bytes()).hexdigest()
+    err, text = _call(old, "run_sql", {"query": f'SELECT pid, comm, COUNT(*) FROM "{view}" GROUP BY 1, 2'})
+    assert not err and '"data":[[7,"[traced-data]trainer[/traced-data]",2]]' in text, text
+    reader = TraceReader.open(old)
+    try:
+        assert reader.query(f'SELECT DISTINCT comm FROM "{view}"') == [("trainer",)]
+    finally:
+        reader.close()
+    assert hashlib.sha256(old.read_bytes()).hexdigest() == digest

@@ -25,7 +25,7 @@ from functools import cached_property
 from pathlib import Path
 
 from ingero.errors import IngeroError, NotFound
-from ingero.store.schema import SOURCE_PROBE
+from ingero.store.schema import SOURCE_PROBE, shadow_old_probe_views
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +99,7 @@ class TraceReader:
         """A new read-only connection to the same file (``run_sql`` gets its own, guarded one)."""
         try:
             conn = sqlite3.connect(self._uri, uri=True, check_same_thread=False)
+            shadow_old_probe_views(conn)  # comm filled in the probe views of older databases
             conn.execute("PRAGMA query_only = 1")
             conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
         except sqlite3.DatabaseError as e:

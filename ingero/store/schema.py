@@ -189,3 +189,34 @@ def resolve_op(name: str) -> tuple[int, int]:
 
 #: ops whose arg0 is a pointer (upstream skips sum_arg0 for them)
 POINTER_ARG0_OPS = {(1, 2), (1, 3), (4, 1), (1, 50), (1, 51), (1, 54), (4, 45), (4, 46), (4, 49)}
+
+
+#: a probe view's ``comm``: a probe event's own comm is empty, so the process's name comes from
+#: ``process_names`` (as the tracer saw it)
+PROBE_VIEW_COMM = ("COALESCE(NULLIF(e.comm, ''), (SELECT pn.name FROM process_names pn WHERE pn.pid = e.pid), '') "
+                   "AS comm")
+#: the same for a database without ``process_names``: the name another event of the process carries
+_COMM_FROM_EVENTS = ("COALESCE(NULLIF(e.comm, ''), (SELECT x.comm FROM events x WHERE x.pid = e.pid AND "
+                     "x.comm != '' LIMIT 1), '') AS comm")
+#: how a probe view written before ingero filled ``comm`` selects it (always empty for probe events)
+_OLD_VIEW_COMM = ", e.comm, "
+
+
+def shadow_old_probe_views(conn) -> list[str]:
+    """Probe views written before ingero filled ``comm`` select the probe events' own, always empty, comm.
+    On this connection only (nothing is written to the file), a TEMP view of the same name, which SQLite
+    resolves first, fills it from what the database knows: ``process_names``, else another event of the
+    same process. Call before ``PRAGMA query_only``. Returns the names of the views shadowed."""
+    rows = conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'view' AND name LIKE 'probe\\_%' "
+                        "ESCAPE '\\'").fetchall()
+    has_names = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'process_names'"
+                             ).fetchone() is not None
+    comm = PROBE_VIEW_COMM if has_names else _COMM_FROM_EVENTS
+    out = []
+    for name, sql in rows:
+        head = 'CREATE VIEW "'
+        if not sql or not sql.startswith(head) or _OLD_VIEW_COMM not in sql:
+            continue
+        conn.execute("CREATE TEMP VIEW " + sql[len("CREATE VIEW "):].replace(_OLD_VIEW_COMM, f", {comm}, ", 1))
+        out.append(name)
+    return out

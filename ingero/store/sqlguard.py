@@ -148,6 +148,10 @@ class _Authorizer:
 
 def guard_connection(conn: sqlite3.Connection) -> None:
     """Make ``conn`` as safe as the guard can before any query (called once per connection)."""
+    from ingero.store.schema import shadow_old_probe_views
+
+    conn.execute("PRAGMA temp_store = MEMORY")  # (changing it later would drop the temp views made next)
+    shadow_old_probe_views(conn)  # comm filled in the probe views of older databases (this connection only)
     conn.execute("PRAGMA query_only = 1")
     try:
         conn.enable_load_extension(False)

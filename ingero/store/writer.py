@@ -59,7 +59,7 @@ from ingero.store.records import (
     stack_hash_ips,
     view_columns,
 )
-from ingero.store.schema import SOURCE_PROBE
+from ingero.store.schema import PROBE_VIEW_COMM, SOURCE_PROBE
 
 log = logging.getLogger(__name__)
 
@@ -511,11 +511,9 @@ def _sql_literal(text: str) -> str:
 
 
 def _view_sql(view: str, probe_id: int, fields: tuple[str, ...], at_return: bool) -> str:
-    # a probe event's own comm is empty: the process's name comes from process_names, as the tracer saw it
-    comm = "COALESCE(NULLIF(e.comm, ''), (SELECT pn.name FROM process_names pn WHERE pn.pid = e.pid), '') AS comm"
     # an entry-only probe never saw the return: its events' duration and ret_code are upstream's 0 filler
     ret = ("e.duration AS latency", "e.ret_code AS retval") if at_return else ("NULL AS latency", "NULL AS retval")
-    cols = ["e.id AS event_id", "e.timestamp", "e.pid", "e.tid", comm, *ret, "e.stack_hash"]
+    cols = ["e.id AS event_id", "e.timestamp", "e.pid", "e.tid", PROBE_VIEW_COMM, *ret, "e.stack_hash"]
     for i, col in enumerate(view_columns(fields)):
         expr = f"pv.v{i}" if i < VALUE_SLOTS else f"json_extract(pv.more, '$[{i - VALUE_SLOTS}]')"
         cols.append(f'{expr} AS "{col.replace(chr(34), chr(34) * 2)}"')
