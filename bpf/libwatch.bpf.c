@@ -8,13 +8,17 @@
  * library can run unprobed.
  *
  * watch_targets: the traced tree, seeded by user space, followed through forks and exits here (a private map:
- * a live trace's standard set keeps its own). */
+ * a live trace's standard set keeps its own). Its value: TARGET_HOLD (held at a watched open when HOLD is
+ * set; every process a fork adds) or TARGET_NO_HOLD (user space's choice for a root it must not stop: the
+ * foreground job of a terminal, whose shell would take the stop for a Ctrl-Z). */
 #include <uapi/linux/ptrace.h>
 
 #define SIGSTOP 19
 #define NAME_LEN 64
 #define MAX_NAMES 8
 #define PATH_LEN 256
+#define TARGET_HOLD 1
+#define TARGET_NO_HOLD 2
 
 /* a prefix of a file name, as 8 words and the mask of its bytes (a stem is watched as "libcudart.") */
 struct watch_name {
@@ -39,6 +43,12 @@ BPF_PERCPU_ARRAY(load_scratch, struct lib_load, 1);
 
 static __always_inline int watched_tgid(u32 tgid) {
     return watch_targets.lookup(&tgid) != 0;
+}
+
+/* the traced tree as bpf/follow.bpf.c asks for it, when joined after this text (LibraryWatcher(forks=True):
+ * `ingero probe run` holds each new process of the tree until its links exist) */
+static __always_inline int traced(u32 tgid) {
+    return watched_tgid(tgid);
 }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_openat) {
@@ -101,8 +111,10 @@ TRACEPOINT_PROBE(syscalls, sys_exit_openat) {
     }
     if (!found)
         return 0;
-    e->pid = id >> 32;
-    e->held = *hold ? 1 : 0;
+    u32 tgid = id >> 32;
+    u8 *target = watch_targets.lookup(&tgid);
+    e->pid = tgid;
+    e->held = *hold && target && *target != TARGET_NO_HOLD ? 1 : 0;
     if (e->held)
         bpf_send_signal(SIGSTOP);
     lib_loads.ringbuf_output(e, 8 + PATH_LEN, 0);
@@ -114,7 +126,7 @@ TRACEPOINT_PROBE(sched, sched_process_fork) {
     if (!watched_tgid(tgid))
         return 0;
     u32 child = args->child_pid;
-    u8 one = 1;
+    u8 one = TARGET_HOLD;
     /* a thread's tid is never another live process's tgid; it is removed when the thread exits */
     watch_targets.update(&child, &one);
     return 0;

@@ -92,7 +92,8 @@ def _probe_json(p) -> dict:
             "build_id": lib.build_id,
             "cuda_major": lib.cuda_major,
         },
-        "symbols": [{"name": s.name, "file_offset": s.file_offset, "typed_by": s.typed_by} for s in p.symbols],
+        "symbols": [{"name": s.name, "file_offset": s.file_offset, "file_offsets": list(s.offsets),
+                     "typed_by": s.typed_by} for s in p.symbols],
         "direction": p.direction,
         "record": list(p.record),
         "aggregate": [a.label for a in p.aggregates],
@@ -124,94 +125,118 @@ def run(file: str, command: tuple[str, ...], pid: int | None, interval: float, a
         sudo ingero probe run examples/alloc_sizes.probe --pid 4242
         sudo ingero probe run examples/big_copies.probe -- python train.py
     """
-    from ingero.compiler import compile_spec
     from ingero.dsl import check as check_spec
-    from ingero.errors import BpfUnavailable
+    from ingero.dsl.lookup import MACHINE, TreeLookups
+    from ingero.errors import BpfUnavailable, NoSuchProcess
+    from ingero.runtime.group import ProbeGroup
     from ingero.runtime.kernel import bpf_problem
-    from ingero.runtime.probes import ProbeSession
 
     if command and pid is not None:
         raise click.UsageError("give either --pid or a command after --, not both")
     problem = bpf_problem()
     if problem:
         raise BpfUnavailable(f"cannot run probes here: {problem}")
+    if pid is not None and not os.path.exists(f"/proc/{pid}"):
+        raise NoSuchProcess(f"no process with pid {pid}", hint="list processes with `ps -e`")
     text, name = _read(file)
-    result = check_spec(text, name, pid=pid)
+    tree_run = bool(command) or pid is not None
+    # on a tree: a library the process has not mapped (yet) is checked on the search path, and one found
+    # nowhere is waited for (checked against the copy the tree loads)
+    result = check_spec(text, name, pid=pid, lookups=TreeLookups() if tree_run else MACHINE, may_wait=tree_run)
     if not result.ok:
         _fail(result, as_json)
-    compiled = compile_spec(result.resolved(), ringbuf_pages=RUN_RINGBUF_PAGES)
     printer = _Printer(as_json)
-    held = child = watcher = None
-    if command:
-        from ingero.runtime.libwatch import LibraryWatcher
-        from ingero.runtime.spawn import spawn_gated
-
-        held = spawn_gated(list(command))
-        child = held.proc
-        pid = child.pid
-        # the probes bind to the copies the command maps, when it maps them: the watcher holds it at each
-        # open of such a library until the probes are on that file
-        watcher = LibraryWatcher(hold=True)
-    session = ProbeSession(compiled, pid=pid, bind_mapped=watcher is not None)
+    held = child = watcher = follower = group = None
     stop = _Stop()
     try:
         stop.install()
+        if command:
+            from ingero.runtime.spawn import spawn_gated
+
+            held = spawn_gated(list(command))
+            child = held.proc
+            pid = child.pid
+        if tree_run:
+            from ingero.runtime.libwatch import LibraryWatcher, not_holdable
+            from ingero.tracer.follow import follow_tree
+
+            # the probes bind to the copies the tree maps, when it maps them: the watcher holds a process at
+            # each open of such a library until the probes are on that file; each process the tree forks is
+            # held until its links exist
+            watcher = LibraryWatcher(hold=True, forks=True).start()
+            why_not = not_holdable(pid) if child is None else None
+            watcher.follow(pid, hold=why_not is None)
+            if why_not:
+                printer.status(f"pid {pid} is not stopped when it opens a library ({why_not}): calls it makes in "
+                               "the first milliseconds after a late load may be missed")
+            follower = follow_tree(watcher.bpf, [pid])
+        group = ProbeGroup(result, pid=pid, tree=follower, bind_mapped=tree_run, ringbuf_pages=RUN_RINGBUF_PAGES)
         if watcher is not None:
             from ingero.runtime.libwatch import watch_names
 
-            watcher.start([pid])
-            watcher.watch(watch_names(p.probe.library.name for p in compiled.probes))
-        session.start()
-        printer.session = session
-        names = ", ".join(p.probe.name for p in compiled.probes)
+            watcher.watch(watch_names(group.library_names()))
+        group.start()
+        printer.session = group
+        # the copies a --pid tree maps already: attached before the status line says it is attached
+        mapped = _bind_mapped(group, follower.linked if follower else {pid}) if child is None and pid else []
+        names = ", ".join(n for n in group.order if n not in group.unbound()) or "nothing yet"
         printer.status(
-            f"attached {names} in {session.load_seconds + session.attach_seconds:.2f}s"
-            + (f" to pid {pid}" if pid else
+            f"attached {names} in {group.load_seconds + group.attach_seconds:.2f}s"
+            + (f" to pid {pid} and the processes it forks" if pid else
                " to every process (any process calling these functions traps; --pid N or -- CMD limits it)")
             + "; Ctrl-C to stop"
         )
-        for pname, what in session.waiting().items():
+        for b in mapped:
+            if isinstance(b, str):
+                printer.status(b)
+            else:
+                printer.bound(b)
+        for pname, what in group.waiting().items():
             printer.waiting(pname, what)
         if held is not None:
             held.release()
         next_print = time.monotonic() + interval if interval > 0 else None
         while not stop.signum:
             if watcher is not None:
-                _bind_loads(watcher, session, printer)
-            printer.rows(session.wait(20 if watcher is not None else 100))
-            session.enforce_budgets()
-            for pname, why in list(session.ended.items()):
+                _bind_loads(watcher, group, printer)
+            printer.rows(group.wait(20 if watcher is not None else 100))
+            group.enforce_budgets()
+            for pname, why in list(group.ended.items()):
                 printer.ended(pname, why)
-            if not session.active:
+            if not group.active:
                 break
-            if child is not None and child.poll() is not None:
+            alive = follower.drop_exited() if follower is not None else set()
+            if child is not None and child.poll() is not None and not alive:
                 break
-            if pid is not None and child is None and not os.path.exists(f"/proc/{pid}"):
-                printer.status(f"process {pid} exited")
+            if pid is not None and child is None and not alive and not os.path.exists(f"/proc/{pid}"):
+                printer.status(f"process {pid} exited" + (" (and every process it forked)" if follower else ""))
                 break
             if next_print is not None and time.monotonic() >= next_print:
-                printer.aggregates(session, final=False)
+                printer.aggregates(group, final=False)
                 next_print = time.monotonic() + interval
     finally:
         # a signal from here on only sets the flag again: the summary always prints, no traceback
         if held is not None:
             held.cancel()  # not released (nothing attached): the command never runs
         try:
+            if follower is not None:
+                follower.close()  # lets go any process still held at its fork
             if watcher is not None:
-                watcher.close()
-            if session.loaded:
-                session.detach_all("run ended")
+                watcher.close()  # ... or at an open
+            if group is not None and group.loaded or group is not None and group.unbound():
+                group.detach_all("run ended")
                 deadline = time.monotonic() + DRAIN_SECONDS
                 while time.monotonic() < deadline:  # what the kernel wrote before the links closed
-                    batches = session.read()
+                    batches = group.read()
                     if not batches:
                         break
                     printer.rows(batches)
-                printer.aggregates(session, final=True)
+                printer.aggregates(group, final=True)
                 if stop.signum:
                     printer.status(f"stopped by {signal.Signals(stop.signum).name}")
         finally:
-            session.close()
+            if group is not None:
+                group.close()
             stop.restore()
             if child is not None:
                 if child.poll() is None:
@@ -261,20 +286,41 @@ class _Stop:
         self._old = {}
 
 
-def _bind_loads(watcher, session, printer) -> None:
-    """Attach the waiting probes to the libraries the command has just opened, then let it go on."""
+def _bind_loads(watcher, group, printer) -> None:
+    """Attach the waiting probes to the libraries the tree has just opened, then let it go on."""
     from ingero.errors import IngeroError
     from ingero.runtime.libwatch import loaded_library
 
     for load in watcher.poll(0):
         try:
             lib = loaded_library(load)
-            for b in session.offer(lib) if lib is not None else ():
-                printer.bound(b)
+            for b in group.offer(lib) if lib is not None else ():
+                printer.bound(b, held=load.held)
         except IngeroError as e:
             printer.status(f"cannot probe {load.path} opened by pid {load.pid}: {e.message}")
         finally:
             watcher.release(load.pid)
+
+
+def _bind_mapped(group, pids) -> list:
+    """Attach the waiting probes to the copies the processes of a ``--pid`` tree have mapped already;
+    returns the bindings, and the text of each failure."""
+    from ingero.errors import IngeroError
+    from ingero.symbols import find_libraries
+
+    out: list = []
+    for pid in sorted(pids):
+        for lib_name in group.waits_for():
+            try:
+                libs = find_libraries(pid=pid, name=lib_name) if "/" not in lib_name else []
+            except IngeroError:
+                continue  # exited meanwhile
+            for lib in libs:
+                try:
+                    out += group.offer(lib)
+                except IngeroError as e:
+                    out.append(f"cannot probe {lib.path} mapped by pid {pid}: {e.message}")
+    return out
 
 
 class _Printer:
@@ -294,12 +340,17 @@ class _Printer:
         else:
             click.echo(f"probe {name}: {what}", err=True)
 
-    def bound(self, b) -> None:
+    def bound(self, b, held: bool = True) -> None:
+        if not held and b.symbols:
+            self.status(f"probe {b.probe}: pid {b.pid} was not held at its open of {b.path}: calls it made before "
+                        "the probe attached are not counted")
         if self.as_json:
             click.echo(json.dumps({"attached": b.probe, "path": b.path, "pid": b.pid, "symbols": b.symbols,
-                                   "missing": list(b.missing)}))
+                                   "addresses": b.addresses, "missing": list(b.missing)}))
         elif b.symbols:
-            click.echo(f"probe {b.probe}: attached to {b.path} (mapped by pid {b.pid})"
+            several = (f", {b.symbols} function{'s' if b.symbols != 1 else ''} at {b.addresses} addresses"
+                       if b.addresses > b.symbols else "")
+            click.echo(f"probe {b.probe}: attached to {b.path} (mapped by pid {b.pid}{several})"
                        + (f"; that copy lacks {', '.join(b.missing)}" if b.missing else ""), err=True)
         else:
             click.echo(f"probe {b.probe}: {b.path} (pid {b.pid}) has none of its functions", err=True)
@@ -363,7 +414,17 @@ class _Printer:
         out = {}
         if not final and not self.as_json:
             click.echo(f"\n--- {time.strftime('%H:%M:%S')} (live)")
-        for p in session.probes:
+        by_name = {p.name: p for p in session.probes}
+        for name in session.order:
+            p = by_name.get(name)
+            if p is None:  # its library was found nowhere, and the tree never loaded a copy it could check
+                why = session.ended.get(name) or session.waiting().get(name, "")
+                if self.as_json:
+                    out[name] = {"stats": session.stats(name).__dict__, "ended": why, "aggregates": []}
+                else:
+                    click.echo(f"\nprobe {name}: 0 matched of 0 calls: not attached, "
+                               + (why.split(" (")[0] if "never appeared" in why else why))
+                continue
             rp = p.cp.probe
             st = session.stats(rp.name)
             rows = session.aggregates(rp.name)

@@ -43,13 +43,25 @@ PIPELINE: tuple[Pass, ...] = (clauses, target, signatures, outputs, filter_)
 
 
 @dataclass(frozen=True)
+class Waiting:
+    """A probe whose library is nowhere to be found yet (``check(..., may_wait=True)``): it is checked
+    against the copy the traced processes map, when they map it (``only={name}``)."""
+
+    probe: str
+    library: str
+    searched: str  # what the search said
+
+
+@dataclass(frozen=True)
 class CheckResult:
-    """What :func:`check` returns: the resolved spec, or the errors (never both)."""
+    """What :func:`check` returns: the resolved spec, or the errors (never both); with ``may_wait``, also
+    the probes left to check once their library is mapped (``waiting``; not in ``spec``)."""
 
     source: Source
     spec: ResolvedSpec | None
     errors: tuple[Diagnostic, ...]
     tree: ast.Spec | None = None
+    waiting: tuple[Waiting, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -69,12 +81,15 @@ MAX_SPEC_CHARS = 64 * 1024
 
 
 def check(
-    text: str | bytes, name: str = "<spec>", *, pid: int | None = None, lookups: Lookups = MACHINE
+    text: str | bytes, name: str = "<spec>", *, pid: int | None = None, lookups: Lookups = MACHINE,
+    may_wait: bool = False, only: frozenset[str] | None = None,
 ) -> CheckResult:
     """Parse and check a spec against this machine's libraries and the signature catalogue.
 
     ``pid``: resolve libraries from what that process mapped (a ``pid N`` in a target wins). ``lookups``:
-    where libraries, symbols and signatures come from. Never raises for a bad spec: errors come back in
+    where libraries, symbols and signatures come from. ``may_wait``: a probe whose library (named by a
+    stem or soname) is found nowhere is not an error but :attr:`CheckResult.waiting`. ``only``: check these
+    probes and leave the others out. Never raises for a bad spec: errors come back in
     ``CheckResult.errors`` (each with line, column, message, hint).
     """
     if isinstance(text, bytes):
@@ -95,7 +110,10 @@ def check(
     probes: list[ResolvedProbe] = []
     seen: dict[str, ast.Probe] = {}
     lines = text.splitlines()
+    waiting: list[Waiting] = []
     for i, p in enumerate(tree.probes):
+        if only is not None and p.name not in only:
+            continue
         if len(p.name) > MAX_PROBE_NAME_CHARS:
             report.error(p.name_span, f"the probe name is {len(p.name)} characters, more than the "
                          f"{MAX_PROBE_NAME_CHARS} allowed", "give it a shorter name")
@@ -108,17 +126,20 @@ def check(
             )
             continue
         seen[p.name] = p
-        ctx = ProbeContext(p, i, p.target.pid if p.target.pid is not None else pid, lookups)
+        ctx = ProbeContext(p, i, p.target.pid if p.target.pid is not None else pid, lookups, may_wait=may_wait)
         for step in PIPELINE:
             mark = len(report)
             ctx = step(ctx, report)
             if len(report) > mark:
                 break
+            if ctx.waits_for is not None:
+                waiting.append(Waiting(p.name, p.target.library, ctx.waits_for))
+                break
         else:
             probes.append(resolved_probe(ctx, "\n".join(lines[p.span.line - 1 : p.span.end_line])))
     if len(report):
         return CheckResult(source, None, report.errors, tree)
-    return CheckResult(source, ResolvedSpec(tuple(probes), name, text), (), tree)
+    return CheckResult(source, ResolvedSpec(tuple(probes), name, text), (), tree, tuple(waiting))
 
 
 def resolved_probe(ctx: ProbeContext, text: str) -> ResolvedProbe:
@@ -170,4 +191,4 @@ def _not_text(text: str) -> Diagnostic | None:
 
 
 
-__all__ = ["PIPELINE", "CheckResult", "check", "check_file"]
+__all__ = ["PIPELINE", "CheckResult", "Waiting", "check", "check_file"]

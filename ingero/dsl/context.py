@@ -73,6 +73,11 @@ class ProbeContext:
     pid: int | None
     lookups: Lookups
     notes: tuple[str, ...] = ()
+    #: a library found nowhere may be waited for (``probe run -- CMD`` / ``--pid``): the target pass then
+    #: sets ``waits_for`` (what was searched) instead of reporting an error, and the probe is checked later
+    #: against the copy the traced processes map
+    may_wait: bool = False
+    waits_for: str | None = None
     # clauses
     where: ast.Where | None = None
     record_clause: ast.Record | None = None
@@ -81,7 +86,7 @@ class ProbeContext:
     # target
     library: LibraryRef | None = None
     symbol_names: tuple[str, ...] = ()
-    symbol_offsets: Mapping[str, int] = field(default_factory=dict)
+    symbol_offsets: Mapping[str, tuple[int, ...]] = field(default_factory=dict)  # every address of each name
     # signatures
     symbols: tuple[ResolvedSymbol, ...] = ()
     sigs: tuple[Sig, ...] = ()

@@ -69,3 +69,35 @@ class MachineLookups:
 
 
 MACHINE = MachineLookups()
+
+
+class TreeLookups:
+    """The libraries of a traced process tree that may still load more of them (``ingero probe run --pid N``
+    and ``-- CMD``): what process ``pid`` mapped, else the copy this machine's search paths give (the probe
+    then binds to the copies the tree maps, when it maps them); ``bound``: a library the tree has just
+    opened, for every name that names it (a probe waiting for it is checked against that very file)."""
+
+    def __init__(self, base: Lookups = MACHINE, bound: Library | None = None) -> None:
+        self.base = base
+        self.bound = bound
+
+    @property
+    def catalogue(self) -> Catalogue:
+        return self.base.catalogue
+
+    def library(self, name: str, pid: int | None) -> Library:
+        from ingero.errors import LibraryNotFound
+        from ingero.symbols.discovery import names_library
+
+        b = self.bound
+        if b is not None and "/" not in name and names_library(name, b.path, b.soname):
+            return b
+        if pid is not None:
+            try:
+                return self.base.library(name, pid)
+            except LibraryNotFound:
+                pass  # not mapped yet: a copy on the search path to check against, bound when it is mapped
+        return self.base.library(name, None)
+
+    def symbols(self, library: Library) -> SymbolTable:
+        return self.base.symbols(library)

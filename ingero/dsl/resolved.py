@@ -176,9 +176,19 @@ class LibraryRef:
 
 @dataclass(frozen=True)
 class ResolvedSymbol:
+    """One function a probe attaches to. A name defined at several addresses (a ``static`` function of
+    several translation units) is one symbol: ``file_offset`` is its preferred definition, ``also_at`` the
+    others; every address is probed with the same cookie, so its calls count together under the name."""
+
     name: str
     file_offset: int
     typed_by: str  # catalogue, declared, untyped
+    also_at: tuple[int, ...] = ()
+
+    @property
+    def offsets(self) -> tuple[int, ...]:
+        """Every address of this function in the checked file."""
+        return (self.file_offset, *self.also_at)
 
     @property
     def shown(self) -> str:

@@ -57,7 +57,8 @@ def signatures(ctx: ProbeContext, report: Report) -> ProbeContext:
             else:
                 sig, how = Sig(None, None), "untyped"
         sigs.append(sig)
-        symbols.append(ResolvedSymbol(n, ctx.symbol_offsets.get(n, 0), how))
+        addrs = ctx.symbol_offsets.get(n, ())
+        symbols.append(ResolvedSymbol(n, addrs[0] if addrs else 0, how, addrs[1:]))
     return replace(ctx, sigs=tuple(sigs), symbols=tuple(symbols), notes=notes)
 
 

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import replace
 
 from ingero.catalogue import Catalogue, family_of
 from ingero.dsl import ast
 from ingero.dsl.context import ProbeContext, Report
-from ingero.dsl.resolved import LibraryRef
-from ingero.errors import IngeroError, suggestion
+from ingero.dsl.resolved import LibraryRef, ResolvedSymbol
+from ingero.errors import IngeroError, LibraryNotFound, suggestion
 from ingero.limits import MAX_SYMBOLS
 from ingero.symbols import Library, SymbolTable
 from ingero.symbols.discovery import stem_of
@@ -31,12 +31,19 @@ def target(ctx: ProbeContext, report: Report) -> ProbeContext:
     except IngeroError as e:
         stem = stem_of(t.library if "/" not in t.library else t.library.rsplit("/", 1)[1])
         family = family_of(stem if stem.startswith("lib") else "lib" + stem)
+        absent = isinstance(e, LibraryNotFound) and "/" not in t.library
+        if absent and ctx.may_wait and t.pid is None:
+            return replace(ctx, waits_for=e.message)
         if family is None or ctx.pid is not None or "/" in t.library:
-            report.error(
-                t.library_span,
-                e.message,
-                e.hint or "give an existing path, a soname such as libcudart.so.12 or a name such as libcudart",
-            )
+            hint = e.hint or "give an existing path, a soname such as libcudart.so.12 or a name such as libcudart"
+            if absent and ctx.pid is None:
+                from ingero.symbols.searchpaths import searched_text
+
+                hint = (f"{hint.rstrip('.')}{'' if hint.endswith('?') else '.'} Searched: {searched_text()}. "
+                        "A library only the program's own environment has "
+                        "(a virtualenv's torch/lib) is bound when it loads it: `ingero probe run SPEC -- CMD` "
+                        "waits for it in the command's process tree")
+            report.error(t.library_span, e.message, hint)
             return ctx
         ref = LibraryRef(t.library, None, None, None, None, None, False, _major(cat, None), family)
         ctx = replace(
@@ -48,7 +55,7 @@ def target(ctx: ProbeContext, report: Report) -> ProbeContext:
             ),
         )
         names = cat.names(library=family, cuda_major=ref.cuda_major)
-        return _pick_symbols(ctx, report, names, {n: 0 for n in names}, None)
+        return _pick_symbols(ctx, report, names, set(names), lambda n: (), None)
     try:
         table = ctx.lookups.symbols(lib)
     except IngeroError as e:
@@ -65,10 +72,9 @@ def target(ctx: ProbeContext, report: Report) -> ProbeContext:
         _major(cat, lib),
         family_of(lib.stem),
     )
-    # the preferred symbol of each name (see SymbolTable.get), from the columns: no demangling here
-    fo = table.columns.file_offset
-    offsets = {n: fo[idx[0]] for n, idx in table.by_name.items()}
-    return _pick_symbols(replace(ctx, library=ref), report, list(offsets), offsets, table)
+    # every definition of each name (see SymbolTable.addresses), from the columns: no demangling here
+    by_name = table.by_name
+    return _pick_symbols(replace(ctx, library=ref), report, list(by_name), by_name, table.addresses, table)
 
 
 def _major(cat: Catalogue, lib: Library | None) -> int | None:
@@ -82,7 +88,8 @@ def _pick_symbols(
     ctx: ProbeContext,
     report: Report,
     names: Sequence[str],
-    offsets: Mapping[str, int],
+    present: Container[str],
+    addresses: Callable[[str], tuple[int, ...]],
     table: SymbolTable | None,
 ) -> ProbeContext:
     t: ast.Target = ctx.probe.target
@@ -95,7 +102,7 @@ def _pick_symbols(
         chosen = [n for n in names if rx.match(n)]
         if table is not None:  # demangled C++ names match too
             seen = set(chosen)
-            chosen += [s.name for s in table.match(pattern) if s.name not in seen and s.name in offsets]
+            chosen += [s.name for s in table.match(pattern) if s.name not in seen and s.name in present]
         fragments = [n for n in chosen if _FRAGMENT.search(n)]
         if fragments:
             chosen = [n for n in chosen if not _FRAGMENT.search(n)]
@@ -113,17 +120,17 @@ def _pick_symbols(
             return ctx
     else:
         name = pattern
-        called = [n for n in ctx.lookups.catalogue.called_names(name, ctx.lib.cuda_major) if n in offsets]
+        called = [n for n in ctx.lookups.catalogue.called_names(name, ctx.lib.cuda_major) if n in present]
         if called:
             chosen = called
             if called[0] != name:
-                legacy = f" (the exported {name} is the legacy entry point for old binaries)" if name in offsets else ""
+                legacy = f" (the exported {name} is the legacy entry point for old binaries)" if name in present else ""
                 notes.append(f"{name} is called as {called[0]}: probing {called[0]}{legacy}")
             if len(called) > 1:
                 notes.append(
                     f"{called[0]} also has per-thread-stream variants: probing " + ", ".join(called[1:]) + " too"
                 )
-        elif name in offsets:
+        elif name in present:
             chosen = [name]
         elif table is not None and ("@" in name or " " in name or "::" in name or "(" in name):
             try:
@@ -135,14 +142,11 @@ def _pick_symbols(
             hint = suggestion(name, names) or f"list them with `ingero symbols {where}`"
             report.error(t.symbol_span, f"{where} has no function {name!r}", hint)
             return ctx
-    # one uprobe per address: aliases at the same offset would fire twice
-    by_off: dict[int, str] = {}
-    for n in chosen:
-        off = offsets[n]
-        if off and off in by_off:
-            continue
-        by_off[off or -len(by_off) - 1] = n
-    chosen = list(by_off.values())
+    # one uprobe per address: aliases at the same offset would fire twice; a name defined at several
+    # addresses (static functions of several translation units) is probed at every one of them
+    picked = _addresses_of(chosen, addresses)
+    chosen = list(picked)
+    notes += _several_addresses(picked)
     if len(chosen) > ctx.budgets.symbols:
         report.error(
             t.symbol_span,
@@ -152,4 +156,37 @@ def _pick_symbols(
             else f"narrow the glob: one probe attaches to {MAX_SYMBOLS} functions at most",
         )
         return ctx
-    return replace(ctx, symbol_names=tuple(chosen), symbol_offsets=dict(offsets), notes=ctx.note(*notes))
+    return replace(ctx, symbol_names=tuple(chosen), symbol_offsets=picked, notes=ctx.note(*notes))
+
+
+def _addresses_of(chosen: Sequence[str], addresses: Callable[[str], tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """Each chosen name with every address it is defined at that no earlier name took (an alias at the same
+    address is left out: it would fire twice); () for a library that is not installed here."""
+    taken: set[int] = set()
+    out: dict[str, tuple[int, ...]] = {}
+    for n in chosen:
+        addrs = addresses(n)
+        if not addrs:
+            out[n] = ()
+            continue
+        fresh = tuple(a for a in addrs if a not in taken)
+        if fresh:
+            taken.update(fresh)
+            out[n] = fresh
+    return out
+
+
+#: names at several addresses spelled out in a note, at most
+_SHOWN_MULTI = 4
+
+
+def _several_addresses(picked: Mapping[str, tuple[int, ...]]) -> list[str]:
+    """``NAME: 2 addresses, all probed``, for each name defined at several addresses (``check`` says so)."""
+    multi = [(n, len(a)) for n, a in picked.items() if len(a) > 1]
+    notes = [f"{ResolvedSymbol(n, 0, '').shown}: {k} addresses, all probed (counted together under this name)"
+             for n, k in multi[:_SHOWN_MULTI]]
+    if len(multi) > _SHOWN_MULTI:
+        rest = multi[_SHOWN_MULTI:]
+        notes.append(f"{len(rest)} more names at several addresses ({sum(k for _, k in rest)} addresses), "
+                     "all probed")
+    return notes

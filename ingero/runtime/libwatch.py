@@ -7,11 +7,12 @@ tells which files those are, as they appear:
 
 * at start, the files already mapped by the traced processes (``/proc/PID/maps``);
 * afterwards, every successful ``openat`` by a process of the tree of a file whose name starts with a
-  watched stem (``bpf/libwatch.bpf.c``). With ``hold`` (a command ingero started itself), the process is
-  stopped by the kernel before it returns from ``openat`` and continued once the probes are attached to
-  that file, so no call into the library runs unprobed. Without ``hold`` (``--pid``: stopping a process
-  another program waits for would confuse it, e.g. a shell's job control), the probes attach as soon as
-  the open is seen: calls made in the first milliseconds after a late load may be missed.
+  watched stem (``bpf/libwatch.bpf.c``). With ``hold``, the process is stopped by the kernel before it
+  returns from ``openat`` and continued once the probes are attached to that file, so no call into the
+  library runs unprobed: every process of a command ingero started, and of a ``--pid`` tree, except a
+  root that is the foreground job of a terminal (:func:`not_holdable`: its shell would take the stop for
+  a Ctrl-Z), whose probes attach as soon as the open is seen -- calls made in the first milliseconds after
+  such a late load may be missed, and the load says it was not held (``LibraryLoad.held``).
 
 Each load comes out of :meth:`LibraryWatcher.poll` as a :class:`LibraryLoad`; the caller resolves it
 (:func:`loaded_library`), attaches, then :meth:`LibraryWatcher.release` continues the process. A live trace
@@ -46,6 +47,24 @@ NAME_LEN = 64
 HOLD_MAX_S = 5.0
 #: how often the serving thread looks at its stop flag (ms)
 SERVE_POLL_MS = 50
+#: ``watch_targets`` values (bpf/libwatch.bpf.c)
+TARGET_HOLD, TARGET_NO_HOLD = 1, 2
+
+
+def not_holdable(pid: int) -> str | None:
+    """Why process ``pid`` must not be stopped at a library open, or None: the foreground job of a
+    terminal (its shell takes a stop for a Ctrl-Z and takes the terminal back). A process with no
+    controlling terminal, or in the background, is stopped for the few milliseconds the probes take to
+    attach and continued."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        pgrp, tty, tpgid = int(fields[2]), int(fields[4]), int(fields[5])
+    except (OSError, IndexError, ValueError):
+        return None
+    if tty != 0 and tpgid == pgrp:
+        return "it is the foreground job of a terminal, which a stop would hand back to its shell"
+    return None
 
 
 @dataclass(frozen=True)
@@ -94,10 +113,14 @@ def watch_names(library_names: Iterable[str]) -> list[WatchName]:
 class LibraryWatcher:
     """Reports the watched libraries the traced tree opens (see the module docstring).
 
-    It follows the tree from the pids given to :meth:`start` through forks and exits itself."""
+    It follows the tree from the pids given to :meth:`start` through forks and exits itself. ``forks``: its
+    BPF object also holds each new process of the tree at its first return from ``fork``
+    (``bpf/follow.bpf.c``), for a :class:`~ingero.tracer.follow.ProcessFollower` on :attr:`bpf` to give it
+    its links first (``ingero probe run``, which loads no standard probe set to do that)."""
 
-    def __init__(self, *, hold: bool) -> None:
+    def __init__(self, *, hold: bool, forks: bool = False) -> None:
         self.hold = hold
+        self.forks = forks
         self.names: list[WatchName] = []
         self._bpf = None
         self._loads: list[LibraryLoad] = []
@@ -118,7 +141,8 @@ class LibraryWatcher:
         except ImportError as e:
             raise BpfUnavailable("the bcc Python package is missing (Debian: python3-bpfcc)") from e
         bpf_dir = data_dir("bpf")
-        text = (bpf_dir / "libwatch.bpf.c").read_text()
+        text = "\n".join((bpf_dir / name).read_text()
+                         for name in ("libwatch.bpf.c", *(("follow.bpf.c",) if self.forks else ())))
         try:
             self._bpf = BPF(text=text)
         except Exception as e:
@@ -132,9 +156,16 @@ class LibraryWatcher:
             self.follow(pid)
         return self
 
-    def follow(self, pid: int) -> None:
+    @property
+    def bpf(self):
+        """The loaded BPF object (its ``holds`` ring and ``ingero_linked`` map with ``forks``)."""
+        return self._bpf
+
+    def follow(self, pid: int, hold: bool = True) -> None:
+        """Watch process ``pid`` and the processes it forks from now on; ``hold`` False: never stop ``pid``
+        itself at an open (its forks still are, with ``hold``)."""
         t = self._bpf["watch_targets"]
-        t[t.Key(int(pid))] = t.Leaf(1)
+        t[t.Key(int(pid))] = t.Leaf(TARGET_HOLD if hold else TARGET_NO_HOLD)
 
     def watch(self, names: Iterable[WatchName]) -> None:
         """Watch these names too (the names already watched stay)."""

@@ -13,6 +13,7 @@ kernel (calls past it are dropped) and :meth:`ProbeSession.poll` detaches the pr
 
 from __future__ import annotations
 
+import contextlib
 import ctypes as ct
 import logging
 import mmap
@@ -148,7 +149,7 @@ class ProbeSession(BpfObject):
             raise BpfUnavailable("the bcc Python package is missing (Debian: python3-bpfcc)") from e
         try:
             # a probe in a live trace refers to the maps of the trace's standard set by that load's names
-            names = self.tree.shared if self.tree is not None else SharedNames.fresh()
+            names = getattr(self.tree, "shared", None) or SharedNames.fresh()
             self._bpf = BPF(text=names.apply(self.compiled.c_text), cflags=self.compiled.cflags)
             release_compiler_memory()
             if self.compiled.has_python:
@@ -193,8 +194,10 @@ class ProbeSession(BpfObject):
                         f"probe {rp.name}: {lib.name} is not installed on this machine",
                         hint="install the library, or attach by --pid to a process that loaded it",
                     )
-                offsets = tuple(s.file_offset for s in rp.symbols)
-                cookies = tuple(range(len(offsets)))
+                # every address of each function, with its index as the cookie (a name defined at several
+                # addresses fires as the one symbol it is)
+                offsets = tuple(o for s in rp.symbols for o in s.offsets)
+                cookies = tuple(i for i, s in enumerate(rp.symbols) for _ in s.offsets)
                 fd = self._fns[p.cp.program].fd
                 p.per_process = ProcessLinks([LinkSpec(fd, str(lib.attach_path), offsets, cookies,
                                                        session=p.cp.session)])
@@ -248,27 +251,32 @@ class ProbeSession(BpfObject):
             table = read_symbols(lib)
             offsets, cookies, missing = [], [], []
             for i, sym in enumerate(rp.symbols):
-                if sym.name in table:
-                    offsets.append(table.get(sym.name).file_offset)
-                    cookies.append(i)
-                else:
+                # every address of the name in this copy (aliases at an address taken already left out)
+                fresh = [a for a in table.addresses(sym.name) if a not in offsets]
+                if fresh:
+                    offsets += fresh
+                    cookies += [i] * len(fresh)
+                elif sym.name not in table:
                     missing.append(sym.name)
             p.bound[key] = lib.path
             if offsets:
                 spec = LinkSpec(self._fns[p.cp.program].fd, str(lib.attach_path), tuple(offsets), tuple(cookies),
                                 session=p.cp.session)
-                if p.per_process is None:
-                    p.per_process = ProcessLinks([spec])
-                    if rp.pid is not None or self.tree is None:
-                        p.per_process.add(rp.pid if rp.pid is not None else (self.pid or 0))
+                # no process joins the tree between linking its processes and marking the probe attached
+                with getattr(self.tree, "lock", None) or contextlib.nullcontext():
+                    if p.per_process is None:
+                        p.per_process = ProcessLinks([spec])
+                        if rp.pid is not None or self.tree is None:
+                            p.per_process.add(rp.pid if rp.pid is not None else (self.pid or 0))
+                        else:
+                            for pid in sorted(self._tree_pids):
+                                p.per_process.add(pid)
                     else:
-                        for pid in sorted(self._tree_pids):
-                            p.per_process.add(pid)
-                else:
-                    p.per_process.extend(spec)
-                p.attached = True
-                p.waiting = False
-            out.append(Binding(p.name, lib.path, lib.pid, len(offsets), tuple(missing)))
+                        p.per_process.extend(spec)
+                    p.attached = True
+                    p.waiting = False
+            out.append(Binding(p.name, lib.path, lib.pid, len(rp.symbols) - len(missing), tuple(missing),
+                               len(offsets)))
         return out
 
     def waiting(self) -> dict[str, str]:

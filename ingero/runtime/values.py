@@ -39,13 +39,16 @@ class AggregateRow:
 @dataclass(frozen=True)
 class Binding:
     """A probe attached to one more file a traced process maps (``pid``: the one seen mapping it).
-    ``symbols``: how many of the probe's functions that copy has; ``missing``: the ones it lacks."""
+    ``symbols``: how many of the probe's functions that copy has; ``missing``: the ones it lacks;
+    ``addresses``: how many addresses they are at (more than ``symbols`` when a name is defined at
+    several)."""
 
     probe: str
     path: str
     pid: int | None
     symbols: int
     missing: tuple[str, ...]
+    addresses: int = 0
 
 
 @dataclass(frozen=True)

@@ -131,3 +131,15 @@ def _ldconfig_p() -> list[tuple[str, str]]:
         if sep:
             pairs.append((name.split(" (", 1)[0], path))
     return pairs
+
+
+def searched_text(env: Mapping[str, str] | None = None, sys_path: Sequence[str] | None = None) -> str:
+    """What a search without a pid looks at, in order, for a message (``pip wheels (12 folders),
+    CUDA_HOME (/usr/local/cuda/lib64), the ldconfig cache``)."""
+    by: dict[str, list[str]] = {}
+    for source, d in search_dirs(env, sys_path):
+        by.setdefault(source, []).append(d)
+    label = {"pip": "pip wheels of this environment"}
+    parts = [f"{label.get(src, src)} ({dirs[0] if len(dirs) == 1 else f'{len(dirs)} folders'})"
+             for src, dirs in by.items()]
+    return ", ".join([*parts, f"the ldconfig cache ({LD_SO_CACHE})"])

@@ -131,6 +131,13 @@ class SymbolTable:
     def names(self) -> list[str]:
         return list(self.by_name)
 
+    def addresses(self, name: str) -> tuple[int, ...]:
+        """Every file offset a function called ``name`` is defined at, the preferred one (see :meth:`get`)
+        first, each once: a local (``static``) function of several translation units, or a C++ local
+        symbol, has one definition per unit under the same name."""
+        fo = self.columns.file_offset
+        return tuple(dict.fromkeys(fo[i] for i in self.by_name.get(name, ())))
+
     def display(self) -> list[str]:
         """The demangled name of every symbol (the name itself when it is not a C++ name), by index.
         Demangles on the first call for a library (and keeps the result in the cache)."""

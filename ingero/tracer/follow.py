@@ -185,6 +185,15 @@ class ProcessFollower:
             self.unlinked[pid] = problem
         return self._mark_linked(pid)
 
+    def drop_exited(self) -> set[int]:
+        """Drop the linked processes that have exited (gone, or a zombie); returns those still running."""
+        with self.lock:
+            linked = set(self.linked)
+        alive = {pid for pid in linked if _running(pid)}
+        for pid in linked - alive:
+            self.drop(pid)
+        return alive
+
     def drop(self, pid: int) -> None:
         """Process ``pid`` left the tree (exited): detach its links."""
         with self.lock:
@@ -237,6 +246,29 @@ class ProcessFollower:
             log.exception("the holder thread failed")
         finally:
             ep.close()
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+def follow_tree(bpf, roots) -> ProcessFollower:
+    """A started :class:`ProcessFollower` of the tree rooted at ``roots``, on a BPF object that has
+    ``bpf/follow.bpf.c`` and a ``traced()`` of its own (a :class:`~ingero.runtime.libwatch.LibraryWatcher`
+    made with ``forks=True``), with no links of its own: its listeners' (:meth:`ProcessFollower.on_process`,
+    e.g. a :class:`~ingero.runtime.probes.ProbeSession` given it as ``tree``) are all there is."""
+    follower = ProcessFollower(bpf, _no_links, _no_links)
+    for pid in roots:
+        follower.add(int(pid))
+    return follower.start()
+
+
+def _no_links(pid: int) -> None:
+    return None
 
 
 def _continue(pid: int) -> None:

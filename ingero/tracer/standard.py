@@ -242,6 +242,13 @@ class StandardTracer(BpfObject):
         held, before it runs) and leaves it (``dropped(pid)``); returns the processes linked now."""
         return self.follower.on_process(added, dropped)
 
+    @property
+    def lock(self):
+        """Held while a process joins the tree and gets its links (:attr:`ProcessFollower.lock`): a DSL probe
+        binding a new file takes it, so no process joins between linking the tree and the probe counting
+        as attached."""
+        return self.follower.lock if self.follower is not None else None
+
     def off_process(self, added: Callable[[int], None]) -> None:
         """Stop telling ``added`` (see :meth:`on_process`)."""
         self.follower.off_process(added)

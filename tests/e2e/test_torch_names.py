@@ -91,9 +91,7 @@ def test_libs_and_cxx_names_on_a_torch_process(need_bpf, tmp_path):
         tools.append(run)
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:  # --json prints nothing until the end: wait for the links
-            links = [f for f in os.listdir(f"/proc/{run.pid}/fdinfo")
-                     if "link_id" in open(f"/proc/{run.pid}/fdinfo/{f}").read()]
-            if len(links) >= 2:
+            if _links(run.pid) >= 2:
                 break
             time.sleep(0.2)
         proc.stdin.write("go\n")
@@ -116,3 +114,15 @@ def test_libs_and_cxx_names_on_a_torch_process(need_bpf, tmp_path):
         if proc.poll() is None:
             proc.kill()
         proc.wait()
+
+
+def _links(pid: int) -> int:
+    """How many BPF links process ``pid`` holds (an fd closed while counting is skipped)."""
+    n = 0
+    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
+        try:
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                n += "link_id" in f.read()
+        except FileNotFoundError:
+            continue
+    return n

@@ -1,0 +1,179 @@
+"""Binding a probe to every definition of a name and to every process of the traced tree, as the tree
+loads its libraries (issue 11): a name defined at two addresses (two ``static`` functions of one library,
+tests/native/twins_*.c) is probed at both; ``probe run -- CMD`` follows the command's forks;
+``probe run --pid N`` binds a library N loads after ingero started; a library found only in the
+command's own environment is checked and bound when the command maps it. Ground truth: the programs'
+own printouts (and ``nm`` for the addresses)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, skip_or_fail
+
+pytestmark = pytest.mark.bpf
+INGERO = [str(Path(sys.executable).parent / "ingero")]
+NATIVE = ROOT / "tests" / "native"
+
+
+@pytest.fixture(scope="module")
+def twins(tmp_path_factory) -> Path:
+    """A folder with libtwins.so.1 (soname libtwins.so.1; `twin` defined at two addresses), and the driver
+    (tests/native/twins_driver.c), found by nothing on ingero's search paths."""
+    if shutil.which("gcc") is None:
+        skip_or_fail("needs gcc")
+    d = tmp_path_factory.mktemp("twins")
+    subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-Wl,-soname,libtwins.so.1", "-o", d / "libtwins.so.1",
+                    NATIVE / "twins_a.c", NATIVE / "twins_b.c"], check=True)
+    subprocess.run(["gcc", "-O0", "-o", d / "driver", NATIVE / "twins_driver.c", "-ldl"], check=True)
+    return d
+
+
+def _final(out: str) -> dict:
+    for line in reversed(out.splitlines()):
+        if line.startswith('{"final"'):
+            return json.loads(line)["final"]
+    raise AssertionError(f"no final results in:\n{out}")
+
+
+def _printed(out: str) -> dict[int, int]:
+    """The driver's own count per process: lines ``a PID N`` / ``b PID N``, summed per pid."""
+    calls: dict[int, int] = {}
+    for ln in out.splitlines():
+        words = ln.split()
+        if len(words) == 3 and words[0] in ("a", "b") and words[1].isdigit():
+            calls[int(words[1])] = calls.get(int(words[1]), 0) + int(words[2])
+    return calls
+
+
+def _nm_addresses(lib: Path, name: str) -> int:
+    out = subprocess.run(["nm", str(lib)], capture_output=True, text=True, check=True).stdout
+    return sum(1 for ln in out.splitlines() if ln.split()[-1:] == [name] and ln.split()[1] in "tT")
+
+
+def test_a_name_at_two_addresses_is_probed_at_both(need_bpf, twins, tmp_path):
+    lib = twins / "libtwins.so.1"
+    assert _nm_addresses(lib, "twin") == 2
+    spec = tmp_path / "t.probe"
+    spec.write_text(f"probe t = {lib}:twin\n    aggregate count by symbol\n")
+    chk = subprocess.run([*INGERO, "probe", "check", str(spec)], capture_output=True, text=True, timeout=60)
+    assert chk.returncode == 0, chk.stderr
+    assert "twin: 2 addresses, all probed" in chk.stdout
+    js = json.loads(subprocess.run([*INGERO, "probe", "check", "--json", str(spec)], capture_output=True,
+                                   text=True, timeout=60, check=True).stdout)
+    assert len(js["probes"][0]["symbols"][0]["file_offsets"]) == 2
+    p = subprocess.run([*INGERO, "probe", "run", "--json", str(spec), "--", "env", f"TWINS_LIB={lib}",
+                        str(twins / "driver"), "calls", "5", "7"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    truth = _printed(p.stdout)
+    assert sum(truth.values()) == 12
+    final = _final(p.stdout)["t"]
+    # both copies' calls, counted under the one name
+    assert final["stats"]["matched"] == final["stats"]["hits"] == 12, final
+    assert [(r["key"], r["count"]) for r in final["aggregates"]] == [({"symbol": "twin"}, 12)]
+
+
+def test_probe_run_follows_the_commands_forks(need_bpf, twins, tmp_path):
+    """`probe run -- CMD` probes every process of the command's tree: two forked children calling `twin`
+    3 and 4 times are counted exactly, each under its own pid (the parent calls nothing)."""
+    lib = twins / "libtwins.so.1"
+    spec = tmp_path / "f.probe"
+    spec.write_text(f"probe f = {lib}:twin\n    aggregate count by pid\n")
+    p = subprocess.run([*INGERO, "probe", "run", "--json", str(spec), "--", "env", f"TWINS_LIB={lib}",
+                        str(twins / "driver"), "fork", "3", "4"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    truth = _printed(p.stdout)
+    assert sorted(truth.values()) == [3, 4], p.stdout
+    final = _final(p.stdout)["f"]
+    assert {r["key"]["pid"]: r["count"] for r in final["aggregates"]} == truth, (final, p.stderr)
+    assert final["stats"]["matched"] == 7
+
+
+def test_a_library_only_the_command_has_is_checked_and_bound_when_it_loads_it(need_bpf, twins, tmp_path):
+    """A soname no search path of ingero's finds: `probe check` says what it searched and that `-- CMD`
+    binds it; `probe run -- CMD` waits for it (saying so), checks the probe against the copy the command
+    loads, and counts every call of its forked children; a command that never loads it ends with that
+    reason."""
+    spec = tmp_path / "s.probe"
+    spec.write_text("probe s = libtwins.so.1:twin\n    aggregate count by pid\n")
+    chk = subprocess.run([*INGERO, "probe", "check", str(spec)], capture_output=True, text=True, timeout=60)
+    assert chk.returncode == 1
+    assert "no library 'libtwins.so.1' found on this machine's search paths" in chk.stderr
+    assert "Searched: " in chk.stderr and "the ldconfig cache" in chk.stderr
+    assert "`ingero probe run SPEC -- CMD` waits for it" in chk.stderr
+    p = subprocess.run([*INGERO, "probe", "run", "--json", str(spec), "--", "env", f"LD_LIBRARY_PATH={twins}",
+                        str(twins / "driver"), "fork", "5", "2"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    lines = [json.loads(ln) for ln in p.stdout.splitlines() if ln.startswith("{")]
+    waiting = [x for x in lines if "waiting" in x]
+    assert waiting and "waiting for libtwins.so.1 in the traced tree" in waiting[0]["reason"], p.stdout
+    attached = [x for x in lines if "attached" in x]
+    assert attached and attached[0]["path"] == str(twins / "libtwins.so.1") and attached[0]["addresses"] == 2
+    truth = _printed(p.stdout)
+    final = _final(p.stdout)["s"]
+    assert {r["key"]["pid"]: r["count"] for r in final["aggregates"]} == truth and sorted(truth.values()) == [2, 5]
+    never = subprocess.run([*INGERO, "probe", "run", str(spec), "--", "/bin/true"], capture_output=True, text=True,
+                           timeout=60)
+    assert never.returncode == 0, never.stderr
+    assert ("probe s: 0 matched of 0 calls: not attached, libtwins.so.1 never appeared in the traced tree"
+            in never.stdout), never
+
+
+def test_pid_run_binds_a_library_loaded_after_it_started(need_bpf, twins, tmp_path):
+    """`probe run --pid N` on a process that dlopens the library only later (after ingero said it waits):
+    bound when it opens it, the process held meanwhile, so the 9 calls it makes at once are all counted.
+    Once with the library named by its soname (found nowhere: checked when it is loaded), once by path."""
+    lib = twins / "libtwins.so.1"
+    for target in ("libtwins.so.1", str(lib)):
+        spec = tmp_path / "late.probe"
+        spec.write_text(f"probe late = {target}:twin\n    aggregate count by pid\n")
+        # its own session: no controlling terminal, so ingero may hold it at the open
+        d = subprocess.Popen([str(twins / "driver"), "late", str(lib), "9"], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True, start_new_session=True)
+        run = None
+        try:
+            assert d.stdout.readline().strip() == "ready"
+            run = subprocess.Popen([*INGERO, "probe", "run", "--json", str(spec), "--pid", str(d.pid)],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            if "/" in target:  # attached to the file at once: its breakpoints go in when the process maps it
+                _wait_for_links(run.pid)
+            else:
+                first = json.loads(run.stdout.readline())
+                assert first.get("waiting") == "late" and "libtwins.so.1" in first["reason"], first
+            d.stdin.write("go\n")
+            d.stdin.flush()
+            printed = d.stdout.read()
+            d.wait(timeout=30)
+            out, err = run.communicate(timeout=60)
+        finally:
+            for proc in (d, run):
+                if proc is not None and proc.poll() is None:
+                    proc.kill()
+        assert run.returncode == 0, err
+        truth = _printed(printed)
+        assert truth == {d.pid: 9}, printed
+        final = _final(out)["late"]
+        assert {r["key"]["pid"]: r["count"] for r in final["aggregates"]} == truth, (target, final, err)
+
+
+def _wait_for_links(pid: int, timeout: float = 60) -> None:
+    """Until process ``pid`` holds a BPF link (a probe attached)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for fd in os.listdir(f"/proc/{pid}/fdinfo"):
+            try:
+                with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                    if "link_id" in f.read():
+                        return
+            except FileNotFoundError:
+                continue  # closed meanwhile
+        time.sleep(0.05)
+    raise AssertionError(f"process {pid} attached no probe in {timeout} s")
