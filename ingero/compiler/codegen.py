@@ -512,7 +512,7 @@ def compile_spec(
         _env()
         .get_template("probe.bpf.c.j2")
         .render(
-            header_struct=EVENT_HEADER.c_struct(),
+            header_struct=EVENT_HEADER.c_struct() + "\n" + EVENT_HEADER.c_checks(),
             stats_enum=stats_enum(),
             ringbuf_pages=ringbuf_pages,
             any_stack=any_stack,
