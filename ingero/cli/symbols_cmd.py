@@ -151,13 +151,28 @@ def symbols(library: str, pattern: str, pid: int | None, as_json: bool, demangle
             )
         return
     click.echo(f"# {lib.soname or '-'}  {lib.path}  build-id {lib.build_id or '-'}")
-    _write_rows(table, matched, table.display() if demangle else table.all_names, known)
+    _write_rows(table, matched, demangle, known)
     click.echo(f"# {len(matched)} of {len(table)} function symbols match '{pattern}'")
 
 
-def _write_rows(table, matched: list[int], shown: list[str], known: set[str]) -> None:
+def _batches(table, matched: list[int], demangle: bool):
+    """(indexes, the names to show for them) in pieces: every symbol a cache chunk at a time (the names
+    never all held), else the matched ones 8192 at a time."""
+    if len(matched) == len(table):
+        start = 0
+        for names in table.chunks(demangle):
+            yield range(start, start + len(names)), names
+            start += len(names)
+        return
+    shown = table.display() if demangle else table.all_names
+    for k in range(0, len(matched), 8192):
+        batch = matched[k : k + 8192]
+        yield batch, map(shown.__getitem__, batch)
+
+
+def _write_rows(table, matched: list[int], demangle: bool, known: set[str]) -> None:
     """The listing's rows, straight from the table's columns: one %-format per row through map() and
-    one write per 8192 rows -- no object per symbol, no whole-output string (libtorch_cuda.so has 120k
+    one write per batch -- no object per symbol, no whole-output string (libtorch_cuda.so has 120k
     symbols and 80 MB of demangled names)."""
     c = table.columns
     vers = [v or "-" for v in table.versions]
@@ -178,14 +193,13 @@ def _write_rows(table, matched: list[int], shown: list[str], known: set[str]) ->
     else:
         fmt, offsets = f"%-{widths[0]}s", [f"{x:#010x}" for x in c.file_offset]
     fmt += f"  %-{widths[1]}d  %-{widths[2]}s  %-{widths[3]}s  %-3s  %s"
-    names = table.all_names if known else shown
-    for k in range(0, len(matched), 8192):
-        batch = matched[k : k + 8192]
-        sig = (["sig" if names[i] in known else "" for i in batch] if known else repeat("", len(batch)))
+    names = table.all_names if known else None
+    for batch, shown in _batches(table, matched, demangle):
+        sig = ["sig" if names[i] in known else "" for i in batch] if names else repeat("", len(batch))
         rows = map(fmt.__mod__, zip(map(offsets.__getitem__, batch), map(c.size.__getitem__, batch),
                                     map(binds.__getitem__, map(c.binding.__getitem__, batch)),
-                                    map(vers.__getitem__, map(c.version.__getitem__, batch)), sig,
-                                    map(shown.__getitem__, batch), strict=True))
+                                    map(vers.__getitem__, map(c.version.__getitem__, batch)), sig, shown,
+                                    strict=True))
         out.write("\n".join(map(str.rstrip, rows)) + "\n")
 
 

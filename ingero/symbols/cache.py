@@ -25,7 +25,7 @@ import struct
 import threading
 import zlib
 from array import array
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -126,15 +126,20 @@ class Entry:
             return Packed(raw(self.columns_at), [raw(at) for at in self.names_at],
                           None if self.display_at is None else [raw(at) for at in self.display_at])
 
-    def all(self, which: str) -> list[str]:
+    def chunks(self, which: str) -> Iterator[list[str]]:
+        """The names (``names``) or demangled names (``display``) by index, a chunk at a time."""
         at = self.names_at if which == "names" else self.display_at
         if at is None:
             raise KeyError(which)
-        out: list[str] = []
         with open(self.file, "rb") as f:
             for off, size in at:
                 f.seek(off)
-                out += zlib.decompress(f.read(size)).decode().split("\n")
+                yield zlib.decompress(f.read(size)).decode().split("\n")
+
+    def all(self, which: str) -> list[str]:
+        out: list[str] = []
+        for names in self.chunks(which):
+            out += names
         return out
 
 

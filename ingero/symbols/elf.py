@@ -372,21 +372,33 @@ class _Elf:
         buf, base = self._strtab(strsec)
         try:
             names = _names(buf, base, strsec.size, [name_off[i] for i in sel])
+            versioned = buf.find(b"@", base, base + strsec.size) >= 0  # any name@VERSION in the table
         finally:
             if isinstance(buf, mmap.mmap):
                 buf.close()
         vals = [value[i] for i in sel]
         offs = self._file_offsets(vals, [shndx[i] for i in sel])
-        keys = zip((n.split("@", 1)[0] if "@" in n else n for n in names), vals, strict=True)
-        if symtab:
-            keep = [k for k, key in enumerate(keys) if names[k] and offs[k] is not None
-                    and not (key in seen or seen.add(key))]  # type: ignore[func-returns-value]
-        else:
-            seen.update(keys)
+        if None in offs or "" in names:
+            for k in range(len(sel)):
+                if offs[k] is None and names[k]:
+                    log.debug("%s: %s at %#x is in no PT_LOAD segment; skipped", self.path, names[k], vals[k])
             keep = [k for k in range(len(sel)) if names[k] and offs[k] is not None]
-        for k in range(len(sel)):
-            if offs[k] is None and names[k]:
-                log.debug("%s: %s at %#x is in no PT_LOAD segment; skipped", self.path, names[k], vals[k])
+        else:
+            keep = list(range(len(sel)))
+        # the key that drops a .symtab entry repeating one taken before: (name without @VERSION, address)
+        bases = [n.split("@", 1)[0] if "@" in n else n for n in names] if versioned else names
+        keys = (list(zip(bases, vals, strict=True)) if len(keep) == len(sel)
+                else [(bases[k], vals[k]) for k in keep])
+        if symtab:
+            if len(set(keys)) == len(keys):  # none repeats another of this table: only those taken before
+                dups = list(map(seen.__contains__, keys))
+                if any(dups):
+                    keep = [k for k, dup in zip(keep, dups, strict=True) if not dup]
+                    keys = [key for key, dup in zip(keys, dups, strict=True) if not dup]
+            else:
+                dup = [key in seen or seen.add(key) for key in keys]  # type: ignore[func-returns-value]
+                keep = [k for k, d in zip(keep, dup, strict=True) if not d]
+        seen.update(keys)
         ii = [sel[k] for k in keep]
         infos = [info[i] for i in ii]
         out.names += [names[k] for k in keep]

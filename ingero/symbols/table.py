@@ -150,6 +150,19 @@ class SymbolTable:
                     self._store()
         return self._display
 
+    def chunks(self, demangled: bool = True) -> Iterator[list[str]]:
+        """The demangled names (else the names) by index, in consecutive pieces: read from the cache a
+        chunk at a time, not all held at once, when they are not loaded (a 120k-symbol listing)."""
+        held = self._display if demangled else self._names
+        entry = self._entry
+        if held is None and entry is not None and (not demangled or entry.display_at is not None):
+            yield from entry.chunks("display" if demangled else "names")
+            return
+        if held is None:
+            held = self.display() if demangled else self.all_names
+        for i in range(0, len(held), cache.CHUNK):
+            yield held[i : i + cache.CHUNK]
+
     def name_of(self, i: int) -> str:
         """The name of symbol ``i``, reading one chunk of the cache when the names are not loaded."""
         if self._names is not None:
