@@ -77,6 +77,17 @@ def _p99_in_db(db: Path, op_code: int) -> tuple[float, int]:
     return durs[math.ceil(0.99 * len(durs)) - 1] / 1e9, len(durs)
 
 
+def _failing_in_db(nodes: dict) -> dict[tuple[str, str], int]:
+    """Failed CUDA/driver calls per (rank, op) in each node's own database."""
+    out = {}
+    for rank, n in nodes.items():
+        with _ro(n["db"]) as c:
+            for src, op, count in c.execute("SELECT source, op, count(*) FROM events WHERE source IN (1, 4) "
+                                            "AND ret_code != 0 GROUP BY 1, 2"):
+                out[(rank, op_name(src, op))] = count
+    return out
+
+
 def _bucket(v: float) -> tuple[float, float]:
     lo = 0.0
     for b in BUCKETS_S:
@@ -294,12 +305,7 @@ def test_query_fleet_over_a_real_prometheus(fleet, tmp_path):
         assert _within(_secs(r["p99"]), _bucket(truth[r["rank"]][0])), (r, truth)
 
     # errors: every failing call of every node, by op and CUDA error name
-    want = {}
-    for rank, n in nodes.items():
-        with _ro(n["db"]) as c:
-            for src, op, count in c.execute("SELECT source, op, count(*) FROM events WHERE source IN (1, 4) "
-                                            "AND ret_code != 0 GROUP BY 1, 2"):
-                want[(rank, op_name(src, op), "cudaErrorInsufficientDriver")] = count
+    want = {(rank, op, "cudaErrorInsufficientDriver"): n for (rank, op), n in _failing_in_db(nodes).items()}
     rows = _table(errors, "node|rank|source|op|error|failed|of calls")
     assert {(r["rank"], r["op"], r["error"]): int(r["failed"]) for r in rows} == want and want
 
@@ -366,14 +372,8 @@ def test_since_counts_are_exact(fleet, tmp_path):
     assert "last 1h: exact counts" in whole
     rows = _table(whole, "op|node|rank|calls|p50|p99|p99 bucket")
     assert {r["rank"]: int(r["calls"]) for r in rows} == truth
-    want = {}
-    for rank, n in nodes.items():
-        with _ro(n["db"]) as c:
-            for src, op, count in c.execute("SELECT source, op, count(*) FROM events WHERE source IN (1, 4) "
-                                            "AND ret_code != 0 GROUP BY 1, 2"):
-                want[(rank, op_name(src, op))] = count
     rows = _table(errors, "node|rank|source|op|error|failed|of calls")
-    assert {(r["rank"], r["op"]): int(r["failed"]) for r in rows} == want
+    assert {(r["rank"], r["op"]): int(r["failed"]) for r in rows} == _failing_in_db(nodes)
     # the mid-trace window: Prometheus evaluated it at some instant between the call's start and end
     t0, t1 = times[2]
     print("samples", samples, "window", window, "start", start, "asked", t0, t1)
