@@ -51,6 +51,9 @@ class TinyLookups:
         assert library is LIB
         return self.table
 
+    def searched(self) -> str:
+        return "this test's table"
+
 
 def test_a_test_s_own_lookups_resolve_a_probe():
     tiny: Lookups = TinyLookups()
@@ -76,7 +79,11 @@ def test_errors_come_from_the_test_s_own_lookups():
     assert errors == {
         "probe s = libtiny:tinyScal": (1, 19, "libtiny.so.12 has no function 'tinyScal'",
                                        "did you mean 'tinyScale' or 'tinyPad'?"),
-        "probe s = libtinny:tinyScale": (1, 11, "no library 'libtinny' here", "did you mean 'libtiny'?"),
+        "probe s = libtinny:tinyScale": (1, 11, "no library 'libtinny' here",
+                                         "did you mean 'libtiny'? Searched: this test's table. A library only the "
+                                         "program's own environment has (a virtualenv's torch/lib) is bound when "
+                                         "it loads it: `ingero probe run SPEC -- CMD` waits for it in the "
+                                         "command's process tree"),
         "record fctor": (2, 10, "tinyScale has no argument 'fctor'", "did you mean 'factor'?"),
     }
 

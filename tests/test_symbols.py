@@ -16,7 +16,8 @@ from conftest import skip_or_fail
 
 from ingero.errors import LibraryNotFound, NoSymbols, NotAnElf, SymbolNotFound
 from ingero.symbols import SymbolTable, find_libraries, read_symbols, resolve_library
-from ingero.symbols.elf import read_elf_info, read_function_symbols
+from ingero.symbols.elf import read_elf_info
+from ingero.symbols.readers import read_function_symbols
 
 NATIVE = Path(__file__).parent / "native"
 SITE = Path(sysconfig.get_paths()["purelib"])

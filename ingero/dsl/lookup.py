@@ -36,6 +36,11 @@ class Lookups(Protocol):
         """The function symbols of a library, with file offsets; raises :class:`IngeroError`."""
         ...
 
+    def searched(self) -> str:
+        """Where a library named by its name was looked for, for the hint when none was found ("" to
+        say nothing)."""
+        ...
+
 
 class MachineLookups:
     """This machine: :func:`ingero.symbols.resolve_library`, :func:`read_symbols`, the shipped catalogue."""
@@ -66,6 +71,11 @@ class MachineLookups:
 
     def symbols(self, library: Library) -> SymbolTable:
         return read_symbols(library)
+
+    def searched(self) -> str:
+        from ingero.symbols.searchpaths import searched_text
+
+        return searched_text()
 
 
 MACHINE = MachineLookups()
@@ -101,3 +111,6 @@ class TreeLookups:
 
     def symbols(self, library: Library) -> SymbolTable:
         return self.base.symbols(library)
+
+    def searched(self) -> str:
+        return self.base.searched()

@@ -36,10 +36,9 @@ def target(ctx: ProbeContext, report: Report) -> ProbeContext:
             return replace(ctx, waits_for=e.message)
         if family is None or ctx.pid is not None or "/" in t.library:
             hint = e.hint or "give an existing path, a soname such as libcudart.so.12 or a name such as libcudart"
-            if absent and ctx.pid is None:
-                from ingero.symbols.searchpaths import searched_text
-
-                hint = (f"{hint.rstrip('.')}{'' if hint.endswith('?') else '.'} Searched: {searched_text()}. "
+            searched = ctx.lookups.searched() if absent and ctx.pid is None else ""
+            if searched:
+                hint = (f"{hint.rstrip('.')}{'' if hint.endswith('?') else '.'} Searched: {searched}. "
                         "A library only the program's own environment has "
                         "(a virtualenv's torch/lib) is bound when it loads it: `ingero probe run SPEC -- CMD` "
                         "waits for it in the command's process tree")

@@ -7,14 +7,15 @@ import logging
 import os
 import re
 from array import array
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from ingero.errors import IngeroError, NoSymbols, SymbolNotFound, suggestion
 from ingero.symbols import cache
 from ingero.symbols.demangle import demangle_all
 from ingero.symbols.discovery import Library, resolve_library
-from ingero.symbols.elf import read_elf_info, read_function_columns
+from ingero.symbols.elf import FunctionColumns, RawSymbol, read_elf_info
+from ingero.symbols.readers import read_function_columns
 
 log = logging.getLogger(__name__)
 
@@ -293,6 +294,14 @@ _MEMO_MAX = 16
 
 def _parse(path: str, reader: str, key: str | None = None) -> SymbolTable:
     info, fc = read_function_columns(path, reader=reader)
+    return table_of(path, fc, info.build_id, info.soname, key=key)
+
+
+def table_of(path: str, symbols: FunctionColumns | Sequence[RawSymbol], build_id: str | None = None,
+             soname: str | None = None, *, key: str | None = None) -> SymbolTable:
+    """The table of a file's function symbols (columns in file order, or symbols; sorted here): what
+    reading a file gives, and what a test gives the checker as the symbols of a library of its own."""
+    fc = symbols if isinstance(symbols, FunctionColumns) else FunctionColumns.of(list(symbols))
     names, address = fc.names, fc.address
     # sorted by (name, address, section): two stable sorts, the minor key first (dynsym before symtab)
     order = sorted(range(len(names)), key=[a << 1 | (f >> 1 & 1) for a, f in zip(address, fc.flags,
@@ -308,8 +317,7 @@ def _parse(path: str, reader: str, key: str | None = None) -> SymbolTable:
                          array("Q", [fc.size[i] for i in order]),
                          array("H", [vidx[fc.version[i]] for i in order]),
                          array("B", [bidx[fc.binding[i]] for i in order]), array("B", [fc.flags[i] for i in order]))
-    return SymbolTable(path, info.build_id, info.soname, cols, versions, bindings,
-                       names=[names[i] for i in order], key=key)
+    return SymbolTable(path, build_id, soname, cols, versions, bindings, names=[names[i] for i in order], key=key)
 
 
 def _no_symbols(table: SymbolTable) -> NoSymbols:
