@@ -4,11 +4,12 @@
    ``cudaMemcpy`` of the wheel's libcudart.so.12 at 400,000 calls/s; a real :class:`TraceSession` records
    every call, once without metrics (the baseline) and once with :class:`FleetMetrics` fed per batch,
    ``/metrics`` served on loopback and scraped every second by another process (as Prometheus would).
-   One session runs a warm-up phase (not counted), then phases of equal length in the order off, on, on,
+   The scraper is started, and has scraped once, before its phase begins. One session runs a warm-up
+   phase (not counted), then phases of equal length in the order off, on, on,
    off, off, on, ... (each pair reversed from the last) so that a trend in the machine's load falls on both
    alike; the figures compared are medians. Besides throughput, the tracer's CPU per stored event (load
-   changes it less) and the CPU the metrics feed itself took on the ingest thread (thread time around each
-   per-batch ``observe_calls``).
+   changes it less) and the CPU the metrics themselves took in the tracer (thread time around each per-batch
+   ``observe_calls`` on the ingest thread and each scrape's ``generate_latest``).
 2. One scrape with 8 dynamic probes: 8 DSL probes (``record latency``) attached to the live trace with
    metrics, a phase of calls so that each has its series, then scrapes timed end to end (HTTP request to
    the last byte, from another process).
@@ -127,6 +128,26 @@ def _timed_metrics():
     return TimedMetrics(node_labels({}, ["job=bench"]), mcp="bench")
 
 
+#: thread CPU time (ns) the tracer's /metrics handler spent in generate_latest, summed over scrapes
+SCRAPE_NS = [0]
+
+
+def _time_scrapes() -> None:
+    """Add up the CPU time of each scrape's exposition (MetricsServer imports generate_latest at start())."""
+    import prometheus_client.exposition as exposition
+
+    plain = exposition.generate_latest
+
+    def timed(registry=None):
+        t0 = time.thread_time_ns()
+        try:
+            return plain(registry) if registry is not None else plain()
+        finally:
+            SCRAPE_NS[0] += time.thread_time_ns() - t0
+
+    exposition.generate_latest = timed
+
+
 def _median(xs: list[float]) -> float:
     xs = sorted(xs)
     mid = len(xs) // 2
@@ -155,6 +176,7 @@ def main() -> int:
     from ingero.workload import wheel_libcudart
 
     lib = str(wheel_libcudart(12))
+    _time_scrapes()
     load0 = os.getloadavg()[0]
     rows: list[tuple[str, dict]] = []
     with tempfile.TemporaryDirectory(prefix="ingero-bench-fleet-") as tmp:
@@ -194,8 +216,10 @@ def main() -> int:
                     if with_metrics:
                         metrics = _timed_metrics()
                         server = MetricsServer(metrics, "127.0.0.1:0", TOKEN).start()
-                        scraper = _scraper(server.url, 1.0)
                         session.metrics = metrics  # the loop reads it at each tick
+                        scraper = _scraper(server.url, 1.0)
+                        scraper.stdout.readline()  # its first scrape: started (its start-up is not the phase's)
+                    scrape0 = SCRAPE_NS[0]
                     try:
                         r = _phase(prod, session, RATE, secs, phase)
                     finally:
@@ -206,8 +230,9 @@ def main() -> int:
                             scraper.wait(10)
                         if server is not None:
                             server.close()
-                    r["scrapes"] = server.scrapes if server else 0
+                    r["scrapes"] = server.scrapes - 1 if server else 0
                     r["feed_ns"] = metrics.feed_ns / max(metrics.fed, 1) if metrics else 0.0
+                    r["scrape_ns"] = (SCRAPE_NS[0] - scrape0) / max(r["calls"], 1)
                     rows.append(("with /metrics, scraped every 1 s" if with_metrics else "without metrics", r))
                     time.sleep(0.3)
             finally:
@@ -235,20 +260,22 @@ def main() -> int:
     ratio = _median([ingest(r) for r in on]) / max(_median([ingest(r) for r in off]), 1)
     cpu_on, cpu_off = _median([cpu_us(r) for r in on]), _median([cpu_us(r) for r in off])
     feed = _median([r["feed_ns"] for r in on])
+    own = _median([r["feed_ns"] + r["scrape_ns"] for r in on])
     print("## Fleet metrics: ingest with /metrics served and scraped, scrape time, series (bench_fleet.py)\n")
     print(f"A C loop calls `cudaMemcpy` of libcudart.so.12 at {RATE:,} calls/s, {secs:g} s per phase; a real "
           "`TraceSession` (no stacks) records every call. After a warm-up phase (not counted), its phases run "
           "without metrics and with `FleetMetrics` fed per batch, `/metrics` served on loopback and scraped every "
           "second by another process, in the order off, on, on, off, off, on, on, off (a load trend falls on "
           "both alike); the figures compared are the medians of each. *ingest* is stored events / (phase + "
-          "drain); *tracer CPU* is this process's CPU time (all threads) per stored event; *metrics feed* is "
-          "the ingest thread's CPU time inside `observe_calls` per call. Load average of the machine (shared): "
+          "drain); *tracer CPU* is this process's CPU time (all threads) per stored event; *metrics CPU* is "
+          "the tracer's own thread time inside `observe_calls` (the per-batch feed on the ingest thread) and "
+          "inside the scrapes' `generate_latest`, per call. Load average of the machine (shared): "
           f"{load0:.1f} before, {os.getloadavg()[0]:.1f} after.\n")
     print("| phase | metrics | achieved (calls/s) | calls | stored | lost | drain (ms) | ingest (events/s) | "
-          "tracer CPU (µs/event) | metrics feed (ns/call) | scrapes |")
+          "tracer CPU (µs/event) | metrics CPU: feed + scrapes (ns/call) | scrapes |")
     print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for label, r in rows:
-        feed_cell = f"{r['feed_ns']:.0f}" if label.startswith("with ") else "–"
+        feed_cell = f"{r['feed_ns']:.0f} + {r['scrape_ns']:.0f}" if label.startswith("with ") else "–"
         print(f"| {r['phase']} | {label} | {r['achieved']:,.0f} | {r['calls']:,} | {r['stored']:,} | {r['lost']:,} | "
               f"{r['drain_s'] * 1000:.0f} | {ingest(r):,.0f} | {cpu_us(r):.2f} | {feed_cell} | {r['scrapes']} |")
     lost_on = sum(r["lost"] for r in on)
@@ -261,7 +288,8 @@ def main() -> int:
           f"throughput {ratio * 100:.1f}% of the median without (target: no loss, within 5%: "
           f"{'met' if lost_on == 0 and complete and ratio >= 0.95 else 'NOT met'}). Tracer CPU per event: median "
           f"{cpu_on:.2f} µs with metrics, {cpu_off:.2f} µs without ({(cpu_on / max(cpu_off, 1e-9) - 1) * 100:+.1f}%), "
-          f"of which the metrics feed is {feed:.0f} ns ({feed / 10 / max(cpu_off, 1e-9):.1f}%). Scrapes during the "
+          f"while the metrics' own CPU (feed + scrapes) is {own:.0f} ns per call, {own / 10 / max(cpu_off, 1e-9):.1f}% "
+          f"of the tracer's CPU without (the feed alone {feed:.0f} ns). Scrapes during the "
           f"ingest phases: median {_median(per_second) if per_second else 0:.1f} ms, max "
           f"{max(per_second, default=0):.1f} ms.{overloaded}\n")
     bound, how = series_bound(PROBES)
