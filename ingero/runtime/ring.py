@@ -7,10 +7,39 @@ Shared by the standard probe set (:mod:`ingero.tracer.standard`) and the DSL pro
 from __future__ import annotations
 
 import mmap
+import re
 import struct
+from collections.abc import Sequence
 
 _BUSY = 1 << 31
 _DISCARD = 1 << 30
+#: one item of a :mod:`struct` format: a count and a code
+_ITEM = re.compile(r"(\d*)([xcbB?hHiIlLqQnNefdspP])")
+
+
+def record_checks(c_struct: str, record: struct.Struct, names: Sequence[str]) -> str:
+    """C static assertions that ``struct c_struct`` is what ``record`` decodes: its size, and the offset and
+    size of each decoded field, named in order by ``names`` (``record`` is a little-endian format without
+    padding that starts with the ring's 8-byte header, ``8x``). Joined to a program's text, they make the
+    compiler refuse a program whose struct and decoder disagree."""
+    fmt = record.format.lstrip("<")
+    if not fmt.startswith("8x"):
+        raise ValueError(f"{record.format}: a ring record starts with the 8-byte header (8x)")
+    out = []
+    off = 0
+    left = iter(names)
+    for count, code in _ITEM.findall(fmt[2:]):
+        n = int(count or 1)
+        size = n if code == "s" else struct.calcsize("<" + code) * n
+        if code != "x":
+            name = next(left)
+            out.append(f"_Static_assert(__builtin_offsetof(struct {c_struct}, {name}) == {off} && "
+                       f"sizeof(((struct {c_struct} *)0)->{name}) == {size}, \"{c_struct}.{name}: as decoded\");")
+        off += size
+    if next(left, None) is not None:
+        raise ValueError(f"{record.format}: fewer fields than names ({', '.join(names)})")
+    out.insert(0, f'_Static_assert(sizeof(struct {c_struct}) == {off}, "{c_struct}: size as decoded");')
+    return "\n".join(out)
 
 
 class RingReader:

@@ -29,16 +29,16 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from ingero.paths import data_dir
 from ingero.runtime.bpfobj import BpfObject
 from ingero.runtime.links import BPF_TRACE_UPROBE_MULTI, LinkSpec, ProcessLinks, UprobeMultiLink
 from ingero.runtime.memory import release_compiler_memory
-from ingero.runtime.ring import RingReader
+from ingero.runtime.ring import RingReader, record_checks
 from ingero.runtime.shared import SharedNames
 from ingero.store.schema import SOURCE_CUDA, SOURCE_DRIVER, SOURCE_HOST, op_name
-from ingero.tracer.follow import ProcessFollower
+from ingero.tracer.follow import HOLD_RECORD, ProcessFollower
 from ingero.tracer.host import HOST_LAYOUT, HostEvent
 from ingero.tracer.ops import DRIVER_SYMBOLS, OP_MASK, RUNTIME_SYMBOLS
 
@@ -59,6 +59,16 @@ HOST_RECORD = struct.Struct("<8x" + HOST_LAYOUT)
 #: ``struct lib_open_event`` after the record header: pid, path
 LIB_OPEN_RECORD = struct.Struct("<8xI4x256s")
 _OP_EXEC, _OP_EXIT, _OP_FORK = 5, 6, 7  # host op codes (bpf/host.bpf.c)
+
+
+
+def _record_checks() -> str:
+    """The static assertions that the C structs of the rings are what the formats above decode."""
+    return "\n".join((record_checks("cuda_event", CUDA_RECORD, CUDA_FIELDS),
+                      record_checks("host_event", HOST_RECORD, [f.name for f in fields(HostEvent)]),
+                      record_checks("lib_open_event", LIB_OPEN_RECORD, ("pid", "path")),
+                      record_checks("hold_event", HOLD_RECORD, ("pid", "ts_ns"))))
+
 
 #: how often a waiting poll looks at the CUDA ring, which is filled without wakeups
 CUDA_POLL_MS = 5
@@ -148,7 +158,7 @@ class StandardTracer(BpfObject):
         parts = ["ingero_py.h"] if self.python_frames else []
         text = "\n".join((bpf_dir / name).read_text()
                          for name in (*parts, "host.bpf.c", "cuda.bpf.c", "follow.bpf.c"))
-        text = self.shared.apply(text)
+        text = self.shared.apply(text) + "\n" + _record_checks()
         self._bpf = BPF(
             text=text,
             cflags=[f"-I{bpf_dir}", f"-DRINGBUF_PAGES={self.ringbuf_pages}",

@@ -71,3 +71,21 @@ def test_every_record_once_whole_across_wraps(need_bpf):
         ring.close()
     finally:
         bpf.cleanup()
+
+
+def test_a_ring_s_c_struct_is_checked_against_its_decoder_by_the_compiler(need_bpf):
+    """record_checks: clang accepts a struct that is what the struct format decodes and refuses one that is
+    not (a field one place off); the standard set's own rings carry such checks (its program compiles)."""
+    import struct
+
+    from bcc import BPF
+
+    from ingero.runtime.ring import record_checks
+    from ingero.tracer.standard import _record_checks
+
+    c = "struct hold { u32 pid; u32 pad; u64 ts_ns; };\nint f(void *ctx) { return 0; }\n"
+    BPF(text=c + record_checks("hold", struct.Struct("<8xI4xQ"), ("pid", "ts_ns"))).cleanup()
+    with pytest.raises(Exception, match="Failed to compile BPF module"):
+        BPF(text=c + record_checks("hold", struct.Struct("<8xIQ4x"), ("pid", "ts_ns")))
+    checks = _record_checks()
+    assert all(f"sizeof(struct {s})" in checks for s in ("cuda_event", "host_event", "lib_open_event", "hold_event"))
