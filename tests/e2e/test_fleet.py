@@ -180,7 +180,8 @@ def fleet(tmp_path_factory):
         for rank, n in nodes.items():
             for line in n["proc"].stdout:
                 if line.startswith("done "):
-                    n["workload_pid"] = json.loads(line[5:])["pid"]
+                    done = json.loads(line[5:])
+                    n["workload_pid"], n["calls"] = done["pid"], done["calls"]
                     break
             else:
                 raise AssertionError(f"rank {rank}'s trace ended early: {n['proc'].stderr.read()}")
@@ -341,8 +342,8 @@ def _at(samples: list[tuple[float, float]], t: float) -> float:
 
 
 def test_since_counts_are_exact(fleet, tmp_path):
-    """A window over a whole trace counts every call (increase() would lose the first sample and
-    extrapolate); a window starting mid-trace counts exactly what the counter gained since the last
+    """A window over a whole trace counts every call: each node's database, and the calls its workload
+    says it made (increase() would lose the first sample and extrapolate); a window starting mid-trace counts exactly what the counter gained since the last
     scrape before its start (bracketed by the call's own start and end times)."""
     nodes, url = fleet["nodes"], fleet["url"]
     truth = {rank: _p99_in_db(n["db"], 5)[1] for rank, n in nodes.items()}
@@ -364,18 +365,24 @@ def test_since_counts_are_exact(fleet, tmp_path):
     answers = anyio.run(_query_fleet, url, tmp_path / "audit.db", [
         {"action": "ops", "op": OP, "since": "1h"},
         {"action": "errors", "since": "1h"},
+        {"action": "ops", "since": "1h", "limit": 1000},
         mid_trace,
     ], times)
     for err, text in answers:
         print(f"--- (error={err})\n{text}")
-    (_, whole), (_, errors), (_, part) = answers
+    (_, whole), (_, errors), (_, every_op), (_, part) = answers
     assert "last 1h: exact counts" in whole
     rows = _table(whole, "op|node|rank|calls|p50|p99|p99 bucket")
     assert {r["rank"]: int(r["calls"]) for r in rows} == truth
+    # every CUDA call of each workload, as the workload itself counted them ("done {...}")
+    per_rank: dict[str, int] = {}
+    for r in _table(every_op, "op|node|rank|calls|p50|p99|p99 bucket"):
+        per_rank[r["rank"]] = per_rank.get(r["rank"], 0) + int(r["calls"])
+    assert per_rank == {rank: n["calls"] for rank, n in nodes.items()}
     rows = _table(errors, "node|rank|source|op|error|failed|of calls")
     assert {(r["rank"], r["op"]): int(r["failed"]) for r in rows} == _failing_in_db(nodes)
     # the mid-trace window: Prometheus evaluated it at some instant between the call's start and end
-    t0, t1 = times[2]
+    t0, t1 = times[3]
     print("samples", samples, "window", window, "start", start, "asked", t0, t1)
     got = {r["rank"]: int(r["calls"]) for r in _table(part, "op|node|rank|calls|p50|p99|p99 bucket")}
     for rank, ss in samples.items():
