@@ -26,12 +26,8 @@
  * pointer (its size, arg0, remembered for the free) or, for a free, arg1 = the size of arg0's allocation.
  * The return value is the call's cudaError_t / CUresult. STACKS=1 captures the user stack at entry, and
  * INGERO_PY=1 the calling thread's Python stack (ingero_py.h, included by host.bpf.c). */
-#define SRC_CUDA 1
-#define SRC_DRIVER 4
-#define OUT_U32 1
-#define OUT_U64 2
-#define OUT_ALLOC 3
-#define FREE_SIZE 4
+/* SRC_CUDA, SRC_DRIVER (ingero/store/schema.py) and OUT_U32, OUT_U64, OUT_ALLOC, FREE_SIZE (the argument
+ * layouts of ingero/tracer/ops.py) are given to the compiler by the loader (-D, ops.C_DEFINES) */
 
 struct cuda_event {
     u64 ts_ns;          /* entry time, CLOCK_MONOTONIC */

@@ -16,21 +16,9 @@
  * before this one: bcc rewrites map calls only in the main text) adds the Python frame walker: forks inherit a Python parent's entry, exec and exit drop it. */
 #include <uapi/linux/ptrace.h>
 
-#define SRC_HOST 3
-#define SRC_IO 5
-#define OP_SCHED_SWITCH 1
-#define OP_SCHED_WAKEUP 2
-#define OP_PAGE_ALLOC 3
-#define OP_OOM_KILL 4
-#define OP_EXEC 5
-#define OP_EXIT 6
-#define OP_FORK 7
-#define OP_THREAD_CREATE 40
-#define OP_THREAD_EXIT 41
+/* SRC_HOST, SRC_IO and the OP_* codes used here come from the one table (ingero/store/schema.py), given to the
+ * compiler by the loader (-D, ingero/tracer/host.py: C_DEFINES) */
 #define CLONE_THREAD_FLAG 0x00010000ULL
-#define OP_BLOCK_READ 1
-#define OP_BLOCK_WRITE 2
-#define OP_BLOCK_DISCARD 3
 
 struct host_event {
     u64 ts_ns;

@@ -11,7 +11,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ingero.store.schema import op_name
+from ingero.store.schema import SOURCE_HOST, SOURCE_IO, op_code, op_name
+
+#: the codes ``bpf/host.bpf.c`` emits, from the one table (:mod:`ingero.store.schema`), given to the compiler as
+#: ``-D`` definitions by the loader: the C file does not write them again
+C_DEFINES: dict[str, int] = {"SRC_HOST": SOURCE_HOST, "SRC_IO": SOURCE_IO} | {
+    f"OP_{macro}": op_code(name)[1] for macro, name in (
+        ("SCHED_SWITCH", "sched_switch"), ("SCHED_WAKEUP", "sched_wakeup"), ("PAGE_ALLOC", "mm_page_alloc"),
+        ("OOM_KILL", "oom_kill"), ("EXEC", "process_exec"), ("EXIT", "process_exit"), ("FORK", "process_fork"),
+        ("THREAD_CREATE", "thread_create"), ("THREAD_EXIT", "thread_exit"), ("BLOCK_READ", "block_read"),
+        ("BLOCK_WRITE", "block_write"), ("BLOCK_DISCARD", "block_discard"))}
 
 #: ``struct host_event`` of ``bpf/host.bpf.c`` as a struct format, in :class:`HostEvent`'s field order
 #: (flags skipped); the standard probe set reads the same records (with the ring's 8-byte header before them)

@@ -7,7 +7,7 @@ ops in the bits above :data:`OP_MASK` (read by ``bpf/cuda.bpf.c`` from the attac
 
 from __future__ import annotations
 
-from ingero.store.schema import SOURCE_CUDA, op_code
+from ingero.store.schema import SOURCE_CUDA, SOURCE_DRIVER, op_code
 
 #: exported symbol -> op in upstream's codes (source CUDA for RUNTIME_SYMBOLS, DRIVER for DRIVER_SYMBOLS);
 #: per-thread-default-stream variants share the op. ingero's own ops (schema.INGERO_OPS) are added below.
@@ -28,6 +28,9 @@ DRIVER_SYMBOLS: dict[str, int] = {
 # arg0 from parameter A0, arg1 from parameter A1, an output parameter OUT read at return (when the call
 # succeeded) into arg1 as KIND
 OUT_U32, OUT_U64, OUT_ALLOC, FREE_SIZE = 1, 2, 3, 4
+#: what ``bpf/cuda.bpf.c`` reads these as, given to the compiler as ``-D`` definitions by the loader
+C_DEFINES: dict[str, int] = {"SRC_CUDA": SOURCE_CUDA, "SRC_DRIVER": SOURCE_DRIVER, "OUT_U32": OUT_U32,
+                             "OUT_U64": OUT_U64, "OUT_ALLOC": OUT_ALLOC, "FREE_SIZE": FREE_SIZE}
 #: the op code in a symbol table's value (the bits above it are the argument layout)
 OP_MASK = 0xFF
 

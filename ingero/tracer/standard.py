@@ -39,7 +39,9 @@ from ingero.runtime.ring import RingReader, record_checks
 from ingero.runtime.shared import SharedNames
 from ingero.store.schema import SOURCE_CUDA, SOURCE_DRIVER, SOURCE_HOST, op_name
 from ingero.tracer.follow import HOLD_RECORD, ProcessFollower
+from ingero.tracer.host import C_DEFINES as HOST_DEFINES
 from ingero.tracer.host import HOST_LAYOUT, HostEvent
+from ingero.tracer.ops import C_DEFINES as CALL_DEFINES
 from ingero.tracer.ops import DRIVER_SYMBOLS, OP_MASK, RUNTIME_SYMBOLS
 
 log = logging.getLogger(__name__)
@@ -58,7 +60,7 @@ CUDA_RECORD_COLUMNS = {"duration": ("<i8", 16), "source": ("u1", 32), "op": ("u1
 HOST_RECORD = struct.Struct("<8x" + HOST_LAYOUT)
 #: ``struct lib_open_event`` after the record header: pid, path
 LIB_OPEN_RECORD = struct.Struct("<8xI4x256s")
-_OP_EXEC, _OP_EXIT, _OP_FORK = 5, 6, 7  # host op codes (bpf/host.bpf.c)
+_OP_EXEC, _OP_EXIT, _OP_FORK = HOST_DEFINES["OP_EXEC"], HOST_DEFINES["OP_EXIT"], HOST_DEFINES["OP_FORK"]
 
 
 
@@ -163,7 +165,8 @@ class StandardTracer(BpfObject):
             text=text,
             cflags=[f"-I{bpf_dir}", f"-DRINGBUF_PAGES={self.ringbuf_pages}",
                     f"-DCUDA_RINGBUF_PAGES={self.cuda_ringbuf_pages}", f"-DSTACKS={int(self.stacks)}",
-                    f"-DINGERO_PY={int(self.python_frames)}"],
+                    f"-DINGERO_PY={int(self.python_frames)}",
+                    *(f"-D{name}={value}" for name, value in (HOST_DEFINES | CALL_DEFINES).items())],
         )
         try:
             if self.python_frames:
