@@ -26,7 +26,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 from pathlib import Path
 
 from ingero.errors import IngeroError, NoSuchProcess
@@ -322,7 +322,10 @@ class TraceSession:
         if self.metrics is not None:  # per batch: the calls as numpy columns, host events by op
             self.metrics.observe_calls(cuda, self.tracer.cuda_chunk())
             if host:
-                self.metrics.observe_counts(Counter((h.source, h.op_name) for h in host))
+                from ingero.store.schema import op_name
+
+                by_code = Counter(map(attrgetter("source", "op"), host))  # named once per op, not per event
+                self.metrics.observe_counts({(src, op_name(src, op)): k for (src, op), k in by_code.items()})
 
         def build(first: int) -> list[tuple]:  # numbered rows: (seq, *Event fields)
             rows = self._cuda_rows(cuda, first) if cuda else []

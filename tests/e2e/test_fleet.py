@@ -343,8 +343,9 @@ def _at(samples: list[tuple[float, float]], t: float) -> float:
 
 def test_since_counts_are_exact(fleet, tmp_path):
     """A window over a whole trace counts every call: each node's database, and the calls its workload
-    says it made (increase() would lose the first sample and extrapolate); a window starting mid-trace counts exactly what the counter gained since the last
-    scrape before its start (bracketed by the call's own start and end times)."""
+    says it made (increase() would lose the first sample and extrapolate); a window starting mid-trace
+    counts exactly what the counter gained since the last scrape before its start (bracketed by the call's
+    own start and end times)."""
     nodes, url = fleet["nodes"], fleet["url"]
     truth = {rank: _p99_in_db(n["db"], 5)[1] for rank, n in nodes.items()}
     samples = {rank: _samples(url, rank) for rank in nodes}
@@ -534,6 +535,15 @@ def test_otlp_payloads_hold_the_counts_of_metrics(need_bpf, tmp_path):
             or (k[0] == "ingero_calls_total" and ("source", "cuda") in k[1])}
     assert cuda and {k: pushed.get(k) for k in cuda} == pytest.approx(cuda), \
         sorted(set(cuda.items()) ^ set((k, pushed.get(k)) for k in cuda))
+    # the last push, at close, counts every event of every source the database holds, host events too
+    from ingero.store.schema import SOURCE_NAMES
+
+    with _ro(db) as c:
+        stored = {(SOURCE_NAMES[src], op_name(src, op)): n for src, op, n in c.execute(
+            "SELECT source, op, count(*) FROM events WHERE source NOT IN (1, 4, 100) GROUP BY 1, 2")}
+    host = {(dict(k[1])["source"], dict(k[1])["op"]): v for k, v in pushed.items()
+            if k[0] == "ingero_calls_total" and dict(k[1])["source"] not in ("cuda", "driver")}
+    assert stored and host == stored
     assert ("ingero_node_info", tuple(sorted({"node": os.uname().nodename, "rank": "7", "version": "0.1.0",
                                               "mcp": f"ingero mcp --live --db {db.resolve()}"}.items()))) in pushed
     spans = []
