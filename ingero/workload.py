@@ -44,6 +44,8 @@ SHARED_MEM = 0
 cudaMemcpyHostToDevice = 1
 cudaMemcpyDeviceToHost = 2
 cudaErrorInsufficientDriver = 35
+#: --until: the longest the workload goes on past --duration waiting for its file
+UNTIL_MAX_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -263,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=0.0,
                     help="repeat the plan until this many seconds have passed (then --repeat is per round)")
     ap.add_argument("--interval", type=float, default=0.002, help="pause between rounds with --duration (s)")
+    ap.add_argument("--until", metavar="FILE",
+                    help=f"with --duration: go on past it until FILE exists (at most {UNTIL_MAX_S:g} s more)")
     ap.add_argument("--startup", action="store_true",
                     help="first make the start-up calls of STARTUP once (device count, versions, last error...)")
     ap.add_argument("--threads", type=int, default=0,
@@ -288,7 +292,14 @@ def main(argv: list[str] | None = None) -> int:
             return run_plan(lib, args.repeat)
         total: Counter = Counter()
         end = time.monotonic() + args.duration
-        while time.monotonic() < end:
+
+        def more() -> bool:
+            now = time.monotonic()
+            if now < end:
+                return True
+            return bool(args.until) and now < end + UNTIL_MAX_S and not os.path.exists(args.until)
+
+        while more():
             total += run_plan(lib, args.repeat)
             time.sleep(args.interval)
         return total

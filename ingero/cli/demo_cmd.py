@@ -12,8 +12,10 @@ available it says why in one line and replays the recording the project ships in
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -24,6 +26,8 @@ from ingero.paths import data_dir
 
 SPEC_NAME = "workload.probe"
 SHIPPED_DB = "demo-trace.db"
+#: after attaching, the longest the demo waits for each probe's first call before reading the results
+PROBES_SEE_CALLS_S = 60.0
 
 
 @click.command()
@@ -76,8 +80,12 @@ def _live(console, db: Path, seconds: float, workers: int, interval: float) -> t
 
     for suffix in ("", "-wal", "-shm"):
         Path(f"{db}{suffix}").unlink(missing_ok=True)
+    # the workload runs at least `seconds`, and on until the story is told (its probes saw calls, were read
+    # and detached): on a busy machine attaching can take seconds, and the demo waits for it, not the clock
+    stop_dir = Path(tempfile.mkdtemp(prefix="ingero-demo-"))
+    stop_file = stop_dir / "stop"
     command = [sys.executable, "-m", "ingero.workload", "--workers", str(workers), "--duration", str(seconds),
-               "--repeat", "1", "--interval", str(interval)]
+               "--repeat", "1", "--interval", str(interval), "--until", str(stop_file)]
     console.print(f"[bold]1.[/] start the bundled CUDA workload ({workers} forked workers calling the real CUDA "
                   f"runtime for {seconds:g} s; without a GPU every call returns 35) under the standard probe set")
     t0 = time.perf_counter()
@@ -124,6 +132,10 @@ def _live(console, db: Path, seconds: float, workers: int, interval: float) -> t
                                    f"{live[0].budgets.events:,} events)")
             wait_until(min(seconds - 1.0, 4.0))
             dyn = session.dynamic
+            deadline = time.monotonic() + PROBES_SEE_CALLS_S
+            while (time.monotonic() < deadline and runner.is_alive()
+                   and any((st := dyn.stats(lp.id)) is None or st.matched == 0 for lp in live)):
+                time.sleep(0.1)  # each probe's first call (the workers call in rounds: a slow attach waits)
             for lp in live:
                 aggs = dyn.aggregates(lp.id)
                 if aggs:
@@ -143,10 +155,14 @@ def _live(console, db: Path, seconds: float, workers: int, interval: float) -> t
                 dyn.detach(lp.id, "detached by the demo")
             progress.console.print(f"[bold]5.[/] detach both probes: {(time.perf_counter() - t) * 1000:.0f} ms; "
                                    f"the standard trace goes on")
-            wait_until(seconds + 5.0)
+            wait_until(seconds)
+            stop_file.touch()  # the workers end their round and exit; the trace ends with them
+            wait_until(time.monotonic() - start + 30.0)
     finally:
+        stop_file.touch()
         session.stop("the demo ended")
         runner.join()
+        shutil.rmtree(stop_dir, ignore_errors=True)
     snap = session.snapshot()
     lost = sum(snap.lost.values())
     console.print(f"   the workload exited: {snap.events:,} events in {snap.elapsed_s:.1f} s, {lost} lost")

@@ -206,10 +206,20 @@ class ProbeTools(SymbolTools):
             row = self._conn.execute("SELECT MIN(timestamp), MAX(timestamp) FROM events").fetchone()
         if not row or row[0] is None:
             return "estimate: no basis yet (the trace holds no events)"
-        end = time.time_ns() if self.live and self.trace_state() == "running" else int(row[1])
+        newest, when = int(row[1]), "last (stored)"
+        end = newest
+        if self.live and self.trace_state() == "running":
+            # the window ends where the stored trace does: the writer stores a batch at a time, so on a busy
+            # machine the newest second may not be in the database yet, and counting it as silence would
+            # make the rate low; unless nothing at all came for a whole window (then it is silence)
+            now = time.time_ns()
+            behind_s = (now - newest) / 1e9
+            if behind_s >= window_s:
+                end, when = now, "last"
+            else:
+                when = f"last stored (up to {max(behind_s, 0.0):.1f} s ago)"
         start = max(int(row[0]), end - int(window_s * 1e9))
         span_s = max((end - start) / 1e9, 1e-3)
-        when = "last" if self.live else "last (stored)"
         out = [f"estimate over the {when} {span_s:.1f} s of the trace (standard-set calls of these symbols, "
                "before the where filter):"]
         total_rate = 0.0
