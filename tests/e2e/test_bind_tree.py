@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, skip_or_fail
+from tests.helpers import torch_python
 
 pytestmark = pytest.mark.bpf
 INGERO = [str(Path(sys.executable).parent / "ingero")]
@@ -177,3 +178,52 @@ def _wait_for_links(pid: int, timeout: float = 60) -> None:
                 continue  # closed meanwhile
         time.sleep(0.05)
     raise AssertionError(f"process {pid} attached no probe in {timeout} s")
+
+
+def test_torch_venv_libc10_cuda_is_bound_when_the_command_loads_it(need_bpf, tmp_path):
+    """The PyTorch fixture's libc10_cuda.so lives only in its venv's torch/lib: `probe check` finds no copy
+    and says `-- CMD` binds it; `probe run -- bpftrace ... -c "python script"` waits for it in the tree,
+    binds the copy python (bpftrace's forked child) loads, and counts c10::cuda::device_count() exactly as
+    bpftrace does on the same process. A local C++ name of that library defined at two addresses is
+    probed at both (`check` on its path, against nm)."""
+    py = torch_python()
+    c10 = next(Path(str(py)).parent.parent.glob("lib/python3*/site-packages/torch/lib/libc10_cuda.so"))
+    if shutil.which("bpftrace") is None:
+        skip_or_fail("needs bpftrace")
+    spec = tmp_path / "c10.probe"
+    spec.write_text('probe d = libc10_cuda.so:"c10::cuda::device_count()"\n    aggregate count\n')
+    chk = subprocess.run([*INGERO, "probe", "check", str(spec)], capture_output=True, text=True, timeout=120)
+    assert chk.returncode == 1 and "no library 'libc10_cuda.so' found" in chk.stderr, chk.stderr
+    assert "`ingero probe run SPEC -- CMD` waits for it" in chk.stderr
+    script = tmp_path / "tc.py"
+    script.write_text("import torch\nprint(torch.cuda.is_available(), torch.cuda.device_count())\n")
+    bt = f"uprobe:{c10}:_ZN3c104cuda12device_countEv {{ @n = count(); }}"
+    p = subprocess.run([*INGERO, "probe", "run", "--json", str(spec), "--", "bpftrace", "-e", bt, "-c",
+                        f"{py} {script}"], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    lines = [json.loads(ln) for ln in p.stdout.splitlines() if ln.startswith("{")]
+    assert any("waiting for libc10_cuda.so in the traced tree" in x.get("reason", "") for x in lines), p.stdout
+    attached = [x for x in lines if "attached" in x]
+    assert [a["path"] for a in attached] == [str(c10)], p.stdout
+    truth = int(p.stdout.split("@n:")[1].split()[0])
+    assert truth > 0
+    assert _final(p.stdout)["d"]["stats"]["matched"] == truth, p.stdout
+
+    # a local C++ name at several addresses: every one probed, as nm lists them
+    names = subprocess.run(["nm", str(c10)], capture_output=True, text=True, check=True).stdout.split("\n")
+    counts: dict[str, int] = {}
+    for ln in names:
+        w = ln.split()
+        if len(w) == 3 and w[1] in "tT":
+            counts[w[2]] = counts.get(w[2], 0) + 1
+    name, n = max(counts.items(), key=lambda kv: kv[1])
+    assert n >= 2, "libc10_cuda.so has no name at several addresses"
+    multi = tmp_path / "multi.probe"
+    multi.write_text(f"probe m = {c10}:{name}\n")
+    chk = subprocess.run([*INGERO, "probe", "check", "--json", str(multi)], capture_output=True, text=True,
+                         timeout=120)
+    assert chk.returncode == 0, chk.stderr
+    (sym,) = json.loads(chk.stdout)["probes"][0]["symbols"]
+    assert len(sym["file_offsets"]) == n, sym
+    text = subprocess.run([*INGERO, "probe", "check", str(multi)], capture_output=True, text=True, timeout=120)
+    assert f": {n} addresses, all probed" in text.stdout
