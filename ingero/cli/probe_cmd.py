@@ -219,6 +219,8 @@ def run(file: str, command: tuple[str, ...], pid: int | None, interval: float, a
         if held is not None:
             held.cancel()  # not released (nothing attached): the command never runs
         try:
+            if watcher is not None and group is not None:
+                _bind_loads(watcher, group, printer)  # opens reported as the tree exited: said, not lost
             if follower is not None:
                 follower.close()  # lets go any process still held at its fork
             if watcher is not None:

@@ -90,6 +90,13 @@ class ProbeTools(SymbolTools):
     def live(self) -> bool:
         return self.session is not None
 
+    def _lookups(self):
+        """A live trace's (libraries not mapped yet are checked on the search path and bound when the tree
+        maps them), else this machine's."""
+        from ingero.dsl.lookup import MACHINE
+
+        return self.session.lookups if self.live else MACHINE
+
     @property
     def root_pid(self) -> int | None:
         return self.session.pids[0] if self.live and self.session.pids else None
@@ -147,7 +154,7 @@ class ProbeTools(SymbolTools):
         from ingero.dsl import check, render
         from ingero.dsl.resolved import describe
 
-        res = check(spec, "<spec>", pid=self.root_pid)
+        res = check(spec, "<spec>", pid=self.root_pid, lookups=self._lookups())
         if not res.ok:
             n = len(res.errors)
             return (f"INVALID: {n} error{'s' if n != 1 else ''} (line:column, message, hint)\n"
@@ -301,7 +308,8 @@ class ProbeTools(SymbolTools):
             raise ToolRefused(f"the trace has ended ({self.session.stopped_because or 'stopped'}): nothing to "
                               "attach to", hint="the database stays readable with the standard tools")
         with self._attach_lock:  # concurrent attaches are serialised
-            rs = check(spec, "<spec>", pid=self.root_pid).resolved()  # SpecError: every error, located
+            # SpecError: every error, located
+            rs = check(spec, "<spec>", pid=self.root_pid, lookups=self._lookups()).resolved()
             facts["resolved"] = {p.name: [s.name for s in p.symbols] for p in rs.probes}
             for p in rs.probes:
                 why = self._refusal(p)

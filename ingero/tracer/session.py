@@ -163,15 +163,18 @@ class TraceSession:
                                          python_frames=self.options.python_frames,
                                          ringbuf_pages=self.options.ringbuf_pages,
                                          cuda_ringbuf_pages=self.options.cuda_ringbuf_pages).start()
-            from ingero.runtime.libwatch import LibraryWatcher, WatchName
+            from ingero.runtime.libwatch import LibraryWatcher, WatchName, not_holdable
             from ingero.tracer.dynamic import DynamicProbes
 
-            if self.command:
-                # the command is held at each open of a watched library until the probes are on that file:
-                # the standard set and the DSL probes bind to the copies it really loads, from its first call
-                self._watcher = LibraryWatcher(hold=True).start(self.pids)
-                self._watcher.watch([WatchName("libcudart", True), WatchName("libcuda", True)])
-            elif self.options.preattach:
+            # each process of the tree is held at each open of a watched library until the probes are on
+            # that file: the standard set and the DSL probes bind to the copies it really loads, from its
+            # first call -- a --pid root that is the foreground job of a terminal excepted (never stopped:
+            # its shell would take the stop for a Ctrl-Z; calls right after such a late load may be missed)
+            self._watcher = LibraryWatcher(hold=True).start()
+            for pid in self.pids:
+                self._watcher.follow(pid, hold=bool(self.command) or not_holdable(pid) is None)
+            self._watcher.watch([WatchName("libcudart", True), WatchName("libcuda", True)])
+            if not self.command and self.options.preattach:
                 self.tracer.attach_known()
             self.dynamic = DynamicProbes(self.writer, pid=self.pids[0] if len(self.pids) == 1 else None,
                                          limits=self.options.probe_limits, tree_filter=True,
@@ -281,7 +284,15 @@ class TraceSession:
         from ingero.dsl import check
 
         pid = self.pids[0] if in_process and len(self.pids) == 1 else None
-        return check(text, name, pid=pid)
+        return check(text, name, pid=pid, lookups=self.lookups)
+
+    @property
+    def lookups(self):
+        """Where a DSL spec's libraries are looked up: what the traced process mapped, else the search path
+        (the library watcher binds the probe to the copy the tree maps, when it maps it)."""
+        from ingero.dsl.lookup import MACHINE, TreeLookups
+
+        return TreeLookups() if self._watcher is not None else MACHINE
 
     def attach_spec(self, spec, *, owner: str = "") -> list:
         """Widen the trace: attach the probes of a checked spec now (see :class:`DynamicProbes`)."""

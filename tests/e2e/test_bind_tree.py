@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -136,31 +137,19 @@ def test_pid_run_binds_a_library_loaded_after_it_started(need_bpf, twins, tmp_pa
     for target in ("libtwins.so.1", str(lib)):
         spec = tmp_path / "late.probe"
         spec.write_text(f"probe late = {target}:twin\n    aggregate count by pid\n")
-        # its own session: no controlling terminal, so ingero may hold it at the open
-        d = subprocess.Popen([str(twins / "driver"), "late", str(lib), "9"], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True, start_new_session=True)
-        run = None
-        try:
-            assert d.stdout.readline().strip() == "ready"
-            run = subprocess.Popen([*INGERO, "probe", "run", "--json", str(spec), "--pid", str(d.pid)],
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+        def ready(run: subprocess.Popen, target: str = target) -> None:
             if "/" in target:  # attached to the file at once: its breakpoints go in when the process maps it
                 _wait_for_links(run.pid)
             else:
                 first = json.loads(run.stdout.readline())
                 assert first.get("waiting") == "late" and "libtwins.so.1" in first["reason"], first
-            d.stdin.write("go\n")
-            d.stdin.flush()
-            printed = d.stdout.read()
-            d.wait(timeout=30)
-            out, err = run.communicate(timeout=60)
-        finally:
-            for proc in (d, run):
-                if proc is not None and proc.poll() is None:
-                    proc.kill()
-        assert run.returncode == 0, err
+
+        pid, printed, (out, err), code = _late(twins, lambda pid, spec=spec: [
+            *INGERO, "probe", "run", "--json", str(spec), "--pid", str(pid)], ready)
+        assert code == 0, err
         truth = _printed(printed)
-        assert truth == {d.pid: 9}, printed
+        assert truth == {pid: 9}, printed
         final = _final(out)["late"]
         assert {r["key"]["pid"]: r["count"] for r in final["aggregates"]} == truth, (target, final, err)
 
@@ -227,3 +216,113 @@ def test_torch_venv_libc10_cuda_is_bound_when_the_command_loads_it(need_bpf, tmp
     assert len(sym["file_offsets"]) == n, sym
     text = subprocess.run([*INGERO, "probe", "check", str(multi)], capture_output=True, text=True, timeout=120)
     assert f": {n} addresses, all probed" in text.stdout
+
+
+def test_trace_pid_binds_a_probe_library_loaded_after_it_started(need_bpf, twins, tmp_path):
+    """`ingero trace --pid N --probe SPEC` (the path `mcp --live --pid` shares): a library N dlopens after
+    the trace started is bound when N opens it (N held meanwhile), so the 9 calls it makes at once are all
+    stored. The library is on a search path here (LD_LIBRARY_PATH of ingero), not mapped by N at start."""
+    import sqlite3
+
+    from ingero.store.schema import SOURCE_PROBE
+
+    spec = tmp_path / "late.probe"
+    spec.write_text("probe late = libtwins.so.1:twin\n    record pid\n")
+    db = tmp_path / "t.db"
+    pid, printed, (out, _), code = _late(
+        twins, lambda pid: [*INGERO, "trace", "--db", str(db), "--probe", str(spec), "--pid", str(pid)],
+        lambda tr: _wait_for_probe(db, tr),  # the probe is registered: the trace is on, its probe waiting
+        env=os.environ | {"LD_LIBRARY_PATH": str(twins)}, stderr=subprocess.STDOUT)
+    assert code == 0, out
+    truth = _printed(printed)
+    assert truth == {pid: 9}, printed
+    conn = sqlite3.connect(db)
+    try:
+        stored = dict(conn.execute(f"SELECT pid, COUNT(*) FROM events WHERE source = {SOURCE_PROBE} GROUP BY pid"))
+    finally:
+        conn.close()
+    assert stored == truth, out
+
+
+def _wait_for_probe(db: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Until the trace writing ``db`` has registered a probe (its row in ``probes``)."""
+    import sqlite3
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()[0]
+        if db.exists():
+            try:
+                conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+                try:
+                    if conn.execute("SELECT COUNT(*) FROM probes").fetchone()[0]:
+                        return
+                finally:
+                    conn.close()
+            except sqlite3.OperationalError:
+                pass  # not created yet
+        time.sleep(0.1)
+    raise AssertionError(f"no probe registered in {db} after {timeout} s")
+
+
+def test_a_terminals_foreground_job_is_never_stopped_and_the_run_says_so(need_bpf, twins, tmp_path):
+    """A `--pid` process that is the foreground job of a terminal (here a pty's session leader) is not held
+    at its late open -- its shell would take a stop for Ctrl-Z -- and `probe run` says that calls in the
+    first milliseconds may be missed, both at start and when it binds; the process runs on unstopped."""
+    import pty
+
+    lib = twins / "libtwins.so.1"
+    spec = tmp_path / "late.probe"
+    spec.write_text(f"probe late = {lib.name}:twin\n    aggregate count\n")
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: session leader, the pty its controlling terminal, in the foreground
+        os.execv(str(twins / "driver"), [str(twins / "driver"), "late", str(lib), "9"])
+    run = None
+    try:
+        seen = b""
+        while b"ready" not in seen:
+            seen += os.read(fd, 1024)
+        run = subprocess.Popen([*INGERO, "probe", "run", str(spec), "--pid", str(pid)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+        first = run.stderr.readline()
+        assert f"pid {pid} is not stopped when it opens a library (it is the foreground job of a terminal" in first
+        while "waiting for libtwins.so.1" not in run.stderr.readline():
+            pass
+        os.write(fd, b"go\n")
+        while b"a " not in seen:
+            seen += os.read(fd, 1024)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0  # never left stopped
+        out, err = run.communicate(timeout=60)
+    finally:
+        os.close(fd)
+        if run is not None and run.poll() is None:
+            run.kill()
+    assert run.returncode == 0, err
+    assert f"pid {pid} was not held at its open of {lib}" in err, err
+    counted = int(out.split("probe late: ")[1].split()[0])
+    assert counted <= 9  # labelled above: the first calls may have run before the probe was on
+
+
+def _late(twins: Path, tracer: Callable[[int], list[str]], ready: Callable[[subprocess.Popen], None], **popen):
+    """The driver in `late` mode (in a session of its own: no controlling terminal, so ingero may hold it),
+    then ``tracer(pid)`` on it; once ``ready(tracer process)`` returns, the driver dlopens libtwins and calls
+    `twin` 9 times at once. Returns (driver pid, its printout, the tracer's (stdout, stderr), its exit code)."""
+    d = subprocess.Popen([str(twins / "driver"), "late", str(twins / "libtwins.so.1"), "9"], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True, start_new_session=True)
+    run = None
+    try:
+        assert d.stdout.readline().strip() == "ready"
+        run = subprocess.Popen(tracer(d.pid), stdout=subprocess.PIPE, text=True,
+                               **({"stderr": subprocess.PIPE} | popen))
+        ready(run)
+        d.stdin.write("go\n")
+        d.stdin.flush()
+        printed = d.stdout.read()
+        d.wait(timeout=30)
+        outs = run.communicate(timeout=120)
+    finally:
+        for proc in (d, run):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+    return d.pid, printed, outs, run.returncode
