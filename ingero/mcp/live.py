@@ -322,7 +322,9 @@ class ProbeTools(SymbolTools):
             b = lp.budgets
             lines.append(
                 f"attached probe {lp.id} '{lp.name}': {len(lp.symbols)} symbol{'s' if len(lp.symbols) != 1 else ''} "
-                f"({_names(list(lp.symbols))}) on {lp.library}, {lp.direction}, pid {self.root_pid}\n"
+                f"({_names(list(lp.symbols))}) on {lp.library}"
+                + (f" ({lp.waiting_for}: bound when a traced process loads it)" if lp.waiting_for else "")
+                + f", {lp.direction}, pid {self.root_pid}\n"
                 f"  budgets in force: ttl {b.ttl_s:g}s, events {b.events}"
                 + (f", rate {b.rate}/s" if b.rate else "")
                 + (f"\n  events: events table source={SOURCE_PROBE} op={lp.id}; fields {', '.join(lp.fields)}"
@@ -406,7 +408,8 @@ class ProbeTools(SymbolTools):
             lp = live.get(i)
             st = stored.get(i)
             if lp is not None:
-                rows.append((i, lp.name, lp.status, counts.get(i, 0), len(lp.symbols), os.path.basename(lp.library),
+                rows.append((i, lp.name, "waiting" if lp.waiting_for else lp.status, counts.get(i, 0), len(lp.symbols),
+                             os.path.basename(lp.library),
                              lp.owner, _hms(lp.attached_at), _hms(lp.ended_at) if lp.ended_at else "",
                              lp.end_reason))
             else:

@@ -314,20 +314,19 @@ class ProbeSession(BpfObject):
                 p.per_process.drop(pid)
 
     def detach(self, name: str, reason: str = "detached") -> None:
-        """Close one probe's links (its counts and aggregates stay readable)."""
+        """Close one probe's links (its counts and aggregates stay readable). A probe that never found its
+        library ends with that reason (``LIB never appeared in the traced tree (REASON)``)."""
         for p in self.probes:
             if p.name == name:
                 p.unlink()
                 if name not in self.ended:
-                    self.ended[name] = reason
+                    self.ended[name] = (f"{p.cp.probe.library.name} never appeared in the traced tree ({reason})"
+                                        if p.waiting else reason)
 
     def detach_all(self, reason: str = "detached") -> float:
-        """Close every link; returns the seconds it took. A probe that never found its library ends
-        with that reason instead."""
+        """Close every link; returns the seconds it took."""
         t0 = time.perf_counter()
         for p in self.probes:
-            if p.waiting and p.name not in self.ended:
-                self.ended[p.name] = f"{p.cp.probe.library.name} never appeared in the traced tree ({reason})"
             self.detach(p.name, reason)
         return time.perf_counter() - t0
 

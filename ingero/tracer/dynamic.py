@@ -119,6 +119,13 @@ class LiveProbe:
     _session: object = field(default=None, repr=False)
     _handle: object = field(default=None, repr=False)
 
+    @property
+    def waiting_for(self) -> str | None:
+        """What an active probe still waits for (``waiting for LIB in the traced tree``), or None."""
+        if self.status != "active" or self._session is None:
+            return None
+        return self._session.waiting().get(self.name)
+
 
 class DynamicProbes:
     def __init__(self, writer, *, pid: int | None, limits: ProbeLimits | None = None,
@@ -246,7 +253,7 @@ class DynamicProbes:
                 raise NotFound(f"no probe with id {probe_id}", hint=f"probe ids: {known}")
             if lp.status == "active":
                 lp._session.detach(lp.name, reason)
-                self._end(lp, reason)
+                self._end(lp, lp._session.ended.get(lp.name, reason))
             return lp
 
     def _end(self, lp: LiveProbe, reason: str) -> None:
@@ -274,7 +281,7 @@ class DynamicProbes:
             for lp in self.probes.values():
                 if lp.status == "active":
                     lp._session.detach(lp.name, reason)
-                    self._end(lp, reason)
+                    self._end(lp, lp._session.ended.get(lp.name, reason))
 
     def end_owned(self, owner: str, reason: str) -> list[LiveProbe]:
         """End every active probe attached by ``owner`` (a client session that went away)."""
@@ -283,7 +290,7 @@ class DynamicProbes:
             for lp in self.probes.values():
                 if lp.status == "active" and lp.owner == owner:
                     lp._session.detach(lp.name, reason)
-                    self._end(lp, reason)
+                    self._end(lp, lp._session.ended.get(lp.name, reason))
                     ended.append(lp)
             return ended
 

@@ -326,3 +326,21 @@ def _late(twins: Path, tracer: Callable[[int], list[str]], ready: Callable[[subp
             if proc is not None and proc.poll() is None:
                 proc.kill()
     return d.pid, printed, outs, run.returncode
+
+
+def test_a_trace_probe_whose_library_never_appears_ends_with_that_reason(need_bpf, tmp_path):
+    """`trace --probe` on a command that never loads the probe's library: the stored probe ends saying so."""
+    import sqlite3
+
+    spec = tmp_path / "z.probe"
+    spec.write_text("probe z = libz.so.1:zlibVersion\n    record pid\n")
+    db = tmp_path / "t.db"
+    p = subprocess.run([*INGERO, "trace", "--quiet", "--db", str(db), "--probe", str(spec), "--", "/bin/true"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    conn = sqlite3.connect(db)
+    try:
+        (why,) = conn.execute("SELECT end_reason FROM probes WHERE name = 'z'").fetchone()
+    finally:
+        conn.close()
+    assert why.startswith("libz.so.1 never appeared in the traced tree ("), why
