@@ -48,6 +48,8 @@ TRACED_CALLS = 100_000
 UNTRACED_CALLS = 1_000_000
 #: ... and where it traps (the references on every process: about a second)
 UNTRACED_TRAPPED_CALLS = 200_000
+#: the longest a round waits for the trace to take in a traced loop's calls before the next loop
+DRAIN_WAIT_S = 30.0
 #: idle processes added to the traced tree for the "bigger tree" row
 CROWD = 8
 
@@ -118,6 +120,8 @@ def trace_round(exe: str, lib: str, tmp: str, per_process_first: bool, out: Roun
         runner = threading.Thread(target=session.run)
         runner.start()
 
+        expected = [0]  # traced calls so far: each traced loop waits until the trace has taken them in
+
         def traced(key: str, follow) -> None:
             w = Waiting(exe, lib, TRACED_CALLS)
             try:
@@ -126,6 +130,14 @@ def trace_round(exe: str, lib: str, tmp: str, per_process_first: bool, out: Roun
                 out.ns[key] = w.go()
             finally:
                 w.close()
+            # the next loop starts with an empty ring (a loop's calls fit in it; a backlog would not)
+            expected[0] += TRACED_CALLS
+            deadline = time.monotonic() + DRAIN_WAIT_S
+            while time.monotonic() < deadline:
+                snap = session.snapshot()
+                if snap.by_op.get("cudaMemcpy", 0) + snap.lost.get("cuda", 0) >= expected[0]:
+                    break
+                time.sleep(0.05)
 
         def per_process() -> None:
             out.ns["trace_other"] = untraced(exe, lib, UNTRACED_CALLS)

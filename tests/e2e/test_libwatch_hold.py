@@ -88,3 +88,33 @@ def test_a_held_process_goes_on_while_the_main_loop_is_stalled(need_bpf, tmp_pat
         conn.close()
     # held at the open until the probes were on the file: every call after it was traced
     assert stored == CALLS, (stored, facts)
+
+
+def test_a_binding_that_cannot_finish_lets_the_process_go_at_the_bound(need_bpf, tmp_path: Path):
+    """The main loop stuck inside the DSL probes' tick (its writer stalled) holds their lock, which binding a
+    new library needs: the held command still goes on after HOLD_MAX_S, and the trace says its first calls
+    may be missing. Here the test holds that lock itself, as the stuck tick would."""
+    from ingero.tracer.session import TraceOptions, TraceSession
+    from ingero.workload import wheel_libcudart
+
+    (tmp_path / "prog.py").write_text(PROGRAM)
+    go = tmp_path / "go"
+    out = tmp_path / "out.txt"
+    with out.open("w") as stdout:
+        session = TraceSession(TraceOptions(db=tmp_path / "t.db", preattach=False), command=[
+            sys.executable, "-S", str(tmp_path / "prog.py"), str(wheel_libcudart(12)), str(go), str(CALLS)],
+            command_stdout=stdout).start()
+    runner = threading.Thread(target=session.run)
+    runner.start()
+    try:
+        with session.dynamic._lock:  # what a tick stuck on a stalled writer holds
+            go.touch()
+            session.child.wait(timeout=HOLD_MAX_S + 20)
+    finally:
+        runner.join(60)
+    facts = json.loads(out.read_text().splitlines()[-1])
+    assert facts["calls"] == CALLS, facts
+    # stopped at the open for the bound, not longer (and not shorter: the binding could not finish)
+    assert HOLD_MAX_S - 0.5 <= facts["open_s"] < HOLD_MAX_S + 5, facts
+    why = session.snapshot().unlinked.get(facts["pid"], "")
+    assert why.startswith(f"let go {HOLD_MAX_S:g} s after it opened ") and "first calls into it may be missing" in why
