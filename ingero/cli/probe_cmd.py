@@ -225,7 +225,7 @@ def run(file: str, command: tuple[str, ...], pid: int | None, interval: float, a
                 follower.close()  # lets go any process still held at its fork
             if watcher is not None:
                 watcher.close()  # ... or at an open
-            if group is not None and group.loaded or group is not None and group.unbound():
+            if group is not None and group.started:
                 group.detach_all("run ended")
                 deadline = time.monotonic() + DRAIN_SECONDS
                 while time.monotonic() < deadline:  # what the kernel wrote before the links closed

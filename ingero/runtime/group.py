@@ -43,6 +43,7 @@ class ProbeGroup:
         self.tree = tree
         self.bind_mapped = bind_mapped
         self.ringbuf_pages = ringbuf_pages
+        self.started = False  # every session loaded and attached (what is waited for, waiting)
         self.sessions: list[ProbeSession] = []
         spec = result.resolved()
         if spec.probes:
@@ -62,6 +63,7 @@ class ProbeGroup:
     def start(self) -> ProbeGroup:
         for s in self.sessions:
             s.start()
+        self.started = True
         return self
 
     @property
