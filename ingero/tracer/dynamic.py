@@ -147,6 +147,8 @@ class DynamicProbes:
         self.limits = limits or ProbeLimits()
         self.probes: dict[int, LiveProbe] = {}
         self._sessions: list = []
+        #: probes whose library was found nowhere: checked against the copy the tree loads (:meth:`wait_for`)
+        self._unresolved: list[_Unresolved] = []
         self._lock = threading.RLock()
 
     # -- attach / detach -------------------------------------------------------------------------------
@@ -226,7 +228,8 @@ class DynamicProbes:
         return out
 
     def offer(self, lib) -> list:
-        """A traced process maps ``lib``: attach the probes waiting for it (see ProbeSession.offer)."""
+        """A traced process maps ``lib``: attach the probes waiting for it (see ProbeSession.offer); check a
+        probe whose library was found nowhere against this very file, then attach it (:meth:`wait_for`)."""
         with self._lock:
             out = []
             for session in self._sessions:
@@ -236,13 +239,63 @@ class DynamicProbes:
                         if lp._session is session and lp.name == b.probe and b.symbols:
                             lp.library = ", ".join(dict.fromkeys([*filter(None, lp.library.split(", ")), b.path])
                                                    ) if "/" in lp.library else b.path
+            for u in self._unresolved:
+                if not u.bound and not u.ended and u.names(lib):
+                    self._resolve(u, lib)
+                    if u.bound:
+                        out += self.offer(lib)  # the new probe's session takes this very file
             return out
+
+    def wait_for(self, result, owner: str = "") -> None:
+        """The probes of a checked spec whose library was found nowhere (``result.waiting``, checked with
+        ``may_wait``): each waits for a file of that name in the traced tree, is checked against it when a
+        process opens it, and attached then; one that cannot be, or whose library never shows, ends with
+        the reason (a ``probes`` row of its own)."""
+        from ingero.runtime.libwatch import watch_names
+
+        if not result.waiting:
+            return
+        if self.watcher is None:
+            raise IngeroError(f"no library {result.waiting[0].library!r} found, and this trace binds no library "
+                              "loaded later", hint="give the library's path")
+        with self._lock:
+            self.watcher.watch(watch_names(w.library for w in result.waiting))
+            self._unresolved += [_Unresolved(result.source.text, result.source.name, w, owner)
+                                 for w in result.waiting]
+
+    def _resolve(self, u: _Unresolved, lib) -> None:
+        from ingero.dsl import check
+        from ingero.dsl.lookup import TreeLookups
+
+        res = check(u.text, u.source, lookups=TreeLookups(bound=lib), only=frozenset({u.waiting.probe}))
+        try:
+            if not res.ok:
+                e = res.errors[0]
+                raise IngeroError(f"line {e.span.line}: {e.message}" + (f" ({e.hint})" if e.hint else ""))
+            self.attach(res.resolved(), owner=u.owner)
+            u.bound = True
+        except IngeroError as e:
+            u.ended = f"cannot be checked against {lib.path}, the {u.waiting.library} pid {lib.pid} loaded: {e.message}"
+            log.warning("probe %s %s", u.waiting.probe, u.ended)
+            self._record_unresolved(u, u.ended)
+
+    def _record_unresolved(self, u: _Unresolved, reason: str) -> None:
+        """A probe that never got to attach: a ``probes`` row saying why, so the stored trace tells it."""
+        from ingero.store import ProbeInfo
+
+        handle = self.writer.register_probe(ProbeInfo(name=u.waiting.probe, spec=u.text, library=u.waiting.library,
+                                                      at_return=False))
+        self.writer.end_probe(handle, reason, status="detached")
 
     def waiting(self) -> dict[str, str]:
         with self._lock:
             out = {}
             for session in self._sessions:
                 out.update(session.waiting())
+            for u in self._unresolved:
+                if not u.bound and not u.ended:
+                    out[u.waiting.probe] = (f"waiting for {u.waiting.library} in the traced tree "
+                                            f"({u.waiting.searched}: checked against the copy the tree loads)")
             return out
 
     def detach(self, probe_id: int, reason: str = "detached by request") -> LiveProbe:
@@ -282,6 +335,10 @@ class DynamicProbes:
                 if lp.status == "active":
                     lp._session.detach(lp.name, reason)
                     self._end(lp, lp._session.ended.get(lp.name, reason))
+            for u in self._unresolved:
+                if not u.bound and not u.ended:
+                    u.ended = f"{u.waiting.library} never appeared in the traced tree ({reason})"
+                    self._record_unresolved(u, u.ended)
 
     def end_owned(self, owner: str, reason: str) -> list[LiveProbe]:
         """End every active probe attached by ``owner`` (a client session that went away)."""
@@ -398,6 +455,23 @@ class DynamicProbes:
                         log.exception("reading the final counts of probe %s failed", lp.name)
             for session in self._sessions:
                 session.close()
+
+
+@dataclass
+class _Unresolved:
+    """A probe of a spec (``text``, named ``source``) whose library was found nowhere when it was checked."""
+
+    text: str
+    source: str
+    waiting: object  # ingero.dsl.check.Waiting
+    owner: str
+    bound: bool = False
+    ended: str = ""
+
+    def names(self, lib) -> bool:
+        from ingero.symbols.discovery import names_library
+
+        return names_library(self.waiting.library, lib.path, lib.soname)
 
 
 def _field_type(v) -> str:

@@ -180,9 +180,13 @@ class TraceSession:
                                          limits=self.options.probe_limits, tree_filter=True,
                                          tree=self.tracer, metrics=self.metrics, watcher=self._watcher)
             for name, text in self.options.probe_specs:
-                # a command has not loaded anything yet: checked on the search paths, bound when it maps it
-                spec = self.check_spec(text, name, in_process=not self.command).resolved()
-                self.dynamic.attach(spec, owner="command line")
+                # a command has not loaded anything yet: checked on the search paths, bound when it maps it;
+                # a library found nowhere is waited for, the probe checked against the copy the tree loads
+                result = self.check_spec(text, name, in_process=not self.command, may_wait=True)
+                spec = result.resolved()
+                if spec.probes:
+                    self.dynamic.attach(spec, owner="command line")
+                self.dynamic.wait_for(result, owner="command line")
             if self._watcher is not None:
                 # held processes are bound and let go on a thread of their own: a stalled main loop (the
                 # writer, the live view) never leaves one stopped
@@ -278,13 +282,14 @@ class TraceSession:
         """Whether :meth:`close` has begun (the trace stops taking probes)."""
         return self._closed
 
-    def check_spec(self, text: str, name: str = "<spec>", *, in_process: bool = True):
+    def check_spec(self, text: str, name: str = "<spec>", *, in_process: bool = True, may_wait: bool = False):
         """Check a DSL spec against the libraries the traced process mapped (``in_process``, when there is
-        one traced process) or this machine's search paths. Returns the :class:`~ingero.dsl.CheckResult`."""
+        one traced process) or this machine's search paths (``may_wait``: a library found nowhere is waited
+        for, see :meth:`DynamicProbes.wait_for`). Returns the :class:`~ingero.dsl.CheckResult`."""
         from ingero.dsl import check
 
         pid = self.pids[0] if in_process and len(self.pids) == 1 else None
-        return check(text, name, pid=pid, lookups=self.lookups)
+        return check(text, name, pid=pid, lookups=self.lookups, may_wait=may_wait and self._watcher is not None)
 
     @property
     def lookups(self):

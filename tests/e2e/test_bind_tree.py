@@ -344,3 +344,37 @@ def test_a_trace_probe_whose_library_never_appears_ends_with_that_reason(need_bp
     finally:
         conn.close()
     assert why.startswith("libz.so.1 never appeared in the traced tree ("), why
+
+
+def test_trace_probe_on_a_library_only_the_command_has(need_bpf, twins, tmp_path):
+    """`trace --probe SPEC -- CMD` with a library no search path of ingero's finds: the probe waits, is checked
+    against the copy the command loads, and stores every call of the forked children (their printout); a
+    command that never loads it leaves a probes row saying the library never appeared."""
+    import sqlite3
+
+    from ingero.store.schema import SOURCE_PROBE
+
+    spec = tmp_path / "s.probe"
+    spec.write_text("probe s = libtwins.so.1:twin\n    record pid\n")
+    stored = {}
+    for name, cmd in (("fork", ["env", f"LD_LIBRARY_PATH={twins}", str(twins / "driver"), "fork", "4", "6"]),
+                      ("never", ["/bin/true"])):
+        db = tmp_path / f"{name}.db"
+        p = subprocess.run([*INGERO, "trace", "--quiet", "--db", str(db), "--probe", str(spec), "--", *cmd],
+                           capture_output=True, text=True, timeout=180)
+        assert p.returncode == 0, p.stderr
+        conn = sqlite3.connect(db)
+        try:
+            counts = dict(conn.execute(f"SELECT pid, COUNT(*) FROM events WHERE source = {SOURCE_PROBE} "
+                                       "GROUP BY pid").fetchall())
+            rows = conn.execute("SELECT library, end_reason FROM probes WHERE name = 's'").fetchall()
+        finally:
+            conn.close()
+        stored[name] = (counts, rows, p.stdout)
+    counts, rows, out = stored["fork"]
+    truth = _printed(out)
+    assert sorted(truth.values()) == [4, 6] and counts == truth, (counts, out)
+    assert len(rows) == 1 and rows[0][1] == "the traced processes exited", rows
+    counts, rows, _ = stored["never"]
+    assert counts == {} and len(rows) == 1, rows
+    assert rows[0][1].startswith("libtwins.so.1 never appeared in the traced tree ("), rows
