@@ -103,10 +103,10 @@ def series_bound(probes: int) -> tuple[int, str]:
     errors_per_op = 3  # distinct error names one op returns in practice (each one is its own series)
     severities = 3
     total = (calls_ops * (1 + hist + errors_per_op) + other_ops + 2 + probes * (1 + hist)
-             + severities * calls_ops + 1)
+             + severities * calls_ops + 2)
     how = (f"{calls_ops} CUDA/driver ops × (1 counter + {hist} histogram series + {errors_per_op} error names) + "
            f"{other_ops} other ops + 2 lost + {probes} probes × (1 + {hist}) + {severities} severities × "
-           f"{calls_ops} ops of chains + 1 info = {total:,}")
+           f"{calls_ops} ops of chains + 1 info + 1 start time = {total:,}")
     return total, how
 
 

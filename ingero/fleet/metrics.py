@@ -15,6 +15,7 @@ Series (constant node labels on each; no pid, tid, stream or pointer is ever a l
 * ``ingero_probe_events_total{probe}`` and ``ingero_probe_duration_seconds{probe}``: dynamic (DSL) probes;
 * ``ingero_causal_chains{severity,op}``: the causal chains of the last analysis;
 * ``ingero_node_info{mcp,version}``: 1, with how to reach this node's ``ingero mcp --live``;
+* ``ingero_trace_start_time_seconds``: when this trace started (its counters began at 0 then);
 * ``ingero_slow_call_spans_total{outcome}`` (with ``--span-threshold``): spans made of slow calls, and those
   dropped over the per-batch cap.
 """
@@ -49,6 +50,8 @@ PROBE_EVENTS = "ingero_probe_events"
 PROBE_DURATION = "ingero_probe_duration_seconds"
 CHAINS = "ingero_causal_chains"
 NODE_INFO = "ingero_node_info"
+#: when this node's trace started (wall clock, s): a change of it marks a restart (its counters began at 0)
+TRACE_START = "ingero_trace_start_time_seconds"
 SPANS = "ingero_slow_call_spans"
 
 #: the numpy view of a CUDA/driver call tuple's fields the metrics need (index in CUDA_FIELDS)
@@ -103,7 +106,7 @@ class MetricsSnapshot:
     def series(self) -> int:
         """How many time series a scrape of this node returns (the cardinality docs/fleet.md counts)."""
         return (len(self.calls) + len(self.errors) + len(self.lost) + len(self.probe_events) + len(self.chains)
-                + len(self.spans) + 1 + (len(self.durations) + len(self.probe_durations)) * (_NB + 2))
+                + len(self.spans) + 2 + (len(self.durations) + len(self.probe_durations)) * (_NB + 2))
 
 
 def _names():
@@ -375,6 +378,10 @@ class MetricsCollector:
                                  labels=[*names, "mcp", "version"])
         info.add_metric([*values, s.info["mcp"], s.info["version"]], 1)
         yield info
+        start = GaugeMetricFamily(TRACE_START, "When this node's trace started (its counters began at 0 then).",
+                                  labels=names)
+        start.add_metric(values, s.start_ns / 1e9)
+        yield start
 
 
 def registry_for(metrics: FleetMetrics):

@@ -27,6 +27,7 @@ from ingero.fleet.metrics import (
     PROBE_DURATION,
     PROBE_EVENTS,
     SPANS,
+    TRACE_START,
     FleetMetrics,
     Histogram,
     MetricsSnapshot,
@@ -213,6 +214,7 @@ def metrics_data(s: MetricsSnapshot, resource):
         histogram(PROBE_DURATION, "Latency of dynamic probes' calls.", ("probe",), s.probe_durations),
         gauge(CHAINS, "Causal chains of the latest analysis.", ("severity", "op"), s.chains),
         gauge(NODE_INFO, "This node's ingero.", ("mcp", "version"), {(s.info["mcp"], s.info["version"]): 1}),
+        gauge(TRACE_START, "When this node's trace started.", (), {(): s.start_ns / 1e9}),
     ]
     if s.spans:
         metrics.append(counter(SPANS, "Spans made of slow calls, and dropped.", ("outcome",), s.spans))

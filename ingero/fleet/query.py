@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 
 from ingero.errors import IngeroError, suggestion
-from ingero.fleet.metrics import BUCKETS_S, CALL_DURATION, CALL_ERRORS, CALLS, LOST, NODE_INFO
+from ingero.fleet.metrics import BUCKETS_S, CALL_DURATION, CALL_ERRORS, CALLS, LOST, NODE_INFO, TRACE_START
 from ingero.fleet.prom import Prometheus, PromQLRefused
 
 #: the counters' series names (a counter family ``x`` is exposed as ``x_total``)
@@ -129,15 +129,20 @@ def _counter(metric: str, window: str, by: str, match: str = "") -> str:
 
     Over a window the count is exact, not ``increase()``'s extrapolation (which also loses a series' first
     sample): the last sample in the window minus the sample at its start (the last one scraped before it),
-    and a series first scraped inside the window counted from 0 (a trace's counters start at 0). A series
-    whose counter went back (its trace restarted inside the window) is counted from that restart; the
-    answers name such nodes (:meth:`FleetQuery.restarted`)."""
+    and a series first scraped inside the window counted from 0 (a trace's counters start at 0). A node
+    whose trace restarted inside the window (its start time changed, or a counter went back) is counted
+    from that restart; the answers name such nodes (:meth:`FleetQuery.restarted`)."""
     sel = f"{metric}{{{match}}}" if match else metric
     if not window:
         return f"sum by ({by}) ({sel})"
     last = f"last_over_time({sel}[{window}])"
-    return (f"sum by ({by}) ((({last} - {sel} offset {window}) unless (resets({sel}[{window}]) > 0)) "
-            f"or {last})")
+    return (f"sum by ({by}) ((({last} - {sel} offset {window}) unless (resets({sel}[{window}]) > 0) "
+            f"unless on (node, rank) ({_restarts(window)} > 0)) or {last})")
+
+
+def _restarts(window: str) -> str:
+    """PromQL: per node, how often its trace started again within ``window``."""
+    return f"max by (node, rank) (changes({TRACE_START}[{window}]))"
 
 
 def _op_match(op: str) -> str:
@@ -222,8 +227,10 @@ class FleetQuery:
         w = _window(since)
         if not w:
             return []
-        return sorted({_key(s.labels) for s in self.prom.instant(f"max by (node, rank) (resets({CALLS_TOTAL}[{w}]))")
-                       if s.value > 0})
+        found: set[tuple[str, str]] = set()
+        for q in (_restarts(w), f"max by (node, rank) (resets({CALLS_TOTAL}[{w}]))"):
+            found |= {_key(s.labels) for s in self.prom.instant(q) if s.value > 0}
+        return sorted(found)
 
     def _scope(self, since: str) -> str:
         if not _window(since):

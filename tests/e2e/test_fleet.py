@@ -142,7 +142,7 @@ def fleet(tmp_path_factory):
     subprocess.run(["gcc", "-shared", "-fPIC", "-O2", "-o", str(shim), str(NATIVE / "slow_once.c")], check=True)
     spec = tmp / "syncs.probe"
     spec.write_text("probe syncs = libcudart.so.12:cudaStreamSynchronize\n    record latency\n")
-    *ports, prom_port = _free_ports(4)
+    *ports, spare, prom_port = _free_ports(5)  # spare: scraped too, for a node that restarts (a later test)
     env = {**os.environ, "INGERO_MCP_TOKEN": TOKEN}
     nodes, procs = {}, []
     try:
@@ -163,7 +163,7 @@ def fleet(tmp_path_factory):
         config = tmp / "prometheus.yml"
         token_file = tmp / "token"
         token_file.write_text(TOKEN)
-        targets = ", ".join(f"'127.0.0.1:{p}'" for p in ports)
+        targets = ", ".join(f"'127.0.0.1:{p}'" for p in (*ports, spare))
         config.write_text(
             "global: {scrape_interval: 1s, scrape_timeout: 900ms, evaluation_interval: 1s}\n"
             "scrape_configs:\n"
@@ -198,7 +198,7 @@ def fleet(tmp_path_factory):
                 break
             assert time.monotonic() < deadline, (want, got, prom.stderr.read() if prom.poll() is not None else "")
             time.sleep(0.5)
-        yield {"nodes": nodes, "url": url}
+        yield {"nodes": nodes, "url": url, "spare": spare}
     finally:
         for n in nodes.values():
             if n.get("workload_pid"):
@@ -405,6 +405,68 @@ def test_ingero_fleet_cli_twin(fleet):
     assert r.returncode == 1 and "not a PromQL query" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
+def _prom_value(url: str, query: str) -> float | None:
+    result = _prom_get(url, "/api/v1/query", query=query)["data"]["result"]
+    return float(result[0]["value"][1]) if result else None
+
+
+def test_a_restarted_trace_is_counted_from_its_restart(fleet, tmp_path):
+    """A node traced twice in a row (same labels, same port): a window starting inside the first trace
+    (after each of its series' first scrape, so every series has a value at the window's start) counts
+    the second trace's calls only (its database), and the answer names the node as restarted. Runs after
+    the tests above, which count the fleet's nodes."""
+    url, port = fleet["url"], fleet["spare"]
+    rank = "9"
+    counted = f'sum(ingero_call_duration_seconds_count{{rank="{rank}"}})'
+    started = f'ingero_trace_start_time_seconds{{rank="{rank}"}}'
+    first_start = None
+    for run in (1, 2):
+        db = tmp_path / f"run{run}.db"
+        cmd = [ingero_cmd(), "trace", "--quiet", "--db", str(db), "--metrics", f"127.0.0.1:{port}", "--label",
+               f"rank={rank}", "--label", "job=e2e", "--", sys.executable, "-m", "ingero.workload", "--duration",
+               "0.5", "--interval", "0.001", "--hold", "300"]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "INGERO_MCP_TOKEN": TOKEN})
+        workload_pid = None
+        try:
+            for line in proc.stdout:
+                if line.startswith("done "):
+                    workload_pid = json.loads(line[5:])["pid"]
+                    break
+            else:
+                raise AssertionError(proc.stderr.read())
+            # Prometheus holds this trace's every call (and, the second time, its new start time)
+            deadline = time.monotonic() + 30
+            while True:
+                start = _prom_value(url, started)
+                if (_prom_value(url, counted) == _calls_in_db(db) > 0 and start is not None
+                        and start != first_start):
+                    break
+                assert time.monotonic() < deadline, (run, _prom_value(url, counted), _calls_in_db(db), start)
+                time.sleep(0.3)
+            if first_start is None:  # the first trace: when each of its call series was first scraped
+                first_start = start
+                series = _prom_get(url, "/api/v1/query", query=f'ingero_call_duration_seconds_count{{rank="{rank}"}}'
+                                   "[1h]")["data"]["result"]
+                inside = max(float(x["values"][0][0]) for x in series)
+                # scraped on for 2.5 s more: the window below starts within 1 s after `inside`, while the
+                # first trace is still scraped (a stopped target's series go stale: no value to start from)
+                time.sleep(max(0.0, inside + 2.5 - time.time()))
+        finally:
+            if workload_pid:
+                os.kill(workload_pid, signal.SIGKILL)
+            proc.send_signal(signal.SIGINT)
+            proc.wait(60)
+    from ingero.fleet.prom import Prometheus
+    from ingero.fleet.query import FleetQuery
+
+    window = math.floor(time.time() - inside)  # starts within 1 s after `inside`: asked at once, in-process
+    text = FleetQuery(Prometheus(url)).answer("ops", since=f"{window}s", limit=1000)
+    assert f"counted from its restart: {os.uname().nodename} rank {rank}" in text, text
+    rows = [row for row in _table(text, "op|node|rank|calls|p50|p99|p99 bucket") if row["rank"] == rank]
+    assert sum(int(row["calls"]) for row in rows) == _calls_in_db(tmp_path / "run2.db"), (text, window, inside)
+
+
 class _Collector:
     """A test OTLP/HTTP endpoint: keeps every request body it receives, by path."""
 
@@ -531,8 +593,10 @@ def test_otlp_payloads_hold_the_counts_of_metrics(need_bpf, tmp_path):
         collector.close()
     pushed = _otlp_samples(collector.bodies["/v1/metrics"][-1])
     # the CUDA calls ended before the scrape: their series must agree exactly (host events go on meanwhile)
-    cuda = {k: v for k, v in scrape.items() if k[0].startswith(("ingero_call_", "ingero_probe_", "ingero_lost_"))
+    cuda = {k: v for k, v in scrape.items() if k[0].startswith(("ingero_call_", "ingero_probe_", "ingero_lost_",
+                                                                "ingero_trace_start"))
             or (k[0] == "ingero_calls_total" and ("source", "cuda") in k[1])}
+    assert any(k[0] == "ingero_trace_start_time_seconds" for k in cuda)
     assert cuda and {k: pushed.get(k) for k in cuda} == pytest.approx(cuda), \
         sorted(set(cuda.items()) ^ set((k, pushed.get(k)) for k in cuda))
     # the last push, at close, counts every event of every source the database holds, host events too
