@@ -50,15 +50,16 @@ def hwm(cmd: list[str]) -> tuple[float, float, str, float]:
 def run(cmd: list[str], env=None) -> tuple[float, float, str, float]:
     """(wall seconds, peak RSS in MB, stdout, CPU seconds user + system) of a command that starts no big
     process of its own: the children's high-water mark and rusage of a fresh helper process that runs
-    it, its output read whole (as a user's pipe would)."""
+    it, its output read whole through a pipe as bytes (decoding 80-140 MB of text in the reader would
+    slow the command writing into the pipe: the reader's cost, not the command's)."""
     helper = (
         "import json, os, resource, subprocess, sys, time\n"
         "t0 = time.perf_counter()\n"
-        "p = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+        "p = subprocess.run(sys.argv[1:], capture_output=True)\n"
         "wall = time.perf_counter() - t0\n"
         "ru = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
-        "print(json.dumps([p.returncode, wall, ru.ru_maxrss / 1024, p.stdout[-4000:], p.stderr[-2000:],"
-        " ru.ru_utime + ru.ru_stime]))\n"
+        "print(json.dumps([p.returncode, wall, ru.ru_maxrss / 1024, p.stdout[-4000:].decode(errors='replace'),"
+        " p.stderr[-2000:].decode(errors='replace'), ru.ru_utime + ru.ru_stime]))\n"
     )
     import json
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import struct
 import threading
 import zlib
@@ -192,26 +193,62 @@ def wait(key: str | None = None) -> None:
         t.join()
 
 
+class ChunkFeed:
+    """Names handed over :data:`CHUNK` at a time (the last piece shorter) while they are made, to be
+    compressed by a background :func:`store` meanwhile; :meth:`close` says whether they all came."""
+
+    _END = object()
+
+    def __init__(self) -> None:
+        self._q: queue.SimpleQueue = queue.SimpleQueue()
+        self.complete = False
+
+    def put(self, names: list[str]) -> None:
+        self._q.put(names)
+
+    def close(self, complete: bool) -> None:
+        self.complete = complete
+        self._q.put(self._END)
+
+    def __iter__(self) -> Iterator[list[str]]:
+        while (got := self._q.get()) is not self._END:
+            yield got
+
+
 def store(key: str, *, path: str, build_id: str | None, soname: str | None, versions: list[str],
           bindings: list[str], columns: Columns, names: Sequence[str], display: Sequence[str] | None,
-          packed: Packed | None = None, background: bool = False) -> Packed:
-    """Write an entry (replacing any): ``display`` None leaves the demangled section for later; ``packed``
-    the sections an earlier store of the same entry compressed (reused). With ``background`` the sections
-    are compressed and the file written by a thread (zlib lets other threads run meanwhile), which the
-    interpreter waits for before it exits; :func:`wait` waits for it sooner. Returns the sections (filled
-    in by the time the write is done). Layout: MAGIC, the compressed sections, the JSON header (with each
-    section's offset and size), its length."""
-    wait(key)  # one write of an entry at a time, in order
+          packed: Packed | None = None, background: bool = False, feed: ChunkFeed | None = None) -> Packed:
+    """Write an entry (replacing any): ``display`` None leaves the demangled section for later, unless
+    ``feed`` hands the demangled names over as they are made (background only; nothing is written if it
+    closes incomplete); ``packed`` the sections an earlier store of the same entry compressed (reused).
+    With ``background`` the sections are compressed and the file written by a thread (zlib lets other
+    threads run meanwhile), after any earlier write of the entry, which the interpreter waits for before
+    it exits; :func:`wait` waits for it sooner. Returns the sections (filled in by the time the write is
+    done). Layout: MAGIC, the compressed sections, the JSON header (with each section's offset and
+    size), its length."""
+    if not background:
+        wait(key)  # one write of an entry at a time, in order
+    with _writing_lock:
+        earlier = _writing.get(key)
     out = packed if packed is not None else Packed(b"", [])
     head = {"format": FORMAT, "path": path, "build_id": build_id, "soname": soname, "versions": versions,
             "bindings": bindings, "count": len(names)}
 
     def write() -> None:
         try:
+            # the fed names first (they come while the caller makes them), then the earlier write's
+            # sections (``out``: it may be filling them still)
+            made = [zlib.compress("\n".join(part).encode(), LEVEL) for part in feed] if feed is not None else None
+            if earlier is not None:
+                earlier.join()
+            if feed is not None and not feed.complete:
+                return
             if not out.columns:
                 out.columns = zlib.compress(columns.pack(), LEVEL)
                 out.names = _chunks(names)
-            if display is not None and out.display is None:
+            if made is not None:
+                out.display = made
+            elif display is not None and out.display is None:
                 out.display = _chunks(display)
             _write(key, head, out)
         finally:

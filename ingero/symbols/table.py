@@ -145,11 +145,31 @@ class SymbolTable:
         if self._display is None:
             if self._entry is not None and self._entry.display_at is not None:
                 self._display = self._entry.all("display")
+            elif self._key is not None and self.write_behind:
+                self._display = self._demangle_fed()
             else:
                 self._display = demangle_all(self.all_names)
                 if self._key is not None:
                     self._store()
         return self._display
+
+    def _demangle_fed(self) -> list[str]:
+        """Demangle a cache chunk at a time, each handed to the background write as it is done (zlib
+        compresses it meanwhile; demangling lets other threads run at every name)."""
+        feed = cache.ChunkFeed()
+        self._store(feed)
+        out: list[str] = []
+        names = self.all_names
+        try:
+            for i in range(0, len(names), cache.CHUNK):
+                part = demangle_all(names[i : i + cache.CHUNK])
+                out += part
+                feed.put(part)
+        except BaseException:
+            feed.close(False)
+            raise
+        feed.close(True)
+        return out
 
     def chunks(self, demangled: bool = True) -> Iterator[list[str]]:
         """The demangled names (else the names) by index, in consecutive pieces: read from the cache a
@@ -195,13 +215,13 @@ class SymbolTable:
             got = self._chunks[(which, k)] = self._entry.chunk(which, k)  # type: ignore[union-attr]
         return got[i % cache.CHUNK]
 
-    def _store(self) -> None:
+    def _store(self, feed: cache.ChunkFeed | None = None) -> None:
         if self._packed is None and self._entry is not None:
             self._packed = self._entry.packed()
         self._packed = cache.store(
             self._key, path=self.path, build_id=self.build_id, soname=self.soname,  # type: ignore[arg-type]
             versions=self.versions, bindings=self.bindings, columns=self.columns, names=self.all_names,
-            display=self._display, packed=self._packed, background=self.write_behind)
+            display=self._display, packed=self._packed, background=self.write_behind, feed=feed)
 
     # -- symbols -----------------------------------------------------------------------------------
     def symbol(self, i: int, demangled: str | None = None) -> Symbol:
