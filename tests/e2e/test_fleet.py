@@ -405,6 +405,17 @@ def test_ingero_fleet_cli_twin(fleet):
     assert r.returncode == 1 and "not a PromQL query" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
+def _traced_workload(cmd: list[str]) -> tuple[subprocess.Popen, int]:
+    """Start `ingero trace ... -- workload --hold`; once the workload says "done": (the trace, its pid)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "INGERO_MCP_TOKEN": TOKEN})
+    for line in proc.stdout:
+        if line.startswith("done "):
+            return proc, json.loads(line[5:])["pid"]
+    proc.wait(60)
+    raise AssertionError(proc.stderr.read())
+
+
 def _prom_value(url: str, query: str) -> float | None:
     result = _prom_get(url, "/api/v1/query", query=query)["data"]["result"]
     return float(result[0]["value"][1]) if result else None
@@ -425,16 +436,8 @@ def test_a_restarted_trace_is_counted_from_its_restart(fleet, tmp_path):
         cmd = [ingero_cmd(), "trace", "--quiet", "--db", str(db), "--metrics", f"127.0.0.1:{port}", "--label",
                f"rank={rank}", "--label", "job=e2e", "--", sys.executable, "-m", "ingero.workload", "--duration",
                "0.5", "--interval", "0.001", "--hold", "300"]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env={**os.environ, "INGERO_MCP_TOKEN": TOKEN})
-        workload_pid = None
+        proc, workload_pid = _traced_workload(cmd)
         try:
-            for line in proc.stdout:
-                if line.startswith("done "):
-                    workload_pid = json.loads(line[5:])["pid"]
-                    break
-            else:
-                raise AssertionError(proc.stderr.read())
             # Prometheus holds this trace's every call (and, the second time, its new start time)
             deadline = time.monotonic() + 30
             while True:
@@ -562,16 +565,8 @@ def test_otlp_payloads_hold_the_counts_of_metrics(need_bpf, tmp_path):
            "--otlp", f"http://127.0.0.1:{collector.port}", "--otlp-interval", "1s", "--span-threshold", "150us",
            "--", "env", f"LD_PRELOAD={shim}", "INGERO_TEST_ONCE_DELAY_US=50", sys.executable, "-m", "ingero.workload",
            "--duration", "1.5", "--hold", "300"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "INGERO_MCP_TOKEN": TOKEN})
-    workload_pid = None
+    proc, workload_pid = _traced_workload(cmd)
     try:
-        for line in proc.stdout:
-            if line.startswith("done "):
-                workload_pid = json.loads(line[5:])["pid"]
-                break
-        else:
-            raise AssertionError(proc.stderr.read())
         calls_key = ("ingero_call_duration_seconds_count",)
         deadline = time.monotonic() + 20
         while True:  # the trace has stored and counted every call
