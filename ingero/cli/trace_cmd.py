@@ -69,6 +69,8 @@ def trace(pids, db, duration, stacks, max_db_size, probe_files, selective, quiet
             export.close()
         raise
     previous = {s: signal.signal(s, lambda *_: session.stop("interrupted")) for s in (signal.SIGINT, signal.SIGTERM)}
+    for name, what in (session.dynamic.waiting() if session.dynamic is not None else {}).items():
+        click.echo(f"probe {name}: {what}", err=True)
     try:
         if quiet:
             seen: set[str] = set()
@@ -99,6 +101,8 @@ def trace(pids, db, duration, stacks, max_db_size, probe_files, selective, quiet
     if final.lib_held:
         click.echo(f"{final.lib_held} open(s) of a CUDA library held until probed (longest "
                    f"{final.lib_held_max_ms:.1f} ms)")
+    for name, why in (session.dynamic.not_attached() if session.dynamic is not None else {}).items():
+        click.echo(f"probe {name}: not attached: {why}", err=True)
     for pid, why in sorted(final.unlinked.items()):
         click.echo(f"warning: process {pid} ran on without its probes ({why}): calls it made before they were "
                    "attached are missing", err=True)

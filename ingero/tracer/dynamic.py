@@ -287,6 +287,15 @@ class DynamicProbes:
                                                       at_return=False))
         self.writer.end_probe(handle, reason, status="detached")
 
+    def not_attached(self) -> dict[str, str]:
+        """The probes that never got a file to attach to, with why (their library never appeared, or the
+        copy that did could not be checked)."""
+        with self._lock:
+            out = {lp.name: lp.end_reason for lp in self.probes.values()
+                   if " never appeared in the traced tree" in lp.end_reason}
+            out.update({u.waiting.probe: u.ended for u in self._unresolved if u.ended and not u.bound})
+            return out
+
     def waiting(self) -> dict[str, str]:
         with self._lock:
             out = {}

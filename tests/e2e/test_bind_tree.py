@@ -344,6 +344,8 @@ def test_a_trace_probe_whose_library_never_appears_ends_with_that_reason(need_bp
     finally:
         conn.close()
     assert why.startswith("libz.so.1 never appeared in the traced tree ("), why
+    assert "probe z: waiting for libz.so.1 in the traced tree" in p.stderr, p.stderr
+    assert f"probe z: not attached: {why}" in p.stderr, p.stderr
 
 
 def test_trace_probe_on_a_library_only_the_command_has(need_bpf, twins, tmp_path):
@@ -371,6 +373,7 @@ def test_trace_probe_on_a_library_only_the_command_has(need_bpf, twins, tmp_path
         finally:
             conn.close()
         stored[name] = (counts, rows, p.stdout)
+        assert "probe s: waiting for libtwins.so.1 in the traced tree (" in p.stderr, p.stderr
     counts, rows, out = stored["fork"]
     truth = _printed(out)
     assert sorted(truth.values()) == [4, 6] and counts == truth, (counts, out)
@@ -378,3 +381,4 @@ def test_trace_probe_on_a_library_only_the_command_has(need_bpf, twins, tmp_path
     counts, rows, _ = stored["never"]
     assert counts == {} and len(rows) == 1, rows
     assert rows[0][1].startswith("libtwins.so.1 never appeared in the traced tree ("), rows
+    assert f"probe s: not attached: {rows[0][1]}" in p.stderr, p.stderr
