@@ -14,13 +14,12 @@ all of them.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, replace
 
 from ingero.compiler import compile_spec
 from ingero.dsl.check import CheckResult, Waiting
 from ingero.errors import IngeroError
-from ingero.runtime.probes import POLL_MS, Binding, ProbeSession, ProbeStats
+from ingero.runtime.probes import Binding, ProbeSession, ProbeStats, wait_read
 
 
 @dataclass
@@ -163,15 +162,7 @@ class ProbeGroup:
         return [b for s in self.sessions for b in s.read(max_events)]
 
     def wait(self, timeout_ms: int) -> list:
-        batches = self.read()
-        deadline = time.monotonic() + timeout_ms / 1000
-        while not batches:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            time.sleep(min(left, POLL_MS / 1000))
-            batches = self.read()
-        return batches
+        return wait_read(self.read, timeout_ms)
 
     def _owner(self, name: str) -> ProbeSession | None:
         for s in self.sessions:

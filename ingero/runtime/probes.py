@@ -54,6 +54,20 @@ log = logging.getLogger(__name__)
 POLL_MS = 5
 
 
+def wait_read(read: Callable[[], list], timeout_ms: int) -> list:
+    """``read()``, again every :data:`POLL_MS` until it gives something or ``timeout_ms`` has passed (probe
+    rings are filled without wakeups)."""
+    batches = read()
+    deadline = time.monotonic() + timeout_ms / 1000
+    while not batches:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        time.sleep(min(left, POLL_MS / 1000))
+        batches = read()
+    return batches
+
+
 def _file_key(path: str) -> tuple[int, int]:
     import os
 
@@ -361,15 +375,7 @@ class ProbeSession(BpfObject):
     def wait(self, timeout_ms: int) -> list[tuple[_Probe, list[tuple]]]:
         """:meth:`read`, waiting up to ``timeout_ms`` for a first record (the rings are filled without
         wakeups, so they are looked at every :data:`POLL_MS`)."""
-        batches = self.read()
-        deadline = time.monotonic() + timeout_ms / 1000
-        while not batches:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            time.sleep(min(left, POLL_MS / 1000))
-            batches = self.read()
-        return batches
+        return wait_read(self.read, timeout_ms)
 
     def poll(self, timeout_ms: int = 100, max_events: int = 20_000) -> list[ProbeEvent]:
         """Events decoded since the last poll (waits up to ``timeout_ms`` when there are none yet; about
