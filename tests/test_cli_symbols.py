@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -118,3 +119,37 @@ def test_symbols_of_a_process_that_has_not_loaded_cuda_yet():
         r = ingero("symbols", "libcudart", "--pid", str(w.pid))
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert f"{w.pid}" in r.stderr, r.stderr
+
+
+def _rows(stdout: str) -> list[tuple]:
+    """(file offset, size, binding, version, SIG, name) of each row, cut where the header's columns start."""
+    lines = stdout.splitlines()
+    header = lines[1]
+    at = [header.index(h) for h in ("SIZE", "BIND", "VERSION", "SIG", "NAME")]
+    out = []
+    for line in lines[2:-1]:
+        cells = [line[a:b].strip() for a, b in zip([0, *at], [*at, None], strict=True)]
+        out.append((int(cells[0], 16), int(cells[1]), *cells[2:5], line[at[4]:]))
+    return out
+
+
+@pytest.mark.parametrize("lib", ["libcudart.so.12", "libstdc++.so.6"])
+def test_whole_listing_cold_and_warm_equals_a_fresh_parse(lib, tmp_path):
+    """Every row of a whole listing, on a cold read (demangled while earlier rows are written) and a
+    warm one (the same bytes), holds the fields a fresh parse in this process gives, SIG where the JSON
+    listing says the catalogue types the function, and no trailing blanks."""
+    from ingero.symbols import read_symbols, resolve_library
+
+    env = {**os.environ, "INGERO_CACHE_DIR": str(tmp_path)}
+    cold, warm = (subprocess.run([INGERO, "symbols", lib], capture_output=True, text=True, timeout=120, env=env)
+                  for _ in range(2))
+    assert cold.returncode == 0 and warm.stdout == cold.stdout, cold.stderr
+    typed = {x["name"] for x in map(json.loads, ingero("symbols", lib, "--json").stdout.splitlines())
+             if x["signature"]}
+    fresh = read_symbols(resolve_library(lib).path, use_cache=False)
+    expected = [(s.file_offset, s.size, s.binding, s.version or "-", "sig" if s.name in typed else "", s.demangled)
+                for s in fresh]
+    assert _rows(cold.stdout) == expected and len(expected) > 400
+    assert not any(line != line.rstrip() for line in cold.stdout.splitlines())
+    assert any(r[4] == "sig" for r in expected) == (lib == "libcudart.so.12")
+    assert sum(r[5] != s.name for r, s in zip(expected, fresh, strict=True)) > (3000 if "stdc" in lib else -1)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 from conftest import skip_or_fail
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ingero.errors import LibraryNotFound, NoSymbols, NotAnElf, SymbolNotFound
 from ingero.symbols import SymbolTable, find_libraries, read_symbols, resolve_library
@@ -343,3 +345,54 @@ def test_torch_library_cache_equals_fresh_parse_and_nm(tmp_path):
     dyn, sym = _nm_functions(lib, True), _nm_functions(lib, False)
     expected = {(n.split("@", 1)[0], a) for n, a in dyn} | {(n, a) for n, a in sym}
     assert ours == expected and len(rows) == len(expected)
+
+
+# ---------------------------------------------------------------------------------------------------
+# demangling in bulk
+
+
+def _one_by_one(name: str) -> str:
+    """The cxxfilt package's answer for one name (its own ctypes call; the name itself when it fails)."""
+    import cxxfilt
+
+    try:
+        return cxxfilt.demangleb(name.encode()).decode("utf-8", "replace") if name.startswith("_Z") else name
+    except (cxxfilt.InvalidName, UnicodeEncodeError):
+        return name
+
+
+@pytest.fixture(scope="session")
+def cxx_names() -> list[str]:
+    [lib] = find_libraries(name="libstdc++.so.6")[:1]
+    names = read_symbols(lib.path, use_cache=False).all_names
+    assert sum(n.startswith("_Z") for n in names) > 3000
+    return names
+
+
+def _long(k: int) -> str:
+    """A mangled name whose demangled form is ``f(aaa...a, ...)``: k + 1 parameters of a 1000-letter
+    class (libiberty refuses longer identifiers and more substitutions than 8)."""
+    return "_Z1f1000" + "a" * 1000 + "S_" * k
+
+
+def test_bulk_demangling_equals_one_name_at_a_time(cxx_names):
+    from ingero.symbols.demangle import BUFFER, demangle_all
+
+    # names longer than the output buffer (it grows, twice), then short ones that fit it again
+    names = [*cxx_names[:500], _long(4), *cxx_names[500:900], _long(8), _long(2), *cxx_names[900:], "_Z",
+             "_Zfoo", "_ZN3foo", "plain", "", "_Z\udcff"]
+    got = demangle_all(names)
+    assert got == [_one_by_one(n) for n in names]
+    assert got[500] == f"f({', '.join(['a' * 1000] * 5)})" and len(got[901]) > 2 * BUFFER
+    assert got[-6:] == names[-6:]
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_bulk_demangling_hypothesis(cxx_names, data):
+    from ingero.symbols.demangle import demangle_all
+
+    name = st.one_of(st.sampled_from(cxx_names), st.integers(0, 8).map(_long),
+                     st.text(max_size=40).map(lambda s: "_Z" + s), st.text(max_size=20))
+    names = data.draw(st.lists(name, max_size=40))
+    assert demangle_all(names) == [_one_by_one(n) for n in names]

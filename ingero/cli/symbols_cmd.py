@@ -157,7 +157,8 @@ def symbols(library: str, pattern: str, pid: int | None, as_json: bool, demangle
 
 def _batches(table, matched: list[int], demangle: bool):
     """(indexes, the names to show for them) in pieces: every symbol a cache chunk at a time (the names
-    never all held), else the matched ones 8192 at a time."""
+    never all held; demangled on a cold read while the rows before them are written), else the matched
+    ones 8192 at a time."""
     if len(matched) == len(table):
         start = 0
         for names in table.chunks(demangle):
@@ -167,13 +168,14 @@ def _batches(table, matched: list[int], demangle: bool):
     shown = table.display() if demangle else table.all_names
     for k in range(0, len(matched), 8192):
         batch = matched[k : k + 8192]
-        yield batch, map(shown.__getitem__, batch)
+        yield batch, list(map(shown.__getitem__, batch))
 
 
 def _write_rows(table, matched: list[int], demangle: bool, known: set[str]) -> None:
-    """The listing's rows, straight from the table's columns: one %-format per row through map() and
-    one write per batch -- no object per symbol, no whole-output string (libtorch_cuda.so has 120k
-    symbols and 80 MB of demangled names)."""
+    """The listing's rows, straight from the table's columns, each the pieces of one row joined: the
+    numbers %-formatted, the binding, version and SIG columns one string per combination, the name as
+    is -- no object per symbol, no whole-output string (libtorch_cuda.so has 120k symbols and 80 MB of
+    demangled names). A row ends without blanks (``str.rstrip``)."""
     c = table.columns
     vers = [v or "-" for v in table.versions]
     binds = table.bindings
@@ -189,18 +191,39 @@ def _write_rows(table, matched: list[int], demangle: bool, known: set[str]) -> N
     out = sys.stdout
     out.write(("  ".join(f"{{:<{w}}}" for w in widths) + "  {}").format(*header).rstrip() + "\n")
     if widths[0] == 10:  # every offset below 4 GiB: formatted in the row's own format
-        fmt, offsets = "%#010x", c.file_offset
+        numbers, offsets = "%#010x", c.file_offset
     else:
-        fmt, offsets = f"%-{widths[0]}s", [f"{x:#010x}" for x in c.file_offset]
-    fmt += f"  %-{widths[1]}d  %-{widths[2]}s  %-{widths[3]}s  %-3s  %s"
+        numbers, offsets = f"%-{widths[0]}s", [f"{x:#010x}" for x in c.file_offset]
+    numbers += f"  %-{widths[1]}d  "
+    middle = f"%-{widths[2]}s  %-{widths[3]}s  %-3s  "
+    # (binding, version, SIG) -> that part of the row
+    middles = {(b, v, s): middle % (binds[b], vers[v], s) for b in range(len(binds)) for v in range(len(vers))
+               for s in ("", "sig")}
     names = table.all_names if known else None
-    for batch, shown in _batches(table, matched, demangle):
-        sig = ["sig" if names[i] in known else "" for i in batch] if names else repeat("", len(batch))
-        rows = map(fmt.__mod__, zip(map(offsets.__getitem__, batch), map(c.size.__getitem__, batch),
-                                    map(binds.__getitem__, map(c.binding.__getitem__, batch)),
-                                    map(vers.__getitem__, map(c.version.__getitem__, batch)), sig, shown,
-                                    strict=True))
-        out.write("\n".join(map(str.rstrip, rows)) + "\n")
+    rowfmt = numbers + middle + "%s"
+    batches = _batches(table, matched, demangle)
+    try:
+        for batch, shown in batches:
+            n = len(batch)
+            sig = ["sig" if names[i] in known else "" for i in batch] if names else repeat("", n)
+            if isinstance(batch, range):
+                cols = [col[batch.start : batch.stop] for col in (offsets, c.size, c.binding, c.version)]
+            else:
+                cols = [list(map(col.__getitem__, batch)) for col in (offsets, c.size, c.binding, c.version)]
+            tail = list(map(str.rstrip, shown))
+            if "" in tail:  # a blank name: the row ends at its last non-blank column
+                rows = map(rowfmt.__mod__, zip(cols[0], cols[1], map(binds.__getitem__, cols[2]),
+                                               map(vers.__getitem__, cols[3]), sig, shown, strict=True))
+                out.write("\n".join(map(str.rstrip, rows)) + "\n")
+                continue
+            parts: list[str | None] = [None] * (4 * n)
+            parts[0::4] = list(map(numbers.__mod__, zip(cols[0], cols[1], strict=True)))
+            parts[1::4] = list(map(middles.__getitem__, zip(cols[2], cols[3], sig, strict=True)))
+            parts[2::4] = tail
+            parts[3::4] = repeat("\n", n)  # type: ignore[assignment]
+            out.write("".join(parts))  # type: ignore[arg-type]
+    finally:
+        batches.close()  # a cold read stopped early (a closed pipe) writes no half-demangled cache entry
 
 
 def _known_names(table, lib) -> set[str]:

@@ -146,16 +146,18 @@ class SymbolTable:
             if self._entry is not None and self._entry.display_at is not None:
                 self._display = self._entry.all("display")
             elif self._key is not None and self.write_behind:
-                self._display = self._demangle_fed()
+                for _ in self._demangle_fed():
+                    pass
             else:
                 self._display = demangle_all(self.all_names)
                 if self._key is not None:
                     self._store()
         return self._display
 
-    def _demangle_fed(self) -> list[str]:
-        """Demangle a cache chunk at a time, each handed to the background write as it is done (zlib
-        compresses it meanwhile; demangling lets other threads run at every name)."""
+    def _demangle_fed(self) -> Iterator[list[str]]:
+        """Demangle a cache chunk at a time, each handed to the background write (zlib compresses it
+        meanwhile) and yielded as it is done (a listing writes it meanwhile); the names are kept
+        (:meth:`display`) once the last chunk is done. Stopped before then, nothing is written."""
         feed = cache.ChunkFeed()
         self._store(feed)
         out: list[str] = []
@@ -165,11 +167,12 @@ class SymbolTable:
                 part = demangle_all(names[i : i + cache.CHUNK])
                 out += part
                 feed.put(part)
-        except BaseException:
+                yield part
+        except BaseException:  # GeneratorExit too: the consumer stopped early
             feed.close(False)
             raise
         feed.close(True)
-        return out
+        self._display = out
 
     def chunks(self, demangled: bool = True) -> Iterator[list[str]]:
         """The demangled names (else the names) by index, in consecutive pieces: read from the cache a
@@ -178,6 +181,9 @@ class SymbolTable:
         entry = self._entry
         if held is None and entry is not None and (not demangled or entry.display_at is not None):
             yield from entry.chunks("display" if demangled else "names")
+            return
+        if held is None and demangled and self._key is not None and self.write_behind:
+            yield from self._demangle_fed()  # each piece written while the next is demangled
             return
         if held is None:
             held = self.display() if demangled else self.all_names
