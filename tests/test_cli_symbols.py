@@ -153,3 +153,21 @@ def test_whole_listing_cold_and_warm_equals_a_fresh_parse(lib, tmp_path):
     assert not any(line != line.rstrip() for line in cold.stdout.splitlines())
     assert any(r[4] == "sig" for r in expected) == (lib == "libcudart.so.12")
     assert sum(r[5] != s.name for r, s in zip(expected, fresh, strict=True)) > (3000 if "stdc" in lib else -1)
+
+
+def test_listing_into_a_pipe_widens_it():
+    """Into a pipe, a listing asks for a PIPE_BYTES buffer (seen from the reader's end); the rows are
+    those of the same listing into a file."""
+    import fcntl
+
+    from ingero.cli.symbols_cmd import PIPE_BYTES
+
+    p = subprocess.Popen([INGERO, "symbols", "libcudart.so.12"], stdout=subprocess.PIPE)
+    try:
+        piped = p.stdout.read().decode()
+        size = fcntl.fcntl(p.stdout.fileno(), fcntl.F_GETPIPE_SZ)
+    finally:
+        p.stdout.close()
+        p.wait(timeout=60)
+    assert p.returncode == 0 and size == PIPE_BYTES
+    assert piped == ingero("symbols", "libcudart.so.12").stdout

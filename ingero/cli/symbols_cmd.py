@@ -13,6 +13,10 @@ from itertools import repeat
 
 import click
 
+#: bytes of pipe buffer a listing asks for when its output is a pipe (Linux's default limit for anyone,
+#: /proc/sys/fs/pipe-max-size): the reader drains one piece of rows while the next is made
+PIPE_BYTES = 1 << 20
+
 
 def _columns(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
     """Left-aligned columns separated by two spaces; the last column is not padded."""
@@ -189,6 +193,7 @@ def _write_rows(table, matched: list[int], demangle: bool, known: set[str]) -> N
         len(header[4]),
     )
     out = sys.stdout
+    _widen_pipe(out)
     out.write(("  ".join(f"{{:<{w}}}" for w in widths) + "  {}").format(*header).rstrip() + "\n")
     if widths[0] == 10:  # every offset below 4 GiB: formatted in the row's own format
         numbers, offsets = "%#010x", c.file_offset
@@ -224,6 +229,19 @@ def _write_rows(table, matched: list[int], demangle: bool, known: set[str]) -> N
             out.write("".join(parts))  # type: ignore[arg-type]
     finally:
         batches.close()  # a cold read stopped early (a closed pipe) writes no half-demangled cache entry
+
+
+def _widen_pipe(out) -> None:
+    """Ask for a :data:`PIPE_BYTES` buffer when ``out`` is a smaller pipe (a 64 KiB one makes every write
+    of a 1.4 MB piece wait for the reader); anything else, or a refusal, is left as it is."""
+    import fcntl
+
+    try:
+        fd = out.fileno()
+        if fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ) < PIPE_BYTES:
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+    except (OSError, ValueError, AttributeError):  # not a pipe (EBADF), no file behind out, or refused
+        pass
 
 
 def _known_names(table, lib) -> set[str]:
