@@ -1,7 +1,7 @@
 """The limits a dynamic probe runs under, each written once.
 
 The DSL checker judges a spec's own budgets against them (``limit symbols N`` may not pass
-:data:`MAX_SYMBOLS`), the policy (:class:`ingero.tracer.dynamic.ProbeLimits`) judges a checked probe
+:data:`MAX_SYMBOLS`), the policy (:class:`ingero.tracer.policy.ProbeLimits`) judges a checked probe
 against its settings, whose defaults are these, and ``ingero mcp`` shows them as the defaults of its
 ``--probe-*`` options. Nothing is imported here, so a shell's ``--help`` costs nothing.
 """

@@ -230,7 +230,7 @@ def _serve_live(db: Path | None, pid: int | None, command: tuple[str, ...], opts
     reason = "the MCP server stopped"
     try:
         reader = TraceReader.open(db, live=True)
-        probes = ProbeTools(reader, session=session, options=opts, runner=runner)
+        probes = ProbeTools(reader, session=session, options=opts, runner=runner, audit=audit)
         target = f"pid {session.pids[0]}" + (f" ({' '.join(command)})" if command else "")
         click.echo(f"ingero: tracing {target} into {db}; probes: "
                    f"{'attach allowed' if opts.allow_attach else 'validate only (no --allow-attach)'}; "

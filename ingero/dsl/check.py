@@ -33,7 +33,7 @@ from ingero.dsl.filter import filter_, uses_return
 from ingero.dsl.lookup import MACHINE, Lookups
 from ingero.dsl.outputs import outputs
 from ingero.dsl.parser import parse
-from ingero.dsl.resolved import RAgg, ResolvedProbe, ResolvedSpec
+from ingero.dsl.resolved import Budgets, RAgg, ResolvedProbe, ResolvedSpec
 from ingero.dsl.signatures import signatures
 from ingero.dsl.source import Source, Span
 from ingero.dsl.target import target
@@ -50,6 +50,7 @@ class Waiting:
     probe: str
     library: str
     searched: str  # what the search said
+    budgets: Budgets = Budgets()  # the probe's own limits (its clauses are checked before its library)
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,7 @@ def check(
             if len(report) > mark:
                 break
             if ctx.waits_for is not None:
-                waiting.append(Waiting(p.name, p.target.library, ctx.waits_for))
+                waiting.append(Waiting(p.name, p.target.library, ctx.waits_for, ctx.budgets))
                 break
         else:
             probes.append(resolved_probe(ctx, "\n".join(lines[p.span.line - 1 : p.span.end_line])))

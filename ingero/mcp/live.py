@@ -13,8 +13,11 @@
 Guards of ``attach_probe``: the library must be on the allow-list (CUDA libraries by default), a probe may
 name only a process of the traced tree, its budgets may lower the server's limits but not raise them,
 at most ``max_probes`` are active, attaches are serialised, and a probe ends when its target exits or when
-the client session that attached it goes away (``end_owner``). Every result is capped at
-:data:`~ingero.mcp.livetext.MAX_OUTPUT` bytes.
+the client session that attached it goes away (``end_owner``). A probe whose library no traced process
+has mapped and no search path finds waits for it in the traced tree: judged by name now, and by the same
+guards on the very file a process loads, when it loads it (:meth:`ProbeTools.bind_policy`; a refusal
+then ends it, and is in the audit log). Every result is capped at :data:`~ingero.mcp.livetext.MAX_OUTPUT`
+bytes.
 """
 
 from __future__ import annotations
@@ -76,8 +79,9 @@ class ProbeTools(SymbolTools):
     """The state and logic behind the probe tools (thread-safe; called from worker threads)."""
 
     def __init__(self, reader, *, session=None, options: LiveOptions | None = None,
-                 conn_factory=None, runner=None) -> None:
+                 conn_factory=None, runner=None, audit=None) -> None:
         self.reader = reader
+        self.audit = audit  # ingero.audit.AuditLog: where a probe bound (or refused) after its attach is told
         self.session = session  # TraceSession or None (replay)
         self.runner = runner  # the thread running session.run(): the trace has ended once it is done
         self.options = options or LiveOptions()
@@ -151,17 +155,27 @@ class ProbeTools(SymbolTools):
     # -- validate_probe ------------------------------------------------------------------------------------
     def validate(self, spec: str, window_s: float = ESTIMATE_WINDOW_S) -> tuple[str, dict]:
         """The validation text, and facts for the audit log (resolved symbols)."""
-        from ingero.dsl import check, render
+        from ingero.dsl import render
         from ingero.dsl.resolved import describe
 
-        res = check(spec, "<spec>", pid=self.root_pid, lookups=self._lookups())
+        res = self._check(spec)
         if not res.ok:
             n = len(res.errors)
             return (f"INVALID: {n} error{'s' if n != 1 else ''} (line:column, message, hint)\n"
                     + render(res.errors, res.source)), {"valid": False}
         rs = res.spec
-        lines = [f"VALID: {len(rs.probes)} probe{'s' if len(rs.probes) != 1 else ''}"]
+        n = len(rs.probes) + len(res.waiting)
+        lines = [f"VALID: {n} probe{'s' if n != 1 else ''}"]
         facts = {"valid": True, "resolved": {p.name: [s.name for s in p.symbols] for p in rs.probes}}
+        for w in res.waiting:
+            refusal = self._waiting_refusal(w)
+            facts.setdefault("waiting", {})[w.probe] = w.library
+            lines.append(f"probe {w.probe}: waits for {w.library} in the traced tree ({w.searched}): checked, and "
+                         "judged by the guards again, against the copy a traced process loads, when it loads it")
+            lines.append("  " + self.options.limits.describe_budgets(w.budgets))
+            lines.append("  attach: " + (f"refused: {refusal}" if refusal else
+                                         ("allowed (to wait)" if self.options.allow_attach else
+                                          "not possible: this server was started without --allow-attach")))
         for p in rs.probes:
             lines.append(describe(p, full=False))
             lines.append("  " + self.options.limits.describe(p))
@@ -174,6 +188,48 @@ class ProbeTools(SymbolTools):
                 lines.append(f"  attach: would be refused: {refusal}")
         lines.append(self.estimate(rs, window_s))
         return cap("\n".join(lines)), facts
+
+    def _check(self, spec: str):
+        """The spec checked against the traced tree (live: a library found nowhere waits for it, see
+        :meth:`TraceSession.check_spec`), else this machine's libraries."""
+        from ingero.dsl import check
+
+        if self.live:
+            return self.session.check_spec(spec, "<spec>", may_wait=True)
+        return check(spec, "<spec>", lookups=self._lookups())
+
+    def _waiting_refusal(self, w) -> str:
+        """Why a guard refuses a probe waiting for its library, as far as its name and budgets tell ('' if
+        not): a path glob on the allow-list is judged when the file is loaded."""
+        from ingero.symbols.discovery import stem_of
+
+        soname = w.library if ".so" in w.library else None
+        if not self.allowed(stem_of(w.library), soname, None) and not any("/" in g for g in self.options.allow_libs):
+            return (f"{w.library} is not on this server's library allow-list ({self.allow_list_text()}); the "
+                    "operator can add it with --allow-lib")
+        over = self.options.limits.budget_excess(w.budgets)
+        return over[0].refusal if over else ""
+
+    def bind_policy(self, owner: str):
+        """What judges this owner's probes on the file a traced process loads later: the same guards as at
+        attach (:meth:`_refusal`), each outcome written to the audit log."""
+        from ingero.tracer.policy import BindPolicy
+
+        def bound(probe_id: int, name: str, path: str, pid: int, refusal: str) -> None:
+            if self.audit is None:
+                return
+            from ingero.audit import AuditRecord, dumps_args, now_ns
+
+            args = {"_ingero": {"probe_id": probe_id, "name": name, "library": path, "pid": pid, "owner": owner}}
+            try:
+                self.audit.record(AuditRecord(
+                    now_ns(), owner, "", "http" if owner.startswith("http:") else "stdio", "", "probe/bind",
+                    "attach_probe", dumps_args(args), 0.0, "refused" if refusal else "ok", refusal, 0,
+                    str(self.reader.path) if self.reader is not None else ""))
+            except Exception:  # noqa: BLE001 - the probe's own row says it in any case
+                log.exception("could not write the audit record of a probe's binding")
+
+        return BindPolicy(self._refusal, bound)
 
     def _refusal(self, p) -> str:
         """Why a guard would refuse this resolved probe, or ''."""
@@ -294,8 +350,6 @@ class ProbeTools(SymbolTools):
     def attach(self, spec: str, owner: str, facts: dict | None = None) -> tuple[str, dict]:
         """Attach ``spec``; ``facts`` (for the audit log) gets the resolved symbols as soon as they are
         known, so a refusal is recorded with them too."""
-        from ingero.dsl import check
-
         facts = facts if facts is not None else {}
 
         if not self.live:
@@ -308,26 +362,33 @@ class ProbeTools(SymbolTools):
             raise ToolRefused(f"the trace has ended ({self.session.stopped_because or 'stopped'}): nothing to "
                               "attach to", hint="the database stays readable with the standard tools")
         with self._attach_lock:  # concurrent attaches are serialised
-            # SpecError: every error, located
-            rs = check(spec, "<spec>", pid=self.root_pid, lookups=self._lookups()).resolved()
+            res = self._check(spec)
+            rs = res.resolved()  # SpecError: every error, located
             facts["resolved"] = {p.name: [s.name for s in p.symbols] for p in rs.probes}
-            for p in rs.probes:
-                why = self._refusal(p)
+            if res.waiting:
+                facts["waiting"] = {w.probe: w.library for w in res.waiting}
+            for name, why in [(p.name, self._refusal(p)) for p in rs.probes] + [
+                    (w.probe, self._waiting_refusal(w)) for w in res.waiting]:
                 if why:
-                    raise ToolRefused(f"probe {p.name}: {why}")
-            probes = self.session.attach_spec(rs, owner=owner)
+                    raise ToolRefused(f"probe {name}: {why}")
+            probes = self.session.add_checked(res, owner=owner, policy=self.bind_policy(owner))
         facts["probe_ids"] = [lp.id for lp in probes]
         lines = []
         for lp in probes:
             b = lp.budgets
+            pending = lp.waiting_for and not lp.symbols  # found nowhere yet: checked when a process loads it
+            if pending:
+                what = f"{lp.waiting_for}; the guards are applied again to that file"
+            else:
+                what = (f"{len(lp.symbols)} symbol{'s' if len(lp.symbols) != 1 else ''} ({_names(list(lp.symbols))}) "
+                        f"on {lp.library}" + (f" ({lp.waiting_for}: bound when a traced process loads it)"
+                                              if lp.waiting_for else "") + f", {lp.direction}")
             lines.append(
-                f"attached probe {lp.id} '{lp.name}': {len(lp.symbols)} symbol{'s' if len(lp.symbols) != 1 else ''} "
-                f"({_names(list(lp.symbols))}) on {lp.library}"
-                + (f" ({lp.waiting_for}: bound when a traced process loads it)" if lp.waiting_for else "")
-                + f", {lp.direction}, pid {self.root_pid}\n"
+                f"attached probe {lp.id} '{lp.name}': {what}, pid {self.root_pid}\n"
                 f"  budgets in force: ttl {b.ttl_s:g}s, events {b.events}"
                 + (f", rate {b.rate}/s" if b.rate else "")
-                + (f"\n  events: events table source={SOURCE_PROBE} op={lp.id}; fields {', '.join(lp.fields)}"
+                + ("\n  symbols and fields: known once it is checked against the copy loaded" if pending else
+                   f"\n  events: events table source={SOURCE_PROBE} op={lp.id}; fields {', '.join(lp.fields)}"
                    if lp.fields else "\n  aggregates in the kernel (no per-call events)")
                 + f"; read with get_probe_results(probe_id={lp.id})")
         return "\n".join(lines), facts
@@ -419,7 +480,7 @@ class ProbeTools(SymbolTools):
                 status, why = ("ended", TRACER_DIED) if i in orphaned else ("ended" if st[7] else st[2], st[3])
                 rows.append((i, st[1], status, counts.get(i, 0), syms, os.path.basename(st[4] or ""), "",
                              _hms(st[6] / 1e9), _hms(st[7] / 1e9) if st[7] else "", why))
-        active = sum(1 for r in rows if r[2] == "active")
+        active = sum(1 for r in rows if r[2] in ("active", "waiting"))
         shown = rows[off:off + lim]
         head += (f"; {len(rows)} probes, {active} active (at most {self.options.limits.max_probes}); "
                  + (f"rows {off + 1}-{off + len(shown)}" if shown else f"no rows from offset {off}"))
@@ -446,6 +507,8 @@ class ProbeTools(SymbolTools):
         name = lp.name if lp else st[0][0]
         status = (lp.status if lp else ("ended" if st[0][5] else st[0][1]))
         why = lp.end_reason if lp else st[0][2]
+        if lp is not None and lp.waiting_for:
+            status, why = "waiting", lp.waiting_for
         if lp is None and probe_id in self._orphaned():
             status, why = "ended", TRACER_DIED
         fields = [f["name"] for f in json.loads(st[0][3])] if st else list(lp.fields)
@@ -502,7 +565,8 @@ class ProbeTools(SymbolTools):
                     out.append(f"older: offset={off + lim}")
         elif not n and not any("aggregates" in line for line in out[1:]):
             out.append("no events yet" + (" (the probe is active: call again after the workload runs)"
-                                          if status == "active" else ""))
+                                          if status == "active" else " (it is not on any file yet)"
+                                          if status == "waiting" else ""))
         return cap("\n".join(out))
 
 

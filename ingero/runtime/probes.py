@@ -247,22 +247,15 @@ class ProbeSession(BpfObject):
         waits for a library of that name and is not on that file yet. Returns what was attached (a
         probe whose functions that copy lacks says so in ``Binding.missing``)."""
         from ingero.symbols import read_symbols
-        from ingero.symbols.discovery import names_library
 
-        if self._bpf is None or not self.bind_mapped:
+        takers = self._takers(lib)
+        if not takers:
             return []
-        try:
-            key = _file_key(str(lib.attach_path))
-        except OSError:
-            return []
+        key = _file_key(str(lib.attach_path))
+        table = read_symbols(lib)
         out = []
-        for p in self.probes:
+        for p in takers:
             rp = p.cp.probe
-            if p.name in self.ended or key in p.bound or "/" in rp.library.name:
-                continue
-            if not names_library(rp.library.name, lib.path, lib.soname):
-                continue
-            table = read_symbols(lib)
             offsets, cookies, missing = [], [], []
             for i, sym in enumerate(rp.symbols):
                 # every address of the name in this copy (aliases at an address taken already left out)
@@ -292,6 +285,27 @@ class ProbeSession(BpfObject):
             out.append(Binding(p.name, lib.path, lib.pid, len(rp.symbols) - len(missing), tuple(missing),
                                len(offsets)))
         return out
+
+    def takes(self, lib) -> list[str]:
+        """The probes :meth:`offer` would put on ``lib``: running, named by a name that names it, not on
+        that file yet."""
+        return [p.name for p in self._takers(lib)]
+
+    def _takers(self, lib) -> list[_Probe]:
+        from ingero.symbols.discovery import names_library
+
+        if self._bpf is None or not self.bind_mapped:
+            return []
+        try:
+            key = _file_key(str(lib.attach_path))
+        except OSError:
+            return []
+        return [p for p in self.probes if p.name not in self.ended and key not in p.bound
+                and "/" not in p.cp.probe.library.name and names_library(p.cp.probe.library.name, lib.path, lib.soname)]
+
+    def probe(self, name: str):
+        """The checked probe (:class:`~ingero.dsl.resolved.ResolvedProbe`) named ``name``."""
+        return self._probe(name).cp.probe
 
     def waiting(self) -> dict[str, str]:
         """The probes still waiting for their library, each with what it waits for."""

@@ -362,8 +362,10 @@ class EventWriter:
                 self._queue("UPDATE probes SET lost = lost + ? WHERE id = ?", [(count, probe_id)])
 
     # -- probes ---------------------------------------------------------------------------------------
-    def register_probe(self, info: ProbeInfo) -> ProbeHandle:
-        """Add a dynamic probe (committed at once): its ``probes`` row, ``ops`` row and view."""
+    def register_probe(self, info: ProbeInfo, *, waiting: ProbeHandle | None = None) -> ProbeHandle:
+        """Add a dynamic probe (committed at once): its ``probes`` row, ``ops`` row and view. ``waiting``: a
+        probe registered while it waited for its library (no fields or symbols yet), completed now under
+        the same id (row, op and view)."""
         names = tuple(f.name for f in info.fields)
         if len(set(names)) != len(names):
             raise StoreError(f"probe {info.name}: a field is recorded twice ({', '.join(names)})")
@@ -372,15 +374,21 @@ class EventWriter:
             c = self.conn
             c.execute("BEGIN IMMEDIATE")
             try:
-                pid_ = int(c.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM probes").fetchone()[0])
-                view = self._view_name(info.name, pid_)
                 fields = [{"name": f.name, "type": f.type,
                            "column": f"v{i}" if i < VALUE_SLOTS else f"more[{i - VALUE_SLOTS}]"}
                           for i, f in enumerate(info.fields)]
-                c.execute("INSERT INTO probes (id, name, session_id, source, op, spec, fields, library, symbols, "
-                          "status, started_at, view) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'active', ?, ?)",
-                          (pid_, info.name, self.session_id, SOURCE_PROBE, pid_, info.spec, go_json(fields),
-                           info.library, go_json(list(info.symbols)), time.time_ns(), view))
+                if waiting is not None:
+                    pid_, view = waiting.probe_id, waiting.view
+                    c.execute("UPDATE probes SET spec = ?, fields = ?, library = ?, symbols = ? WHERE id = ?",
+                              (info.spec, go_json(fields), info.library, go_json(list(info.symbols)), pid_))
+                    c.execute(f'DROP VIEW IF EXISTS "{view}"')
+                else:
+                    pid_ = int(c.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM probes").fetchone()[0])
+                    view = self._view_name(info.name, pid_)
+                    c.execute("INSERT INTO probes (id, name, session_id, source, op, spec, fields, library, symbols, "
+                              "status, started_at, view) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'active', ?, ?)",
+                              (pid_, info.name, self.session_id, SOURCE_PROBE, pid_, info.spec, go_json(fields),
+                               info.library, go_json(list(info.symbols)), time.time_ns(), view))
                 desc = info.description or _probe_description(info)
                 c.execute("INSERT OR REPLACE INTO ops (source_id, op_id, name, description) VALUES (?, ?, ?, ?)",
                           (SOURCE_PROBE, pid_, info.name, desc))

@@ -19,81 +19,15 @@ import time
 from collections import deque
 from dataclasses import dataclass, field, replace
 
-from ingero.dsl.resolved import Budgets, ResolvedProbe, ResolvedSpec
+from ingero.dsl.resolved import Budgets, ResolvedSpec
 from ingero.errors import IngeroError, NotFound
-from ingero.limits import MAX_PROBES, MAX_SYMBOLS, PROBE_EVENTS, PROBE_TTL_S
+from ingero.tracer.policy import BindPolicy, Excess, ProbeLimits  # noqa: F401 - ProbeLimits, Excess: re-exported
 
 log = logging.getLogger(__name__)
 
 #: ring buffer of each spec attached to a live trace (pages): 8 MiB, ~100k records of a burst while the
 #: tracer is busy elsewhere (what it cannot hold is counted: LiveProbe.lost, lost_events)
 LIVE_PROBE_RINGBUF_PAGES = 2048
-
-
-@dataclass(frozen=True)
-class Excess:
-    """One budget of a probe over a limit: ``asked`` (as the spec put it) over ``limit``."""
-
-    asked: str  # "ttl 600s", "events 5000", "1200 symbols"
-    limit: str
-    fix: str
-
-    @property
-    def short(self) -> str:
-        return f"{self.asked} > limit {self.limit}"
-
-    @property
-    def refusal(self) -> str:
-        return f"{self.asked} is over this server's limit of {self.limit}: {self.fix}"
-
-
-@dataclass(frozen=True)
-class ProbeLimits:
-    """The policy every dynamic probe is judged by: upper bounds a spec may lower but not raise (the
-    server's or the CLI's settings). :meth:`excess` says what is over, :meth:`in_force` what a probe
-    runs with; the MCP guards, ``validate_probe`` and :class:`DynamicProbes` all ask this one object."""
-
-    ttl_s: float = PROBE_TTL_S
-    events: int = PROBE_EVENTS
-    max_probes: int = MAX_PROBES
-    #: a server may lower it (``ingero mcp --probe-symbols``), never raise it past the checker's hard limit
-    max_symbols: int = MAX_SYMBOLS
-
-    def __post_init__(self) -> None:
-        if min(self.ttl_s, self.events, self.max_probes, self.max_symbols) <= 0:
-            raise IngeroError("probe limits must be positive (ttl, events, live probes, symbols)")
-        if self.max_symbols > MAX_SYMBOLS:
-            raise IngeroError(f"a probe may attach to {MAX_SYMBOLS} symbols at most, not {self.max_symbols}",
-                              f"give a limit of at most {MAX_SYMBOLS}")
-
-    def excess(self, rp: ResolvedProbe) -> tuple[Excess, ...]:
-        """Every budget of ``rp`` over these limits (none: it may run as written)."""
-        b = rp.budgets
-        out = []
-        if b.ttl_s is not None and b.ttl_s > self.ttl_s:
-            out.append(Excess(f"ttl {b.ttl_s:g}s", f"{self.ttl_s:g}s", "lower it or omit it"))
-        if b.events is not None and b.events > self.events:
-            out.append(Excess(f"events {b.events}", f"{self.events}", "lower it or omit it"))
-        if len(rp.symbols) > self.max_symbols:
-            out.append(Excess(f"{len(rp.symbols)} symbols", f"{self.max_symbols}", "narrow the glob"))
-        return tuple(out)
-
-    def in_force(self, b: Budgets) -> Budgets:
-        """The budgets a probe runs with: its own, capped by the limits, the limits where it set none."""
-        return replace(
-            b,
-            ttl_s=self.ttl_s if b.ttl_s is None else min(b.ttl_s, self.ttl_s),
-            events=self.events if b.events is None else min(b.events, self.events),
-        )
-
-    def describe(self, rp: ResolvedProbe) -> str:
-        """The budgets in force for ``rp``, these limits, and what is over them."""
-        b = self.in_force(rp.budgets)
-        over = self.excess(rp)
-        text = (f"budgets in force: ttl {b.ttl_s:g}s, events {b.events}" + (f", rate {b.rate}/s" if b.rate else "")
-                + f" (server limits: ttl {self.ttl_s:g}s, events {self.events}, {self.max_symbols} symbols, "
-                f"{self.max_probes} live probes)")
-        return text + (f"; OVER THE LIMIT: {'; '.join(e.short for e in over)}" if over else "")
 
 
 @dataclass
@@ -116,15 +50,21 @@ class LiveProbe:
     ended_at: float = 0.0
     final_stats: object = None  # ProbeStats read when the BPF object was closed
     final_aggregates: list | None = None
+    deadline: float | None = None  # (monotonic) when the ttl of a probe still waiting for its library ends
     _session: object = field(default=None, repr=False)
     _handle: object = field(default=None, repr=False)
+    #: a probe whose library was found nowhere: not checked yet, no session (see DynamicProbes.wait_for)
+    _pending: _Unresolved | None = field(default=None, repr=False)
+    _policy: BindPolicy | None = field(default=None, repr=False)
 
     @property
     def waiting_for(self) -> str | None:
         """What an active probe still waits for (``waiting for LIB in the traced tree``), or None."""
-        if self.status != "active" or self._session is None:
+        if self.status != "active":
             return None
-        return self._session.waiting().get(self.name)
+        if self._pending is not None:
+            return self._pending.text_waiting
+        return self._session.waiting().get(self.name) if self._session is not None else None
 
 
 class DynamicProbes:
@@ -147,15 +87,32 @@ class DynamicProbes:
         self.limits = limits or ProbeLimits()
         self.probes: dict[int, LiveProbe] = {}
         self._sessions: list = []
-        #: probes whose library was found nowhere: checked against the copy the tree loads (:meth:`wait_for`)
-        self._unresolved: list[_Unresolved] = []
         self._lock = threading.RLock()
 
     # -- attach / detach -------------------------------------------------------------------------------
-    def attach(self, spec: ResolvedSpec, *, owner: str = "") -> list[LiveProbe]:
+    def add(self, result, *, owner: str = "", policy: BindPolicy | None = None) -> list[LiveProbe]:
+        """Every probe of a spec checked with ``may_wait`` (a :class:`~ingero.dsl.CheckResult`): those
+        resolved attached now (:meth:`attach`), those whose library was found nowhere waiting for it
+        (:meth:`wait_for`); all of them counted against ``max_probes`` together, before any attaches."""
+        with self._lock:
+            self._room(len(result.resolved().probes) + len(result.waiting))
+            out = self.attach(result.spec, owner=owner, policy=policy) if result.spec.probes else []
+            return out + self.wait_for(result, owner=owner, policy=policy)
+
+    def _room(self, n: int, taking: LiveProbe | None = None) -> None:
+        """Refuse ``n`` more probes past ``max_probes`` (``taking``: a waiting probe they replace)."""
+        active = sum(1 for p in self.probes.values() if p.status == "active" and p is not taking)
+        if active + n > self.limits.max_probes:
+            raise IngeroError(f"at most {self.limits.max_probes} probes may be active at once ({active} are)",
+                              hint="detach one first")
+
+    def attach(self, spec: ResolvedSpec, *, owner: str = "", policy: BindPolicy | None = None,
+               waiting: LiveProbe | None = None) -> list[LiveProbe]:
         """Compile, load and attach every probe of a checked spec; register them with the database. The
         budgets in force are the spec's capped by the limits; a probe over the symbol limit is refused
-        (IngeroError), as is one probe too many."""
+        (IngeroError), as is one probe too many. ``policy`` judges each further copy of a library named
+        by a name (:meth:`offer`); ``waiting``: the probe waiting for this file that this one becomes (its
+        id, ``probes`` row and owner kept)."""
         from ingero.compiler import compile_spec
         from ingero.runtime.probes import ProbeSession
         from ingero.store import ProbeField, ProbeInfo
@@ -171,12 +128,7 @@ class DynamicProbes:
             probes.append(replace(rp, budgets=self.limits.in_force(rp.budgets), pid=pid))
         spec = replace(spec, probes=tuple(probes))
         with self._lock:
-            active = sum(1 for p in self.probes.values() if p.status == "active")
-            if active + len(spec.probes) > self.limits.max_probes:
-                raise IngeroError(
-                    f"at most {self.limits.max_probes} probes may be active at once ({active} are)",
-                    hint="detach one first",
-                )
+            self._room(len(spec.probes), waiting)
             compiled = compile_spec(spec, tree_filter=self.tree_filter, ringbuf_pages=LIVE_PROBE_RINGBUF_PAGES,
                                     python_extern=self.tree_filter and getattr(self.tree, "python", None) is not None)
             bind = self.watcher is not None
@@ -201,11 +153,12 @@ class DynamicProbes:
                     name=rp.name, spec=text, fields=fields,
                     library=library or rp.library.name, symbols=tuple(s.name for s in rp.symbols),
                     at_return=rp.needs_return,
-                ))
+                ), waiting=waiting._handle if waiting is not None else None)
                 lp = LiveProbe(
                     id=handle.probe_id, name=rp.name, spec=text, library=library,
                     symbols=tuple(s.name for s in rp.symbols), fields=tuple(rp.record), direction=rp.direction,
-                    budgets=rp.budgets, owner=owner, attached_at=time.time(), _session=session, _handle=handle,
+                    budgets=rp.budgets, owner=owner, attached_at=waiting.attached_at if waiting else time.time(),
+                    _session=session, _handle=handle, _policy=policy,
                 )
                 self.probes[lp.id] = lp
                 out.append(lp)
@@ -228,83 +181,117 @@ class DynamicProbes:
         return out
 
     def offer(self, lib) -> list:
-        """A traced process maps ``lib``: attach the probes waiting for it (see ProbeSession.offer); check a
-        probe whose library was found nowhere against this very file, then attach it (:meth:`wait_for`)."""
+        """A traced process maps ``lib``: attach the probes waiting for it (see ProbeSession.offer), each
+        judged first by its :class:`BindPolicy` on this very file; check a probe whose library was found
+        nowhere against this file, then attach it (:meth:`wait_for`)."""
         with self._lock:
             out = []
-            for session in self._sessions:
-                for b in session.offer(lib):
-                    out.append(b)
-                    for lp in self.probes.values():
-                        if lp._session is session and lp.name == b.probe and b.symbols:
-                            lp.library = ", ".join(dict.fromkeys([*filter(None, lp.library.split(", ")), b.path])
-                                                   ) if "/" in lp.library else b.path
-            for u in self._unresolved:
-                if not u.bound and not u.ended and u.names(lib):
-                    self._resolve(u, lib)
-                    if u.bound:
-                        out += self.offer(lib)  # the new probe's session takes this very file
+            for session in list(self._sessions):
+                out += self._offer_to(session, lib)
+            for lp in [p for p in self.probes.values() if p._pending is not None and p.status == "active"]:
+                if not lp._pending.bound and lp._pending.names(lib) and self._resolve(lp, lib):
+                    # the new probe's session takes this very file (judged on it already)
+                    out += self._offer_to(self._sessions[-1], lib, judged=True)
             return out
 
-    def wait_for(self, result, owner: str = "") -> None:
+    def _offer_to(self, session, lib, judged: bool = False) -> list:
+        if not judged:
+            self._judge(session, lib)
+        out = session.offer(lib)
+        for b in out:
+            for lp in self.probes.values():
+                if lp._session is session and lp.name == b.probe and b.symbols:
+                    lp.library = ", ".join(dict.fromkeys([*filter(None, lp.library.split(", ")), b.path])
+                                           ) if "/" in lp.library else b.path
+        return out
+
+    def _judge(self, session, lib) -> None:
+        """End the probes of ``session`` that would bind ``lib`` and whose policy refuses that file."""
+        for name in session.takes(lib):
+            lp = next((p for p in self.probes.values() if p._session is session and p.name == name), None)
+            if lp is None or lp._policy is None or lp.status != "active":
+                continue
+            why = lp._policy.judge(lp.id, session.probe(name), lib)
+            if why:
+                reason = f"refused on the copy pid {lib.pid} loaded ({lib.path}): {why}"
+                session.ended[name] = reason
+                self._stop(lp, reason)
+
+    def wait_for(self, result, owner: str = "", policy: BindPolicy | None = None) -> list[LiveProbe]:
         """The probes of a checked spec whose library was found nowhere (``result.waiting``, checked with
-        ``may_wait``): each waits for a file of that name in the traced tree, is checked against it when a
-        process opens it, and attached then; one that cannot be, or whose library never shows, ends with
-        the reason (a ``probes`` row of its own)."""
+        ``may_wait``): each is registered now (a ``probes`` row, an id) and waits for a file of that name
+        in the traced tree, is checked against it when a process opens it, judged by ``policy``, and
+        attached then under the same id; one that cannot be, or whose library never shows, ends with the
+        reason. Its ttl runs from now."""
         from ingero.runtime.libwatch import watch_names
+        from ingero.store import ProbeInfo
 
         if not result.waiting:
-            return
+            return []
         if self.watcher is None:
             raise IngeroError(f"no library {result.waiting[0].library!r} found, and this trace binds no library "
                               "loaded later", hint="give the library's path")
         with self._lock:
+            self._room(len(result.waiting))
             self.watcher.watch(watch_names(w.library for w in result.waiting))
-            self._unresolved += [_Unresolved(result.source.text, result.source.name, w, owner)
-                                 for w in result.waiting]
+            out = []
+            for w in result.waiting:
+                text = _probe_text(result, w.probe)
+                handle = self.writer.register_probe(ProbeInfo(name=w.probe, spec=text, library=w.library,
+                                                              at_return=False))
+                budgets = self.limits.in_force(w.budgets)
+                lp = LiveProbe(id=handle.probe_id, name=w.probe, spec=text, library=w.library, symbols=(), fields=(),
+                               direction="", budgets=budgets, owner=owner, attached_at=time.time(),
+                               deadline=time.monotonic() + budgets.ttl_s, _handle=handle, _policy=policy,
+                               _pending=_Unresolved(result.source.text, result.source.name, w, owner))
+                self.probes[lp.id] = lp
+                out.append(lp)
+            return out
 
-    def _resolve(self, u: _Unresolved, lib) -> None:
+    def _resolve(self, lp: LiveProbe, lib) -> bool:
+        """Check the waiting probe ``lp`` against ``lib``, judge it, attach it; else end it with why."""
         from ingero.dsl import check
         from ingero.dsl.lookup import TreeLookups
 
+        u = lp._pending
         res = check(u.text, u.source, lookups=TreeLookups(bound=lib), only=frozenset({u.waiting.probe}))
         try:
             if not res.ok:
                 e = res.errors[0]
                 raise IngeroError(f"line {e.span.line}: {e.message}" + (f" ({e.hint})" if e.hint else ""))
-            self.attach(res.resolved(), owner=u.owner)
-            u.bound = True
+            spec = res.resolved()
+            rp = spec.probes[0]
+            b = self.limits.in_force(rp.budgets)  # the ttl ran from when it began to wait
+            rp = replace(rp, budgets=replace(b, ttl_s=max(min(b.ttl_s, lp.deadline - time.monotonic()), 1e-3)))
+            why = lp._policy.judge(lp.id, rp, lib) if lp._policy is not None else ""
+            if not why:
+                self.attach(replace(spec, probes=(rp,)), owner=u.owner, policy=lp._policy, waiting=lp)
+                u.bound = True
+                return True
+            reason = f"refused when pid {lib.pid} loaded {lib.path}: {why}"
         except IngeroError as e:
-            u.ended = f"cannot be checked against {lib.path}, the {u.waiting.library} pid {lib.pid} loaded: {e.message}"
-            log.warning("probe %s %s", u.waiting.probe, u.ended)
-            self._record_unresolved(u, u.ended)
-
-    def _record_unresolved(self, u: _Unresolved, reason: str) -> None:
-        """A probe that never got to attach: a ``probes`` row saying why, so the stored trace tells it."""
-        from ingero.store import ProbeInfo
-
-        handle = self.writer.register_probe(ProbeInfo(name=u.waiting.probe, spec=u.text, library=u.waiting.library,
-                                                      at_return=False))
-        self.writer.end_probe(handle, reason, status="detached")
+            reason = f"cannot be checked against {lib.path}, the {u.waiting.library} pid {lib.pid} loaded: {e.message}"
+            if lp._policy is not None:
+                lp._policy.tell(lp.id, lp.name, lib, reason)
+        log.warning("probe %s %s", lp.name, reason)
+        self._stop(lp, reason)
+        return False
 
     def not_attached(self) -> dict[str, str]:
-        """The probes that never got a file to attach to, with why (their library never appeared, or the
-        copy that did could not be checked)."""
+        """The probes that never got a file to attach to, with why (their library never appeared, the
+        copy that did could not be checked, or was refused)."""
         with self._lock:
-            out = {lp.name: lp.end_reason for lp in self.probes.values()
-                   if " never appeared in the traced tree" in lp.end_reason}
-            out.update({u.waiting.probe: u.ended for u in self._unresolved if u.ended and not u.bound})
-            return out
+            return {lp.name: lp.end_reason for lp in self.probes.values() if lp.status == "ended" and (
+                lp._pending is not None or " never appeared in the traced tree" in lp.end_reason)}
 
     def waiting(self) -> dict[str, str]:
         with self._lock:
             out = {}
             for session in self._sessions:
                 out.update(session.waiting())
-            for u in self._unresolved:
-                if not u.bound and not u.ended:
-                    out[u.waiting.probe] = (f"waiting for {u.waiting.library} in the traced tree "
-                                            f"({u.waiting.searched}: checked against the copy the tree loads)")
+            for lp in self.probes.values():
+                if lp._pending is not None and lp.status == "active":
+                    out[lp.name] = lp._pending.text_waiting
             return out
 
     def detach(self, probe_id: int, reason: str = "detached by request") -> LiveProbe:
@@ -314,9 +301,17 @@ class DynamicProbes:
                 known = ", ".join(str(i) for i in sorted(self.probes)) or "none"
                 raise NotFound(f"no probe with id {probe_id}", hint=f"probe ids: {known}")
             if lp.status == "active":
-                lp._session.detach(lp.name, reason)
-                self._end(lp, lp._session.ended.get(lp.name, reason))
+                self._stop(lp, reason)
             return lp
+
+    def _stop(self, lp: LiveProbe, reason: str) -> None:
+        """End an active probe: its links closed (or its wait given up), why in the database."""
+        if lp._pending is not None:
+            lp._pending.ended = reason
+            self._end(lp, reason)
+        else:
+            lp._session.detach(lp.name, reason)
+            self._end(lp, lp._session.ended.get(lp.name, reason))
 
     def _end(self, lp: LiveProbe, reason: str) -> None:
         lp.status = "ended"
@@ -342,12 +337,8 @@ class DynamicProbes:
         with self._lock:
             for lp in self.probes.values():
                 if lp.status == "active":
-                    lp._session.detach(lp.name, reason)
-                    self._end(lp, lp._session.ended.get(lp.name, reason))
-            for u in self._unresolved:
-                if not u.bound and not u.ended:
-                    u.ended = f"{u.waiting.library} never appeared in the traced tree ({reason})"
-                    self._record_unresolved(u, u.ended)
+                    self._stop(lp, f"{lp._pending.waiting.library} never appeared in the traced tree ({reason})"
+                               if lp._pending is not None else reason)
 
     def end_owned(self, owner: str, reason: str) -> list[LiveProbe]:
         """End every active probe attached by ``owner`` (a client session that went away)."""
@@ -355,8 +346,7 @@ class DynamicProbes:
             ended = []
             for lp in self.probes.values():
                 if lp.status == "active" and lp.owner == owner:
-                    lp._session.detach(lp.name, reason)
-                    self._end(lp, lp._session.ended.get(lp.name, reason))
+                    self._stop(lp, reason)
                     ended.append(lp)
             return ended
 
@@ -373,6 +363,11 @@ class DynamicProbes:
 
         with self._lock:
             n = 0
+            now = time.monotonic()
+            for lp in list(self.probes.values()):
+                if lp._pending is not None and lp.status == "active" and now >= lp.deadline:
+                    self._stop(lp, f"ttl {lp.budgets.ttl_s:g}s elapsed while waiting for {lp._pending.waiting.library} "
+                                   "in the traced tree")
             for session in self._sessions:
                 if not session.loaded:
                     continue
@@ -442,11 +437,15 @@ class DynamicProbes:
     def stats(self, probe_id: int):
         lp = self.get(probe_id)
         with self._lock:
+            if lp._session is None:
+                return None  # still waiting for its library (or never found it): nothing ran
             return lp._session.stats(lp.name) if lp._session.loaded else lp.final_stats
 
     def aggregates(self, probe_id: int) -> list:
         lp = self.get(probe_id)
         with self._lock:
+            if lp._session is None:
+                return []
             if not lp._session.loaded:
                 return list(lp.final_aggregates or [])
             return lp._session.aggregates(lp.name)
@@ -456,7 +455,7 @@ class DynamicProbes:
             self.tick()
             self.end_all(reason)
             for lp in self.probes.values():  # keep the final counts readable after the BPF objects go
-                if lp._session.loaded:
+                if lp._session is not None and lp._session.loaded:
                     try:
                         lp.final_stats = lp._session.stats(lp.name)
                         lp.final_aggregates = lp._session.aggregates(lp.name)
@@ -477,10 +476,23 @@ class _Unresolved:
     bound: bool = False
     ended: str = ""
 
+    @property
+    def text_waiting(self) -> str:
+        return (f"waiting for {self.waiting.library} in the traced tree ({self.waiting.searched}: checked against "
+                "the copy the tree loads)")
+
     def names(self, lib) -> bool:
         from ingero.symbols.discovery import names_library
 
         return names_library(self.waiting.library, lib.path, lib.soname)
+
+
+def _probe_text(result, name: str) -> str:
+    """The lines of probe ``name`` in a checked spec's text (the whole text if the parse tree is missing)."""
+    for p in result.tree.probes if result.tree is not None else ():
+        if p.name == name:
+            return "\n".join(result.source.text.splitlines()[p.span.line - 1 : p.span.end_line])
+    return result.source.text
 
 
 def _field_type(v) -> str:

@@ -55,7 +55,7 @@ class TraceOptions:
     selective: bool = False  # upstream's selective storage (see ingero.tracer.selective)
     preattach: bool = True  # attach to every libcudart/libcuda on the search paths at start
     probe_specs: tuple[tuple[str, str], ...] = ()  # (name, DSL text) attached at start
-    probe_limits: object = None  # ingero.tracer.dynamic.ProbeLimits; None = the defaults
+    probe_limits: object = None  # ingero.tracer.policy.ProbeLimits; None = the defaults
     cuda_ringbuf_pages: int = 4096  # 16 MiB: ~0.5 s of calls at 400k/s, a stall of the writer absorbed
 
 
@@ -183,10 +183,7 @@ class TraceSession:
                 # a command has not loaded anything yet: checked on the search paths, bound when it maps it;
                 # a library found nowhere is waited for, the probe checked against the copy the tree loads
                 result = self.check_spec(text, name, in_process=not self.command, may_wait=True)
-                spec = result.resolved()
-                if spec.probes:
-                    self.dynamic.attach(spec, owner="command line")
-                self.dynamic.wait_for(result, owner="command line")
+                self.dynamic.add(result, owner="command line")
             if self._watcher is not None:
                 # held processes are bound and let go on a thread of their own: a stalled main loop (the
                 # writer, the live view) never leaves one stopped
@@ -304,6 +301,14 @@ class TraceSession:
         if self.dynamic is None or self._closed:
             raise IngeroError("the trace is not running")
         return self.dynamic.attach(spec, owner=owner)
+
+    def add_checked(self, result, *, owner: str = "", policy=None) -> list:
+        """Widen the trace with a spec checked with ``may_wait``: its resolved probes attached now, those
+        whose library was found nowhere waiting for it in the traced tree (see :meth:`DynamicProbes.add`;
+        ``policy``: a :class:`~ingero.tracer.policy.BindPolicy` judging them on the file the tree loads)."""
+        if self.dynamic is None or self._closed:
+            raise IngeroError("the trace is not running")
+        return self.dynamic.add(result, owner=owner, policy=policy)
 
     def _bind_load(self, load) -> None:
         """A traced process opened a watched library (called on the watcher's thread, the process held):

@@ -4,7 +4,11 @@
  *                                   parent waits for both and calls nothing
  *   twins_driver late LIB K         prints "ready", waits for a line on stdin, then dlopens LIB and calls
  *                                   call_a(K) at once; prints "a PID K"
- * Links libtwins dynamically (calls, fork) or not at all (late). */
+ *   twins_driver after GO OUT N1 N2 writes its lines to OUT; waits until the file GO exists, then dlopens
+ *                                   the library, calls call_a(N1) ("a PID N1") and forks a child that
+ *                                   calls call_a(N2) ("a CHILD N2"); stdin is never read (under
+ *                                   `ingero mcp --live -- CMD` it is the MCP channel)
+ * Links libtwins dynamically (calls, fork) or not at all (late, after). */
 #include <dlfcn.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -51,6 +55,29 @@ int main(int argc, char **argv) {
                 fflush(stdout);
                 _exit(0);
             }
+        }
+        while (wait(NULL) > 0)
+            ;
+        return 0;
+    }
+    if (!strcmp(argv[1], "after") && argc == 6) {
+        if (!freopen(argv[3], "w", stdout))
+            return 4;
+        printf("ready\n");
+        fflush(stdout);
+        while (access(argv[2], F_OK) != 0)
+            usleep(10000);
+        int n1 = atoi(argv[4]), n2 = atoi(argv[5]);
+        call_fn a = lookup(lib, "call_a");
+        a(n1);
+        printf("a %d %d\n", getpid(), n1);
+        fflush(stdout);
+        pid_t pid = fork();
+        if (pid == 0) {
+            a(n2);
+            printf("a %d %d\n", getpid(), n2);
+            fflush(stdout);
+            _exit(0);
         }
         while (wait(NULL) > 0)
             ;
