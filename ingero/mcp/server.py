@@ -472,7 +472,9 @@ def _add_probe_tools(server: MCPServer, probes: ProbeTools, attach: bool) -> Non
 
     @server.tool(structured_output=False, description=(
         "Attach a probe spec to the traced process now (validate it first with validate_probe). Returns the "
-        "probe id, the symbols attached and the budgets in force. Guards: libraries on the allow-list only, "
+        "probe id, the symbols attached and the budgets in force; a library no traced process has loaded yet "
+        "is waited for ('waiting for LIB in the traced tree': checked and judged again on the file a process "
+        "loads). Guards: libraries on the allow-list only, "
         f"only the traced process tree, budgets at most ttl {lim.ttl_s:g}s / events {lim.events} / "
         f"{lim.max_symbols} symbols (a spec may lower them), at most {lim.max_probes} live probes. The probe "
         "ends at its budget, when the target exits, on detach_probe, or when this client session ends. Its "

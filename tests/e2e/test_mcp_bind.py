@@ -44,6 +44,12 @@ def test_attach_probe_waits_for_a_library_only_the_command_has(need_bpf, twins, 
             out["attached"] = await call(s, "attach_probe", spec=SPEC)
             never = await call(s, "attach_probe", spec="probe z = libtwins_never.so.2:twin\n")
             out["ids"] = (_probe_id(out["attached"]), _probe_id(never))
+            # a waiting probe ends like any other: detached by request, or its ttl (run from the attach)
+            gone = _probe_id(await call(s, "attach_probe", spec="probe d = libtwins_other.so.5:twin\n"))
+            out["detached"] = await call(s, "detach_probe", probe_id=gone)
+            short = _probe_id(await call(s, "attach_probe", spec="probe t = libtwins_t.so.4:twin\n    limit ttl 1s\n"))
+            out["ttl_listed"] = await wait_text(s, "list_probes", lambda t: "ttl 1s elapsed while waiting" in t)
+            out["short"] = (gone, short)
             out["waiting"] = await call(s, "list_probes")
             out["res_waiting"] = await call(s, "get_probe_results", probe_id=out["ids"][0])
             go.touch()
@@ -61,6 +67,11 @@ def test_attach_probe_waits_for_a_library_only_the_command_has(need_bpf, twins, 
     rows = {int(ln.split(",")[0]): ln.split(",") for ln in out["waiting"].splitlines() if ln[:1].isdigit()}
     assert rows[sid][2] == "waiting" and rows[zid][2] == "waiting", out["waiting"]
     assert f"probe {sid} 's': waiting (waiting for libtwins.so.1 in the traced tree" in out["res_waiting"]
+    gone, short = out["short"]
+    assert f"detached probe {gone} 'd'" in out["detached"]
+    assert rows[gone][2] == "ended" and "detached by request" in ",".join(rows[gone]), out["waiting"]
+    assert rows[short][2] == "ended" and "ttl 1s elapsed while waiting for libtwins_t.so.4 in the traced tree" in \
+        ",".join(rows[short]), out["waiting"]
     # ground truth: the program's own printout (the parent and its forked child)
     truth = _printed(printed.read_text())
     assert sorted(truth.values()) == [3, 4], printed.read_text()
@@ -73,7 +84,7 @@ def test_attach_probe_waits_for_a_library_only_the_command_has(need_bpf, twins, 
     # the row registered while it waited, completed under the same id when it was bound
     stored = db_rows(db, f"SELECT library, fields, symbols FROM probes WHERE id = {sid}")
     assert stored == [("libtwins.so.1", '[{"name":"pid","type":"u32","column":"v0"}]', '["twin"]')], stored
-    assert db_rows(db, "SELECT COUNT(*) FROM probes") == [(2,)]
+    assert db_rows(db, "SELECT COUNT(*) FROM probes") == [(4,)]
     binds = [json.loads(r[3])["_ingero"] | {"outcome": r[2]} for r in audit_rows(audit_db) if r[0] == "probe/bind"]
     assert [(b["probe_id"], b["library"], b["outcome"]) for b in binds] == [
         (sid, str(twins / "libtwins.so.1"), "ok")], binds
