@@ -14,9 +14,7 @@
  * user space won the insert meanwhile, it undoes its own stop (SIGCONT cancels a pending SIGSTOP). User
  * space, finding HELD, continues the child. Any SIGCONT also ends the stop early: the child runs on, and
  * calls it makes before its links exist are not seen (user space counts such processes). User space's
- * side: ingero/tracer/follow.py. */
-#define HOLD_LINKED 1
-#define HOLD_HELD 2
+ * side: ingero/tracer/follow.py, which owns HOLD_LINKED and HOLD_HELD and gives them as -D definitions. */
 
 BPF_HASH(ingero_linked, u32, u8, 16384);
 BPF_RINGBUF_OUTPUT(holds, 16);

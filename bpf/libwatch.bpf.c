@@ -10,15 +10,13 @@
  * watch_targets: the traced tree, seeded by user space, followed through forks and exits here (a private map:
  * a live trace's standard set keeps its own). Its value: TARGET_HOLD (held at a watched open when HOLD is
  * set; every process a fork adds) or TARGET_NO_HOLD (user space's choice for a root it must not stop: the
- * foreground job of a terminal, whose shell would take the stop for a Ctrl-Z). */
+ * foreground job of a terminal, whose shell would take the stop for a Ctrl-Z).
+ *
+ * NAME_LEN, MAX_NAMES, TARGET_HOLD and TARGET_NO_HOLD come from ingero/runtime/libwatch.py as -D definitions. */
 #include <uapi/linux/ptrace.h>
 
 #define SIGSTOP 19
-#define NAME_LEN 64
-#define MAX_NAMES 8
 #define PATH_LEN 256
-#define TARGET_HOLD 1
-#define TARGET_NO_HOLD 2
 
 /* a prefix of a file name, as 8 words and the mask of its bytes (a stem is watched as "libcudart.") */
 struct watch_name {

@@ -36,11 +36,13 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 
 from ingero.errors import BpfUnavailable, IngeroError
+from ingero.runtime.links import FOLLOW_DEFINES
 from ingero.runtime.memory import release_compiler_memory
 
 log = logging.getLogger(__name__)
 
-#: the kernel program matches at most this many names, each shorter than NAME_LEN (bpf/libwatch.bpf.c)
+#: the kernel program matches at most this many names, each shorter than NAME_LEN (bpf/libwatch.bpf.c, which
+#: gets these and the TARGET_* values below as -D definitions)
 MAX_NAMES = 8
 NAME_LEN = 64
 #: the longest a process stays stopped at a watched open when :meth:`LibraryWatcher.serve` binds
@@ -143,8 +145,10 @@ class LibraryWatcher:
         bpf_dir = data_dir("bpf")
         text = "\n".join((bpf_dir / name).read_text()
                          for name in ("libwatch.bpf.c", *(("follow.bpf.c",) if self.forks else ())))
+        defines = {"NAME_LEN": NAME_LEN, "MAX_NAMES": MAX_NAMES, "TARGET_HOLD": TARGET_HOLD,
+                   "TARGET_NO_HOLD": TARGET_NO_HOLD} | (FOLLOW_DEFINES if self.forks else {})
         try:
-            self._bpf = BPF(text=text)
+            self._bpf = BPF(text=text, cflags=[f"-D{name}={value}" for name, value in defines.items()])
         except Exception as e:
             raise IngeroError(f"the kernel refused the library watcher: {e}",
                               hint="this is a bug in ingero: report it") from e

@@ -54,6 +54,11 @@ _libc.syscall.restype = ct.c_long
 _libc.syscall.argtypes = [ct.c_long, ct.c_int, ct.c_void_p, ct.c_uint]
 
 
+#: ``ingero_linked`` values of ``bpf/follow.bpf.c`` (the fork handshake, :mod:`ingero.tracer.follow`), given to
+#: each loader of that file as ``-D`` definitions: the C file does not write them again
+HOLD_LINKED, HOLD_HELD = 1, 2
+FOLLOW_DEFINES: dict[str, int] = {"HOLD_LINKED": HOLD_LINKED, "HOLD_HELD": HOLD_HELD}
+
 @dataclass
 class UprobeMultiLink:
     """One attached link: ``cnt`` uprobes (or uretprobes) of one file. ``close()`` detaches all of them."""

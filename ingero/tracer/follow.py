@@ -27,14 +27,13 @@ import threading
 import time
 from collections.abc import Callable
 
+from ingero.runtime.links import HOLD_HELD, HOLD_LINKED
 from ingero.runtime.ring import RingReader
 
 log = logging.getLogger(__name__)
 
 #: ``struct hold_event`` (bpf/follow.bpf.c) after the ring's record header: pid, when it stopped (ns)
 HOLD_RECORD = struct.Struct("<8xI4xQ")
-#: ``ingero_linked`` values (bpf/follow.bpf.c)
-HOLD_LINKED, HOLD_HELD = 1, 2
 _BPF_NOEXIST = 1
 HOLDS_RING_PAGES = 16
 

@@ -33,7 +33,13 @@ from dataclasses import dataclass, fields
 
 from ingero.paths import data_dir
 from ingero.runtime.bpfobj import BpfObject
-from ingero.runtime.links import BPF_TRACE_UPROBE_MULTI, LinkSpec, ProcessLinks, UprobeMultiLink
+from ingero.runtime.links import (
+    BPF_TRACE_UPROBE_MULTI,
+    FOLLOW_DEFINES,
+    LinkSpec,
+    ProcessLinks,
+    UprobeMultiLink,
+)
 from ingero.runtime.memory import release_compiler_memory
 from ingero.runtime.ring import RingReader, record_checks
 from ingero.runtime.shared import SharedNames
@@ -166,7 +172,7 @@ class StandardTracer(BpfObject):
             cflags=[f"-I{bpf_dir}", f"-DRINGBUF_PAGES={self.ringbuf_pages}",
                     f"-DCUDA_RINGBUF_PAGES={self.cuda_ringbuf_pages}", f"-DSTACKS={int(self.stacks)}",
                     f"-DINGERO_PY={int(self.python_frames)}",
-                    *(f"-D{name}={value}" for name, value in (HOST_DEFINES | CALL_DEFINES).items())],
+                    *(f"-D{name}={value}" for name, value in (HOST_DEFINES | CALL_DEFINES | FOLLOW_DEFINES).items())],
         )
         try:
             if self.python_frames:
