@@ -206,7 +206,8 @@ async def http_session(url: str, token: str, terminate_on_close: bool = True):
 
 def test_investigation_over_http_and_clients_that_go_away(need_bpf, tmp_path: Path):
     """The same investigation over streamable HTTP; then a client that closes its session (DELETE) and one
-    that vanishes without a word (idle timeout): the probes each attached end with their session."""
+    that vanishes without a word (idle timeout): the probes each attached end with their session, the one
+    waiting for a library no traced process has mapped as well as the attached one."""
     db, audit_db = tmp_path / "live.db", tmp_path / "audit.db"
     port, token = _free_port(), "live-http-token"
     url = f"http://127.0.0.1:{port}/mcp"
@@ -218,29 +219,33 @@ def test_investigation_over_http_and_clients_that_go_away(need_bpf, tmp_path: Pa
             async def main():
                 async with http_session(url, token) as s:
                     await investigate(s, w, db)
-                ids = []
+                ids, waiting = [], []
                 for close in (True, False):
                     async with http_session(url, token, terminate_on_close=close) as s:
                         text = await call(s, "attach_probe", spec="probe frees = libcudart:cudaFree\n  record pid\n")
                         ids.append(int(text.split("attached probe ")[1].split()[0]))
+                        # and one waiting for a library the workload never maps: it ends with its session too
+                        text = await call(s, "attach_probe", spec="probe blas = libcublas.so.12:cublasCreate_v2\n")
+                        assert "waiting for libcublas.so.12 in the traced tree" in text, text
+                        waiting.append(int(text.split("attached probe ")[1].split()[0]))
                 async with http_session(url, token) as s:
                     gone = "the MCP client session that attached it ended (HTTP session closed)"
                     t0 = time.monotonic()
-                    listed = await wait_text(s, "list_probes", lambda t: t.count(gone) == 2, timeout=20)
-                    return ids, listed, time.monotonic() - t0
+                    listed = await wait_text(s, "list_probes", lambda t: t.count(gone) == 4, timeout=20)
+                    return ids, waiting, listed, time.monotonic() - t0
 
-            ids, listed, waited = anyio.run(main)
+            ids, waiting, listed, waited = anyio.run(main)
         finally:
             proc.terminate()
             proc.wait(30)
-    for i in ids:
-        row = [ln for ln in listed.splitlines() if ln.startswith(f"{i},frees,")]
+    for name, i in [("frees", i) for i in ids] + [("blas", i) for i in waiting]:
+        row = [ln for ln in listed.splitlines() if ln.startswith(f"{i},{name},")]
         assert row and ",ended," in row[0], listed
     assert waited < 15
     check_audit(audit_db, "http")
     check_audit_http = [r for r in audit_rows(audit_db) if r[0] == "tools/call"]
     assert all(r[4] == "http" for r in check_audit_http)
-    assert [r[1] for r in check_audit_http].count("attach_probe") == 3
+    assert [r[1] for r in check_audit_http].count("attach_probe") == 5
 
 
 def test_estimate_is_within_2x_of_the_recorded_rate(need_bpf, tmp_path: Path):
