@@ -16,9 +16,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ingero.analysis import causal_chains, trace_stats
-from ingero.analysis.chains import replay_chains
+from ingero.analysis.chains import failure_chains, replay_chains
 from ingero.analysis.failures import error_label, error_name, find_failures, trace_calls_check
 from ingero.analysis.stacks import resolve_any_op, resolve_source
+from ingero.analysis.window import ALL, TimeWindow, events_access
 from ingero.catalogue import DATA_DIR
 from ingero.errors import IngeroError
 from ingero.store import TraceReader
@@ -137,3 +138,52 @@ def test_source_names_and_bad_names():
         resolve_source("hots")
     assert "did you mean 'host'" in str(e.value.hint) and set(SOURCE_NAMES.values()) == set(
         e.value.message.split(": use a code or one of ")[1].split(", "))
+
+
+@pytest.fixture()
+def spread(tmp_path) -> Path:
+    """A copy of upstream's DataLoader database whose CUDA calls are split between two pids (every third
+    to pid 2254) and fail with three codes spread over the trace, so a pid or time filter changes each count."""
+    db = tmp_path / "spread.db"
+    shutil.copy(DATALOADER, db)
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("UPDATE events SET pid = 2254 WHERE source IN (1, 4) AND rowid % 3 = 0")
+        conn.execute("UPDATE events SET ret_code = 100 WHERE source = 4 AND rowid % 4 = 1")
+        conn.execute("UPDATE events SET ret_code = 35 WHERE source = 1 AND rowid % 5 = 2")
+        conn.execute("UPDATE events SET ret_code = 2 WHERE source = 1 AND rowid % 7 = 3")
+    conn.close()
+    return db
+
+
+def test_failure_counts_with_pid_and_time_filters_equal_direct_sql(spread):
+    (first, last), = _direct(spread, "SELECT MIN(timestamp), MAX(timestamp) FROM events WHERE source IN (1, 4)")
+    (t0, t1), = _direct(spread, "SELECT MIN(timestamp), MAX(timestamp) FROM events")
+    mid = (first + last) // 2
+    narrow = TimeWindow(mid - (t1 - t0) // 20, mid + (t1 - t0) // 20)  # 10% of the trace: the timestamp index
+    wide = TimeWindow(mid, None)                                        # a pass over the table
+    with TraceReader.open(spread) as r:
+        assert events_access(r, narrow) == "INDEXED BY idx_events_timestamp"
+        assert events_access(r, wide) == events_access(r, ALL) == "NOT INDEXED"
+        for w in (ALL, narrow, wide, TimeWindow(None, mid)):
+            for pids in ((), (2233,), (2254,), (2233, 2254), (999,)):
+                where = " AND ".join(["source IN (1, 4)"] + ([f"timestamp >= {w.start_ns}"] if w.start_ns else [])
+                                     + ([f"timestamp <= {w.end_ns}"] if w.end_ns else [])
+                                     + ([f"pid IN ({','.join(map(str, pids))})"] if pids else []))
+                calls = dict(_direct(spread, f"SELECT source, COUNT(*) FROM events WHERE {where} GROUP BY 1"))
+                failing = {(s, o, rc): n for s, o, rc, n in _direct(
+                    spread, f"SELECT source, op, ret_code, COUNT(*) FROM events WHERE {where} AND ret_code != 0 "
+                            "GROUP BY 1, 2, 3")}
+                f = find_failures(r, w, pids)
+                assert f.calls == calls, (w, pids)
+                assert {(e.source, e.op, e.code): e.count for e in f.errors} == failing, (w, pids)
+                # the finding's text, as get_causal_chains and get_check say it
+                want = set()
+                for (s, code) in {(s, c) for s, _, c in failing}:
+                    n = sum(v for (s2, _, c2), v in failing.items() if (s2, c2) == (s, code))
+                    what = "CUDA runtime calls" if s == 1 else "CUDA driver calls"
+                    want.add(f"{n} of {calls[s]} {what} returned {error_label(s, code)}")
+                got = {c.summary.split(":")[0] for c in failure_chains(r, w, pids)}
+                assert got == want, (w, pids)
+                if pids == () and w == ALL:
+                    assert len(want) == 3 and trace_calls_check(r).status == "FAIL"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from ingero.analysis.window import ALL, TimeWindow
+from ingero.analysis.window import ALL, TimeWindow, events_access
 from ingero.host import Check
 from ingero.store.reader import TraceReader
 from ingero.store.schema import SOURCE_CUDA, SOURCE_DRIVER, op_name
@@ -114,22 +114,30 @@ NONE = Failures((), {})
 
 
 def find_failures(reader: TraceReader, window: TimeWindow = ALL, pids: tuple[int, ...] = ()) -> Failures:
-    """Counts of the CUDA runtime and driver calls of the window that returned an error (ret_code != 0)."""
+    """Counts of the CUDA runtime and driver calls of the window that returned an error (ret_code != 0).
+
+    Two queries, neither sorting every call: the calls per source (the whole trace: from the covering index
+    on ``source``; a pid filter: one pass over the table; a time window: see ``events_access``), and the
+    failing calls per (source, op, code), one pass over the table or the window's rows."""
     if not (reader.has_table("events") and reader.has_column("events", "ret_code")):
         return NONE
     where, params = window.sql("timestamp")
-    parts = [f"source IN ({SOURCE_CUDA}, {SOURCE_DRIVER})"] + ([where] if where else [])
+    # "+": no index on source or pid (the window's access path says which, if any, is used)
+    parts = [f"+source IN ({SOURCE_CUDA}, {SOURCE_DRIVER})"] + ([where] if where else [])
     if pids:
-        parts.append(f"pid IN ({','.join('?' * len(pids))})")
+        parts.append(f"+pid IN ({','.join('?' * len(pids))})")
         params = list(params) + list(pids)
-    rows = reader.query(f"SELECT source, op, ret_code, COUNT(*) FROM events WHERE {' AND '.join(parts)} "
-                        "GROUP BY source, op, ret_code", params)
-    calls: dict[int, int] = {}
-    errors = []
-    for s, o, rc, n in rows:
-        calls[s] = calls.get(s, 0) + n
-        if rc:
-            errors.append(OpErrors(s, o, op_name(s, o), rc, error_name(s, rc), n))
+    access = events_access(reader, window)
+    cond = " AND ".join(parts)
+    if window.is_open and not pids:
+        rows = reader.query(f"SELECT source, COUNT(*) FROM events WHERE source IN ({SOURCE_CUDA}, "
+                            f"{SOURCE_DRIVER}) GROUP BY source")
+    else:
+        rows = reader.query(f"SELECT source, COUNT(*) FROM events {access} WHERE {cond} GROUP BY source", params)
+    calls = {s: n for s, n in rows}
+    rows = reader.query(f"SELECT source, op, ret_code, COUNT(*) FROM events {access} WHERE ret_code != 0 AND "
+                        f"{cond} GROUP BY source, op, ret_code", params)
+    errors = [OpErrors(s, o, op_name(s, o), rc, error_name(s, rc), n) for s, o, rc, n in rows]
     errors.sort(key=lambda e: (-e.count, e.source, e.op, e.code))
     return Failures(tuple(errors), calls)
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from ingero.errors import IngeroError
+from ingero.store.reader import TraceReader
 
 _UNITS_NS = {"ns": 1, "us": 1_000, "µs": 1_000, "μs": 1_000, "ms": 1_000_000, "s": 10**9, "m": 60 * 10**9,
              "h": 3600 * 10**9, "d": 86400 * 10**9, "w": 7 * 86400 * 10**9}
@@ -44,6 +45,26 @@ class TimeWindow:
 
 #: the whole trace
 ALL = TimeWindow()
+
+#: a window over at most this share of the trace's time span is read through the timestamp index; a wider
+#: one, or the whole trace, in one pass over the table (a row found through an index costs several rows of a
+#: plain scan: on 1M events a scan takes ~0.05 s, the index ~0.3 s for all rows)
+INDEX_SHARE = 0.1
+TIME_INDEX = "idx_events_timestamp"
+
+
+def events_access(reader: TraceReader, window: TimeWindow) -> str:
+    """How a query over the events of ``window`` reads ``events``: ``INDEXED BY idx_events_timestamp`` for a
+    window over a small share of the trace, else ``NOT INDEXED`` (one pass; SQLite would otherwise pick the
+    source or pid index for an ``IN`` and look up nearly every row through it). Goes after the table name."""
+    bounds = reader.time_bounds
+    if window.is_open or bounds is None or not reader.has_index(TIME_INDEX):
+        return "NOT INDEXED"
+    first, last = bounds
+    lo = first if window.start_ns is None else max(first, window.start_ns)
+    hi = last if window.end_ns is None else min(last, window.end_ns)
+    span = max(last - first, 1)
+    return f"INDEXED BY {TIME_INDEX}" if max(hi - lo, 0) <= INDEX_SHARE * span else "NOT INDEXED"
 
 
 def parse_duration_ns(text: str) -> int:

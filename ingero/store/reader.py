@@ -135,6 +135,10 @@ class TraceReader:
     def has_column(self, table: str, column: str) -> bool:
         return column in self.tables.get(table, ())
 
+    def has_index(self, name: str) -> bool:
+        return self.conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?",
+                                 (name,)).fetchone() is not None
+
     @cached_property
     def schema_version(self) -> str:
         if self.has_table("schema_info"):
