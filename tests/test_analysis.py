@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import math
+import shutil
 import sqlite3
 
 import pytest
 
-from ingero.analysis import TimeWindow, causal_chains, make_window, top_stacks, trace_stats
+from ingero.analysis import TimeWindow, causal_chains, durations, make_window, top_stacks, trace_stats
 from ingero.analysis.chains import CausalChain, dedup_stored, replay_chains
 from ingero.analysis.demo import SCENARIOS, find_scenario, generate, run_scenario, scenario_db
 from ingero.analysis.stacks import parse_frames, render_frame
 from ingero.analysis.stats import nearest_rank
-from ingero.analysis.window import go_duration, parse_duration_ns, parse_time
+from ingero.analysis.window import events_access, go_duration, parse_duration_ns, parse_time
 from ingero.errors import IngeroError
 from ingero.host import format_checks, run_all_checks
 from ingero.store import TraceReader
@@ -217,3 +218,66 @@ def test_system_check_shape():
                                         "Privileges", "ptrace_scope"]
     text = format_checks(checks)
     assert all(line.split("]")[0] in ("[PASS", "[FAIL", "[INFO") for line in text.splitlines())
+
+
+def _sql_stats(db, where: str, params: tuple) -> dict[tuple[int, int], tuple]:
+    """Per op, by SQL alone: count, nearest-rank p50/p95/p99 (row ceil(p*n) of the op's sorted durations),
+    min, max, sum, and the events slower than 3x p50."""
+    rows = _sql(db, f"""
+        WITH r AS (SELECT source, op, duration, COUNT(*) OVER (PARTITION BY source, op) AS n,
+                          ROW_NUMBER() OVER (PARTITION BY source, op ORDER BY duration) AS rn FROM events {where})
+        SELECT source, op, n, MAX(CASE WHEN rn = (50 * n + 99) / 100 THEN duration END),
+               MAX(CASE WHEN rn = (95 * n + 99) / 100 THEN duration END),
+               MAX(CASE WHEN rn = (99 * n + 99) / 100 THEN duration END), MIN(duration), MAX(duration), SUM(duration)
+        FROM r GROUP BY source, op""", params)
+    out = {}
+    for s, o, *vals in rows:
+        p50 = vals[1]
+        (slow,), = _sql(db, f"SELECT COUNT(*) FROM events {where} {'AND' if where else 'WHERE'} source = ? AND "
+                            "op = ? AND duration > ?", (*params, s, o, 3 * p50))
+        out[(s, o)] = (*vals, slow if p50 > 0 else 0)
+    return out
+
+
+@pytest.mark.parametrize("path", ["filter", "group_by"])
+@pytest.mark.parametrize("db", DBS, ids=[d.stem for d in DBS])
+def test_stats_with_pid_and_window_equal_sql_percentiles(db, path, monkeypatch):
+    """Each op's count, p50/p95/p99, min, max, sum and anomalies equal a computation in SQL alone, for the
+    whole trace, the busiest pid, a window (both access paths) and both ways durations are read."""
+    if path == "group_by":
+        monkeypatch.setattr(durations, "FILTER_OPS", 0)
+    (t0, t1), = _sql(db, "SELECT MIN(timestamp), MAX(timestamp) FROM events")
+    (pid, _), = _sql(db, "SELECT pid, COUNT(*) FROM events GROUP BY pid ORDER BY 2 DESC LIMIT 1")
+    mid, span = (t0 + t1) // 2, t1 - t0
+    cases = [(TimeWindow(), ()), (TimeWindow(), (pid,)), (TimeWindow(t0 + span // 4, t1 - span // 4), ()),
+             (TimeWindow(mid - span // 40, mid + span // 40), (pid,))]
+    with TraceReader.open(db) as r:
+        assert events_access(r, cases[3][0]) == "INDEXED BY idx_events_timestamp"
+        for w, pids in cases:
+            st = trace_stats(r, w, pids)
+            conds = [c for c, on in (("timestamp >= ?", w.start_ns is not None),
+                                     ("timestamp <= ?", w.end_ns is not None), ("pid = ?", bool(pids))) if on]
+            params = tuple(x for x in (w.start_ns, w.end_ns, *pids) if x is not None)
+            want = _sql_stats(db, f"WHERE {' AND '.join(conds)}" if conds else "", params)
+            got = {(x.source, x.op): (x.count, x.p50_ns, x.p95_ns, x.p99_ns, x.min_ns, x.max_ns, x.sum_ns,
+                                      x.anomalies) for x in st.ops}
+            assert got == want, (w, pids)
+            assert st.stored_events == sum(v[0] for v in want.values())
+
+
+def test_durations_that_are_not_integers_are_read_as_stored(tmp_path):
+    """A duration SQLite holds as a REAL (a database written by something else) is not rounded: the read
+    falls back to rows and returns the stored values."""
+    db = tmp_path / "real.db"
+    shutil.copy(DATALOADER, db)
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("UPDATE events SET duration = duration + 0.5 WHERE rowid % 10 = 0")
+    conn.close()
+    want: dict[tuple[int, int], list] = {}
+    for s, o, d in _sql(db, "SELECT source, op, duration FROM events"):
+        want.setdefault((s, o), []).append(d)
+    assert any(isinstance(d, float) for ds in want.values() for d in ds)
+    with TraceReader.open(db) as r:
+        got = durations.op_durations(r, "", [])
+    assert got == {k: sorted(v) for k, v in want.items()}

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections import defaultdict
 from dataclasses import dataclass
 
+from ingero.analysis.durations import op_durations
 from ingero.analysis.failures import NONE, Failures, OpErrors, find_failures
-from ingero.analysis.window import ALL, TimeWindow
+from ingero.analysis.window import ALL, TimeWindow, events_access
 from ingero.store.reader import TraceReader
 from ingero.store.schema import SOURCE_PROBE, op_name
 
@@ -85,15 +85,8 @@ def trace_stats(reader: TraceReader, window: TimeWindow = ALL, pids: tuple[int, 
     if not reader.has_table("events"):
         return TraceStats((), 0, 0, 0, window)
     where, params = event_filter(reader, window, pids)
-    durations: dict[tuple[int, int], list[int]] = defaultdict(list)
+    durations = op_durations(reader, where, params, events_access(reader, window))
     first = last = None
-    cur = reader.conn.execute(f"SELECT source, op, duration FROM events {where}", params)
-    while True:
-        batch = cur.fetchmany(50_000)
-        if not batch:
-            break
-        for s, o, d in batch:
-            durations[(s, o)].append(d)
     b = reader.conn.execute(f"SELECT MIN(timestamp), MAX(timestamp) FROM events {where}", params).fetchone()
     if b and b[0] is not None:
         first, last = b
@@ -104,7 +97,6 @@ def trace_stats(reader: TraceReader, window: TimeWindow = ALL, pids: tuple[int, 
     probes = reader.probe_ops
     ops = []
     for (s, o), ds in durations.items():
-        ds.sort()
         name, desc = op_name(s, o), ""
         if s == SOURCE_PROBE and o in probes:  # a dynamic probe's events go by the probe's name
             name, desc = f"probe:{probes[o][0]}", probes[o][1]
