@@ -281,3 +281,91 @@ def test_durations_that_are_not_integers_are_read_as_stored(tmp_path):
     with TraceReader.open(db) as r:
         got = durations.op_durations(r, "", [])
     assert got == {k: sorted(v) for k, v in want.items()}
+
+
+def _sql_context(db, w: TimeWindow, pids: tuple[int, ...]) -> dict:
+    """What replay's context holds, each figure by a plain SQL query of its own."""
+    win = [c for c, on in ((f"timestamp >= {w.start_ns}", w.start_ns is not None),
+                           (f"timestamp <= {w.end_ns}", w.end_ns is not None)) if on]
+    p = ",".join(map(str, pids))
+    mine = [f"pid IN ({p})"] if pids else []
+    sched = [f"(pid IN ({p}) OR arg1 IN ({p}))"] if pids else []
+
+    def one(expr: str, *conds: str) -> int:
+        (v,), = _sql(db, f"SELECT {expr} FROM events WHERE {' AND '.join([*win, *conds]) or '1'}")
+        return v or 0
+
+    out = {"sched": one("COUNT(*)", "source = 3 AND op = 1", *sched),
+           "off_cpu_ns": one("SUM(duration)", "source = 3 AND op = 1", *sched),
+           "alloc_count": one("COUNT(*)", "source = 3 AND op = 3", *mine),
+           "alloc_bytes": one("SUM(arg0)", "source = 3 AND op = 3", *mine),
+           "oom": one("COUNT(*)", "source = 3 AND op IN (4, 12)", *mine),
+           "pod_restart": one("COUNT(*)", "source = 3 AND op = 10", *mine),
+           "pod_eviction": one("COUNT(*)", "source = 3 AND op = 11", *mine),
+           "io_count": one("COUNT(*)", "source = 5", *mine), "io_total_ns": one("SUM(duration)", "source = 5", *mine),
+           "io_max_ns": one("MAX(duration)", "source = 5", *mine),
+           "io_bytes": 512 * one("SUM(arg0)", "source = 5", *mine),
+           "io_reads": one("COUNT(*)", "source = 5 AND op = 1", *mine),
+           "io_writes": one("COUNT(*)", "source = 5 AND op = 2", *mine),
+           "tcp": one("COUNT(*)", "source = 6", *mine), "net_count": one("COUNT(*)", "source = 7", *mine),
+           "net_bytes": one("SUM(arg1)", "source = 7", *mine)}
+    if not pids:  # whole-host summaries count only without a pid filter
+        out["sched"] += one("SUM(arg0)", "source = 3 AND op = 21")
+        out["off_cpu_ns"] += one("SUM(arg1)", "source = 3 AND op = 21")
+        out["alloc_count"] += one("SUM(arg0)", "source = 3 AND op = 20")
+        out["alloc_bytes"] += one("SUM(arg1)", "source = 3 AND op = 20")
+    ops: dict[tuple[int, int], list[int]] = {}
+    for s, o, d in _sql(db, f"SELECT source, op, duration FROM events WHERE "
+                            f"{' AND '.join([*win, *mine, 'source IN (1, 4)'])} ORDER BY duration"):
+        ops.setdefault((s, o), []).append(d)
+    out["ops"] = ops
+    out["n"] = one("COUNT(*)", f"(pid IN ({p}) OR (source = 3 AND op = 1 AND arg1 IN ({p})))" if pids else "1")
+    return out
+
+
+@pytest.mark.parametrize("db", DBS, ids=[d.stem for d in DBS])
+def test_replay_context_equals_direct_sql(db):
+    """Everything replay decides chains on (counts and sums per cause, each CUDA op's sorted durations, the
+    events analysed) equals plain SQL, for each pid of the trace, the whole trace and windows."""
+    from ingero.analysis.chains import _collect
+
+    (t0, t1), = _sql(db, "SELECT MIN(timestamp), MAX(timestamp) FROM events")
+    span = t1 - t0
+    pids = [(), *((p,) for (p,) in _sql(db, "SELECT DISTINCT pid FROM events ORDER BY pid")), (999_999,)]
+    windows = [TimeWindow(), TimeWindow(t0 + span // 3, None), TimeWindow(t0 + span // 2 - span // 30,
+                                                                          t0 + span // 2 + span // 30)]
+    with TraceReader.open(db) as r:
+        for w in windows:
+            for ps in pids:
+                ctx, n = _collect(r, w, ps)
+                want = _sql_context(db, w, ps)
+                got = {k: getattr(ctx, k) for k in want if k not in ("ops", "n")} | {"ops": dict(ctx.ops), "n": n}
+                assert got == want, (w, ps)
+
+
+def test_replay_names_python_lines_only_when_stacks_have_python_frames(tmp_path):
+    """A trace without Python frames skips the per-chain stack query; one with them names the lines, with
+    counts equal to direct SQL."""
+    from ingero.analysis.stacks import has_python_frames
+    from ingero.store.schema import op_code
+
+    db = tmp_path / "py.db"
+    shutil.copy(DATALOADER, db)
+    with TraceReader.open(db) as r:
+        assert not has_python_frames(r)
+        assert not any(e.layer == "PYTHON" for c in replay_chains(r, pids=(2233,))[0] for e in c.timeline)
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("""UPDATE stack_traces SET frames = '[{"pf":"/app/train.py","pl":' || (abs(hash) % 3 + 1)
+                        || ',"pfn":"step"},' || substr(frames, 2)""")
+    conn.close()
+    s, o = op_code("cudaLaunchKernel")
+    (calls,), = _sql(db, "SELECT COUNT(*) FROM events WHERE source = ? AND op = ? AND pid = 2233", (s, o))
+    want = [f"{n} of {calls} cudaLaunchKernel calls from /app/train.py:{line} in step" for line, n in _sql(
+        db, "SELECT abs(st.hash) % 3 + 1 AS line, COUNT(*) AS n FROM events e JOIN stack_traces st "
+            "ON e.stack_hash = st.hash WHERE e.source = ? AND e.op = ? AND e.pid = 2233 GROUP BY line "
+            "ORDER BY n DESC, line", (s, o))]
+    with TraceReader.open(db) as r:
+        assert has_python_frames(r)
+        launch = next(c for c in replay_chains(r, pids=(2233,))[0] if c.cuda_op == "cudaLaunchKernel")
+    assert [e.detail for e in launch.timeline if e.layer == "PYTHON"] == want and want

@@ -18,9 +18,11 @@ import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from ingero.analysis.failures import CALLS_OF, error_name, find_failures, finding_text, meaning
+from ingero.analysis.durations import op_durations
+from ingero.analysis.failures import CALLS_OF, calls_per_source, error_name, find_failures, finding_text, meaning
+from ingero.analysis.stacks import has_python_frames, top_stacks
 from ingero.analysis.stats import event_filter, nearest_rank
-from ingero.analysis.window import ALL, TimeWindow, go_duration
+from ingero.analysis.window import ALL, TimeWindow, events_access, go_duration
 from ingero.store.reader import TraceReader
 from ingero.store.schema import (
     SOURCE_CUDA,
@@ -180,62 +182,70 @@ def _collect(reader: TraceReader, window: TimeWindow, pids: tuple[int, ...]) -> 
                                                                    int(row[2]), int(row[3]), float(row[4]))
     if not reader.has_table("events"):
         return ctx, 0
-    where, params = event_filter(reader, window)
-    pidset = set(pids)
-    n = 0
-    # the codes, from the one table, as locals of the loop (as fast as literals)
+    # the codes, from the one table
     host, io, tcp, net, calls = SOURCE_HOST, SOURCE_IO, SOURCE_TCP, SOURCE_NET, (SOURCE_CUDA, SOURCE_DRIVER)
     sched, alloc, oom, pod_oom, restart, eviction, alloc_sum, sched_sum = (op_code(name)[1] for name in (
         "sched_switch", "mm_page_alloc", "oom_kill", "pod_oom_kill", "pod_restart", "pod_eviction",
         "mm_page_alloc_summary", "sched_switch_summary"))
     read, write = op_code("block_read")[1], op_code("block_write")[1]
-    cur = reader.conn.execute(f"SELECT source, op, pid, duration, arg0, arg1 FROM events {where}", params)
-    while batch := cur.fetchmany(50_000):
-        for s, o, pid, d, a0, a1 in batch:
-            if s == host:
-                if o == sched and (not pidset or pid in pidset or a1 in pidset):
-                    ctx.sched += 1
-                    ctx.off_cpu_ns += d
-                    n += 1
-                    continue
-                if pidset and pid not in pidset:
-                    continue
-                n += 1
-                if o == alloc:
-                    ctx.alloc_count += 1
-                    ctx.alloc_bytes += a0
-                elif o == oom or o == pod_oom:
-                    ctx.oom += 1
-                elif o == restart:
-                    ctx.pod_restart += 1
-                elif o == eviction:
-                    ctx.pod_eviction += 1
-                elif o == alloc_sum and not pidset:
-                    ctx.alloc_count += a0
-                    ctx.alloc_bytes += a1
-                elif o == sched_sum and not pidset:
-                    ctx.sched += a0
-                    ctx.off_cpu_ns += a1
-                continue
-            if pidset and pid not in pidset:
-                continue
-            n += 1
-            if s in calls:
-                ctx.ops[(s, o)].append(d)
-            elif s == io:
-                ctx.io_count += 1
-                ctx.io_total_ns += d
-                ctx.io_max_ns = max(ctx.io_max_ns, d)
-                ctx.io_bytes += a0 * 512
-                if o == read:
-                    ctx.io_reads += 1
-                elif o == write:
-                    ctx.io_writes += 1
-            elif s == tcp:
-                ctx.tcp += 1
-            elif s == net:
-                ctx.net_count += 1
-                ctx.net_bytes += a1
+    access = events_access(reader, window)
+    # the CUDA runtime and driver calls: every duration, for their percentiles
+    where, params = event_filter(reader, window, pids)
+    ctx.ops.update(op_durations(reader, where, params, access, calls))
+    n = sum(len(ds) for ds in ctx.ops.values())
+    # every other event: counted and summed per op in SQL; a context switch belongs to a pid it left or
+    # entered (arg1: the next pid)
+    where, params = event_filter(reader, window)
+    conds = [where.removeprefix("WHERE ")] if where else []
+    conds.append(f"+source NOT IN ({calls[0]}, {calls[1]})")
+    if pids:
+        marks = ",".join("?" * len(pids))
+        conds.append(f"(+pid IN ({marks}) OR (source = {host} AND op = {sched} AND arg1 IN ({marks})))")
+        params = params + list(pids) + list(pids)
+    # only the sums used below (a sum over every op's arguments could overflow SQLite's 64 bits)
+    dur = f"source = {io} OR (source = {host} AND op = {sched})"
+    arg0 = f"source = {io} OR (source = {host} AND op IN ({alloc}, {alloc_sum}, {sched_sum}))"
+    arg1 = f"source = {net} OR (source = {host} AND op IN ({alloc_sum}, {sched_sum}))"
+    rows = reader.query(
+        f"SELECT source, op, COUNT(*), SUM(CASE WHEN {dur} THEN duration END), MAX(duration), "
+        f"SUM(CASE WHEN {arg0} THEN arg0 END), SUM(CASE WHEN {arg1} THEN arg1 END) FROM events {access} "
+        f"WHERE {' AND '.join(conds)} GROUP BY source, op", params)
+    for s, o, count, d_sum, d_max, a0, a1 in rows:
+        n += count
+        d_sum, a0, a1 = d_sum or 0, a0 or 0, a1 or 0
+        if s == host:
+            if o == sched:
+                ctx.sched += count
+                ctx.off_cpu_ns += d_sum
+            elif o == alloc:
+                ctx.alloc_count += count
+                ctx.alloc_bytes += a0
+            elif o == oom or o == pod_oom:
+                ctx.oom += count
+            elif o == restart:
+                ctx.pod_restart += count
+            elif o == eviction:
+                ctx.pod_eviction += count
+            elif o == alloc_sum and not pids:  # whole-host summaries: no pid to filter on
+                ctx.alloc_count += a0
+                ctx.alloc_bytes += a1
+            elif o == sched_sum and not pids:
+                ctx.sched += a0
+                ctx.off_cpu_ns += a1
+        elif s == io:
+            ctx.io_count += count
+            ctx.io_total_ns += d_sum
+            ctx.io_max_ns = max(ctx.io_max_ns, d_max)
+            ctx.io_bytes += a0 * 512
+            if o == read:
+                ctx.io_reads += count
+            elif o == write:
+                ctx.io_writes += count
+        elif s == tcp:
+            ctx.tcp += count
+        elif s == net:
+            ctx.net_count += count
+            ctx.net_bytes += a1
     return ctx, n
 
 
@@ -244,14 +254,13 @@ CHAIN_PYTHON_LINES = 3
 
 
 def _with_python_lines(c: CausalChain, reader: TraceReader, window: TimeWindow, pids: tuple[int, ...],
-                       calls: int) -> CausalChain:
+                       calls: int, python: bool = True) -> CausalChain:
     """The chain with, before its op's entry, the Python lines that made the op's calls (when the trace has
-    Python frames): the op's stacks grouped by their innermost Python frame, exact counts."""
-    if len(pids) > 1 or not c.cuda_op:
+    Python frames; ``python``: False when the caller knows it has none): the op's stacks grouped by their
+    innermost Python frame, exact counts."""
+    if len(pids) > 1 or not c.cuda_op or not python:
         return c
     from dataclasses import replace
-
-    from ingero.analysis.stacks import top_stacks
 
     try:
         lines = top_stacks(reader, op=c.cuda_op, pid=pids[0] if pids else 0, window=window,
@@ -269,15 +278,15 @@ def replay_chains(reader: TraceReader, window: TimeWindow = ALL, pids: tuple[int
                   ) -> tuple[list[CausalChain], int]:
     """Chains recomputed from the events of the window; returns (chains, events analysed)."""
     ctx, n = _collect(reader, window, pids)
+    python = has_python_frames(reader)  # else no stack has a Python line: no query per chain
     chains: list[CausalChain] = []
     for (s, o), ds in sorted(ctx.ops.items()):
-        ds.sort()
         p50, p99 = nearest_rank(ds, 0.50), nearest_rank(ds, 0.99)
         if p50 <= 0 or len(ds) < MIN_OP_COUNT or p99 / p50 < TAIL_RATIO:
             continue
         c = _tail_chain(ctx, s, op_name(s, o), p50, p99)
         if c is not None:
-            chains.append(_with_python_lines(c, reader, window, pids, len(ds)))
+            chains.append(_with_python_lines(c, reader, window, pids, len(ds), python))
     if ctx.oom:
         chains.append(CausalChain(
             "oom", "HIGH", f"OOM killer invoked ({ctx.oom} event(s)) during GPU work",
@@ -294,7 +303,7 @@ def replay_chains(reader: TraceReader, window: TimeWindow = ALL, pids: tuple[int
             ("Check network health: switch errors, NIC stats (ethtool -S), MTU mismatches",),
             (TimelineEntry("NET", "tcp_retransmit", f"{ctx.tcp} retransmits"),
              TimelineEntry("CUDA", "all", "GPU work at risk"))))
-    chains += failure_chains(reader, window, pids)
+    chains += failure_chains(reader, window, pids, calls_per_source({k: len(v) for k, v in ctx.ops.items()}))
     # merge on the last timeline entry, keeping the strictly higher severity (upstream's replay merge)
     merged: dict[str, CausalChain] = {}
     for c in chains:
@@ -305,12 +314,12 @@ def replay_chains(reader: TraceReader, window: TimeWindow = ALL, pids: tuple[int
     return list(merged.values()), n
 
 
-def failure_chains(reader: TraceReader, window: TimeWindow = ALL, pids: tuple[int, ...] = ()
-                   ) -> list[CausalChain]:
+def failure_chains(reader: TraceReader, window: TimeWindow = ALL, pids: tuple[int, ...] = (),
+                   calls: dict[int, int] | None = None) -> list[CausalChain]:
     """A HIGH chain per error code returned by CUDA runtime or driver calls in the window (most frequent
     first): "7 of 7 CUDA runtime calls returned cudaErrorInsufficientDriver (35): this process has no usable
     NVIDIA driver", with the failing ops in its timeline."""
-    failures = find_failures(reader, window, pids)
+    failures = find_failures(reader, window, pids, calls)
     out = []
     for source, code, count, ops in failures.by_code():
         layer = "DRIVER" if source == SOURCE_DRIVER else "CUDA"

@@ -113,12 +113,23 @@ class Failures:
 NONE = Failures((), {})
 
 
-def find_failures(reader: TraceReader, window: TimeWindow = ALL, pids: tuple[int, ...] = ()) -> Failures:
+def calls_per_source(counts: dict[tuple[int, int], int]) -> dict[int, int]:
+    """The CUDA runtime and driver calls per source, from counts per (source, op)."""
+    out: dict[int, int] = {}
+    for (s, _), n in counts.items():
+        if s in CALLS_OF and n:
+            out[s] = out.get(s, 0) + n
+    return out
+
+
+def find_failures(reader: TraceReader, window: TimeWindow = ALL, pids: tuple[int, ...] = (),
+                  calls: dict[int, int] | None = None) -> Failures:
     """Counts of the CUDA runtime and driver calls of the window that returned an error (ret_code != 0).
 
     Two queries, neither sorting every call: the calls per source (the whole trace: from the covering index
-    on ``source``; a pid filter: one pass over the table; a time window: see ``events_access``), and the
-    failing calls per (source, op, code), one pass over the table or the window's rows."""
+    on ``source``; a pid filter: one pass over the table; a time window: see ``events_access``), unless the
+    caller counted them for the same window and pids (``calls``), and the failing calls per (source, op,
+    code), one pass over the table or the window's rows."""
     if not (reader.has_table("events") and reader.has_column("events", "ret_code")):
         return NONE
     where, params = window.sql("timestamp")
@@ -129,12 +140,14 @@ def find_failures(reader: TraceReader, window: TimeWindow = ALL, pids: tuple[int
         params = list(params) + list(pids)
     access = events_access(reader, window)
     cond = " AND ".join(parts)
-    if window.is_open and not pids:
-        rows = reader.query(f"SELECT source, COUNT(*) FROM events WHERE source IN ({SOURCE_CUDA}, "
-                            f"{SOURCE_DRIVER}) GROUP BY source")
-    else:
-        rows = reader.query(f"SELECT source, COUNT(*) FROM events {access} WHERE {cond} GROUP BY source", params)
-    calls = {s: n for s, n in rows}
+    if calls is None:
+        if window.is_open and not pids:
+            rows = reader.query(f"SELECT source, COUNT(*) FROM events WHERE source IN ({SOURCE_CUDA}, "
+                                f"{SOURCE_DRIVER}) GROUP BY source")
+        else:
+            rows = reader.query(f"SELECT source, COUNT(*) FROM events {access} WHERE {cond} GROUP BY source",
+                                params)
+        calls = {s: n for s, n in rows}
     rows = reader.query(f"SELECT source, op, ret_code, COUNT(*) FROM events {access} WHERE ret_code != 0 AND "
                         f"{cond} GROUP BY source, op, ret_code", params)
     errors = [OpErrors(s, o, op_name(s, o), rc, error_name(s, rc), n) for s, o, rc, n in rows]

@@ -57,6 +57,15 @@ def python_line(frames: str) -> str:
     return ""
 
 
+def has_python_frames(reader: TraceReader) -> bool:
+    """Whether a stored stack may have a Python frame (its frames text names a ``pf``/``pfn`` key): when not,
+    no stack has a ``python_line`` and grouping by it finds nothing."""
+    if not (reader.has_table("stack_traces") and reader.has_column("stack_traces", "frames")):
+        return False
+    return reader.conn.execute("""SELECT 1 FROM stack_traces WHERE frames LIKE '%"pf%' LIMIT 1""").fetchone() \
+        is not None
+
+
 def render_frame(f: dict) -> str:
     """``Symbol`` (else ``IP``), `` at File[:Line]``, `` -> PyFunc (PyFile[:PyLine])`` (upstream's format)."""
     out = str(f.get("s") or f.get("i") or "")

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 
 from ingero.analysis.durations import op_durations
-from ingero.analysis.failures import NONE, Failures, OpErrors, find_failures
+from ingero.analysis.failures import NONE, Failures, OpErrors, calls_per_source, find_failures
 from ingero.analysis.window import ALL, TimeWindow, events_access
 from ingero.store.reader import TraceReader
 from ingero.store.schema import SOURCE_PROBE, op_name
@@ -93,7 +93,7 @@ def trace_stats(reader: TraceReader, window: TimeWindow = ALL, pids: tuple[int, 
     # minute buckets cannot be cut to an arbitrary window: totals are given for the whole trace only
     agg = _aggregate_counts(reader, window, pids) if window.is_open else {}
     descs = reader.op_descriptions
-    failures = find_failures(reader, window, pids)
+    failures = find_failures(reader, window, pids, calls_per_source({k: len(v) for k, v in durations.items()}))
     probes = reader.probe_ops
     ops = []
     for (s, o), ds in durations.items():
