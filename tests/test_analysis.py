@@ -265,6 +265,17 @@ def test_stats_with_pid_and_window_equal_sql_percentiles(db, path, monkeypatch):
             assert st.stored_events == sum(v[0] for v in want.values())
 
 
+def test_durations_longer_than_an_sqlite_string_are_read_as_rows():
+    with TraceReader.open(DATALOADER) as r:
+        want = durations.op_durations(r, "", [])
+        r.conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 5000)  # the launch or sched_switch durations pass it
+        with pytest.raises(sqlite3.DataError):
+            r.conn.execute("SELECT group_concat(duration) FROM events").fetchone()
+        assert durations.op_durations(r, "", []) == want
+        assert want[(3, 1)] == sorted(d for (d,) in _sql(DATALOADER, "SELECT duration FROM events WHERE "
+                                                                    "source = 3 AND op = 1"))
+
+
 def test_durations_that_are_not_integers_are_read_as_stored(tmp_path):
     """A duration SQLite holds as a REAL (a database written by something else) is not rounded: the read
     falls back to rows and returns the stored values."""
@@ -323,12 +334,15 @@ def _sql_context(db, w: TimeWindow, pids: tuple[int, ...]) -> dict:
     return out
 
 
+@pytest.mark.parametrize("path", ["filter", "group_by"])
 @pytest.mark.parametrize("db", DBS, ids=[d.stem for d in DBS])
-def test_replay_context_equals_direct_sql(db):
+def test_replay_context_equals_direct_sql(db, path, monkeypatch):
     """Everything replay decides chains on (counts and sums per cause, each CUDA op's sorted durations, the
     events analysed) equals plain SQL, for each pid of the trace, the whole trace and windows."""
     from ingero.analysis.chains import _collect
 
+    if path == "group_by":
+        monkeypatch.setattr(durations, "FILTER_OPS", 0)
     (t0, t1), = _sql(db, "SELECT MIN(timestamp), MAX(timestamp) FROM events")
     span = t1 - t0
     pids = [(), *((p,) for (p,) in _sql(db, "SELECT DISTINCT pid FROM events ORDER BY pid")), (999_999,)]
