@@ -171,3 +171,31 @@ def test_listing_into_a_pipe_widens_it():
         p.wait(timeout=60)
     assert p.returncode == 0 and size == PIPE_BYTES
     assert piped == ingero("symbols", "libcudart.so.12").stdout
+
+
+@pytest.mark.parametrize("args", [("symbols", "libcudart.so.12"), ("libs",)])
+def test_a_closed_pipe_ends_quietly_with_0(args):
+    """Into a pipe whose reader is already gone, a listing ends quietly with exit 0 (as `| head` expects,
+    also under `set -o pipefail`), not click's exit 1 or Python's failed flush at exit."""
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        p = subprocess.run([INGERO, *args], stdout=w, stderr=subprocess.PIPE, timeout=60)
+    finally:
+        os.close(w)
+    assert (p.returncode, p.stderr) == (0, b"")
+
+
+def test_a_reader_stopping_early_ends_a_large_listing_quietly_with_0(tmp_path):
+    """`ingero symbols libtorch_cuda.so | head -1` through a real pipe, cold (the reader leaves while the
+    names are demangled): exit 0, nothing on stderr, and the reader got the header line."""
+    from tests.helpers import torch_python
+
+    lib = next(torch_python().parent.parent.glob("lib/python3*/site-packages/torch/lib/libtorch_cuda.so"))
+    env = {**os.environ, "INGERO_CACHE_DIR": str(tmp_path)}
+    p = subprocess.Popen(["bash", "-c", f'"{INGERO}" symbols "{lib}" | head -1; echo "rc=${{PIPESTATUS[0]}}"'],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    out, err = p.communicate(timeout=300)
+    lines = out.decode().splitlines()
+    assert lines[0].startswith(f"# libtorch_cuda.so  {lib}") and lines[1:] == ["rc=0"], out[:300]
+    assert err == b""

@@ -49,6 +49,27 @@ class LazyGroup(click.Group):
             return getattr(importlib.import_module(module), attr)
         return super().get_command(ctx, cmd_name)
 
+    def invoke(self, ctx: click.Context):
+        # click turns a closed output pipe into exit 1; a reader that stopped early (`| head`) is no error
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            _stdout_closed()
+            return None
+
+
+def _stdout_closed() -> None:
+    """The reader of stdout went away (``ingero symbols ... | head -1``): what is still buffered, and
+    anything written later, goes to /dev/null, so that the exit is quiet and 0 like a finished listing
+    (Python would otherwise report the failed flush at exit and exit 120)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no file behind sys.stdout
+        pass
+    finally:
+        os.close(devnull)
+
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="ingero")
@@ -77,6 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     or ``INGERO_DEBUG=1``."""
     try:
         cli.main(args=argv, prog_name="ingero", standalone_mode=False)
+        sys.stdout.flush()  # here, not at exit: a closed pipe is then one more BrokenPipeError below
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
@@ -87,6 +109,7 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(render(usage_error(e)), err=True)
         sys.exit(1)
     except BrokenPipeError:
+        _stdout_closed()
         sys.exit(0)
     except Exception as e:  # noqa: BLE001 - the shell: every error is shown one way, bugs included
         code = exit_code(e)
