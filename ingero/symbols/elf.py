@@ -25,6 +25,7 @@ import os
 import struct
 import sys
 from bisect import bisect_right
+from collections import Counter
 from dataclasses import dataclass
 from itertools import compress, repeat
 from typing import BinaryIO, NamedTuple
@@ -295,7 +296,7 @@ class _Elf:
         """The defined functions of ``.dynsym`` then ``.symtab`` (a ``.symtab`` entry repeating an entry
         already taken, same name and address, is dropped), as columns."""
         out = FunctionColumns([], [], [], [], [], [], [])
-        seen: set[tuple[str, int]] = set()
+        seen = _Taken()
         for want, label in ((SHT_DYNSYM, "dynsym"), (SHT_SYMTAB, "symtab")):
             for idx, s in enumerate(self.sections):
                 if s.type != want or s.size == 0:
@@ -362,7 +363,7 @@ class _Elf:
         return self.read(sec.offset, sec.size), 0
 
     def _symbols(self, s: _Section, symtab: bool, versions, out: FunctionColumns,
-                 seen: set[tuple[str, int]]) -> None:
+                 seen: _Taken) -> None:
         lay = self.lay
         if s.entsize and s.entsize != lay.sym.size:
             raise NotAnElf(f"{self.path}: unexpected symbol entry size {s.entsize}")
@@ -387,22 +388,31 @@ class _Elf:
             keep = list(range(len(sel)))
         # the key that drops a .symtab entry repeating one taken before: (name without @VERSION, address)
         bases = [n.split("@", 1)[0] if "@" in n else n for n in names] if versioned else names
-        keys = (list(zip(bases, vals, strict=True)) if len(keep) == len(sel)
-                else [(bases[k], vals[k]) for k in keep])
+        if len(keep) != len(sel):
+            bases, vals = [bases[k] for k in keep], [vals[k] for k in keep]
         if symtab:
-            if len(set(keys)) == len(keys):  # none repeats another of this table: only those taken before
-                dups = list(map(seen.__contains__, keys))
-                if any(dups):
-                    keep = [k for k, dup in zip(keep, dups, strict=True) if not dup]
-                    keys = [key for key, dup in zip(keys, dups, strict=True) if not dup]
-            else:
-                dup = [key in seen or seen.add(key) for key in keys]  # type: ignore[func-returns-value]
-                keep = [k for k, d in zip(keep, dup, strict=True) if not d]
-        seen.update(keys)
+            # only an entry at an address taken before, or met twice in this table, can repeat one: the
+            # keys of those alone are compared (hashing 100k+ name tuples costs more than the rest)
+            twice = {v for v, c in Counter(vals).items() if c > 1}
+            at = seen.at
+            maybe = [j for j, v in enumerate(vals) if v in at or v in twice]
+            here: set[tuple[str, int]] = set()
+            drop = set()
+            for j in maybe:
+                key = (bases[j], vals[j])
+                if key in seen or key in here:
+                    drop.add(j)
+                else:
+                    here.add(key)
+            if drop:
+                kept = [j for j in range(len(keep)) if j not in drop]
+                keep = [keep[j] for j in kept]
+                bases, vals = [bases[j] for j in kept], [vals[j] for j in kept]
+        seen.add(bases, vals)
         ii = [sel[k] for k in keep]
         infos = [info[i] for i in ii]
         out.names += [names[k] for k in keep]
-        out.address += [vals[k] for k in keep]
+        out.address += vals
         out.file_offset += [offs[k] for k in keep]  # type: ignore[misc]
         out.size += [size[i] for i in ii]
         out.binding += [_BIND_NAMES[x >> 4] for x in infos]
@@ -438,6 +448,25 @@ class _Elf:
                     sec = secs[x]
                     offs[k] = v - sec.addr + sec.offset if self.type != 1 else v + sec.offset
         return offs
+
+
+class _Taken:
+    """The keys (name without @VERSION, address) of the symbols taken so far, and their addresses; the
+    keys made only when a later table looks one up."""
+
+    def __init__(self) -> None:
+        self.at: set[int] = set()
+        self._keys: set[tuple[str, int]] = set()
+        self._pending: list[tuple[list[str], list[int]]] = []
+
+    def add(self, bases: list[str], addresses: list[int]) -> None:
+        self.at.update(addresses)
+        self._pending.append((bases, addresses))
+
+    def __contains__(self, key: tuple[str, int]) -> bool:
+        while self._pending:
+            self._keys.update(zip(*self._pending.pop(), strict=True))
+        return key in self._keys
 
 
 #: binding names by st_bind (0-15)
