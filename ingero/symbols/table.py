@@ -9,6 +9,8 @@ import re
 from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import compress
+from operator import eq, itemgetter
 
 from ingero.errors import IngeroError, NoSymbols, SymbolNotFound, suggestion
 from ingero.symbols import cache
@@ -328,22 +330,31 @@ def table_of(path: str, symbols: FunctionColumns | Sequence[RawSymbol], build_id
     """The table of a file's function symbols (columns in file order, or symbols; sorted here): what
     reading a file gives, and what a test gives the checker as the symbols of a library of its own."""
     fc = symbols if isinstance(symbols, FunctionColumns) else FunctionColumns.of(list(symbols))
-    names, address = fc.names, fc.address
-    # sorted by (name, address, section): two stable sorts, the minor key first (dynsym before symtab)
-    order = sorted(range(len(names)), key=[a << 1 | (f >> 1 & 1) for a, f in zip(address, fc.flags,
-                                                                                 strict=True)].__getitem__)
-    order.sort(key=names.__getitem__)
+    names, address, flags = fc.names, fc.address, fc.flags
+    n = len(names)
+    # sorted by (name, address, section: dynsym first): by name, then each run of one name (a few in
+    # 100k) by the rest
+    order = sorted(range(n), key=names.__getitem__)
+    sorted_names = [names[i] for i in order]
+    for i in compress(range(1, n), map(eq, sorted_names[1:], sorted_names)):
+        if i == 1 or sorted_names[i - 2] != sorted_names[i - 1]:  # a run starts at i - 1
+            j = i + 1
+            while j < n and sorted_names[j] == sorted_names[i]:
+                j += 1
+            order[i - 1 : j] = sorted(order[i - 1 : j], key=lambda k: (address[k], flags[k] >> 1 & 1))
+    # each column in that order (one itemgetter, made once, picks a tuple of them in C)
+    pick = itemgetter(*order) if n > 1 else (lambda col: tuple(col[i] for i in order))
     # versions and bindings numbered in order of first appearance
-    versions = [""] + [v for v in dict.fromkeys(map(fc.version.__getitem__, order)) if v]
+    vcol, bcol = pick(fc.version), pick(fc.binding)
+    versions = [""] + [v for v in dict.fromkeys(vcol) if v]
     vidx = {v: i for i, v in enumerate(versions)}
     vidx[None] = 0
-    bindings = list(dict.fromkeys(map(fc.binding.__getitem__, order)))
+    bindings = list(dict.fromkeys(bcol))
     bidx = {b: i for i, b in enumerate(bindings)}
-    cols = cache.Columns(array("Q", [address[i] for i in order]), array("Q", [fc.file_offset[i] for i in order]),
-                         array("Q", [fc.size[i] for i in order]),
-                         array("H", [vidx[fc.version[i]] for i in order]),
-                         array("B", [bidx[fc.binding[i]] for i in order]), array("B", [fc.flags[i] for i in order]))
-    return SymbolTable(path, build_id, soname, cols, versions, bindings, names=[names[i] for i in order], key=key)
+    cols = cache.Columns(array("Q", pick(address)), array("Q", pick(fc.file_offset)), array("Q", pick(fc.size)),
+                         array("H", map(vidx.__getitem__, vcol)), array("B", map(bidx.__getitem__, bcol)),
+                         array("B", pick(flags)))
+    return SymbolTable(path, build_id, soname, cols, versions, bindings, names=sorted_names, key=key)
 
 
 def _no_symbols(table: SymbolTable) -> NoSymbols:
