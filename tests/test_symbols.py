@@ -396,3 +396,82 @@ def test_bulk_demangling_hypothesis(cxx_names, data):
                      st.text(max_size=40).map(lambda s: "_Z" + s), st.text(max_size=20))
     names = data.draw(st.lists(name, max_size=40))
     assert demangle_all(names) == [_one_by_one(n) for n in names]
+
+
+def _worker_spy(monkeypatch) -> list:
+    """Two CPUs whatever the machine has (the worker is what is tested), and the workers started."""
+    from ingero.symbols import demangle
+
+    started: list = []
+    start = demangle._Worker.start
+
+    def spy(*args):
+        w = start(*args)
+        started.append(w)
+        return w
+
+    monkeypatch.setattr(demangle, "_cpus", lambda: 2)
+    monkeypatch.setattr(demangle._Worker, "start", spy)
+    return started
+
+
+def _many(cxx_names: list[str]) -> list[str]:
+    """PARALLEL_MIN names and more, C++ ones and others: names that do not demangle, one with a NUL, one
+    that cannot be encoded, one longer than the buffer."""
+    from ingero.symbols.demangle import PARALLEL_MIN
+
+    odd = ["_Z", "_Zfoo", "plain", "", "_Z\udcff", "a\0b", _long(6)]
+    out = []
+    while len(out) < PARALLEL_MIN + 5000:
+        out += cxx_names + odd
+    return out
+
+
+def test_a_worker_process_demangles_the_tail_in_pieces(cxx_names, monkeypatch):
+    """Many names: a forked worker demangles the tail (it ran and exited), and the pieces, of the size
+    asked for, hold what one name at a time gives."""
+    from ingero.symbols.demangle import demangle_all, demangle_chunks
+
+    started = _worker_spy(monkeypatch)
+    names = _many(cxx_names)
+    pieces = list(demangle_chunks(names, 2048))
+    assert len(started) == 1 and started[0] is not None and started[0].pid is None  # waited for
+    assert [len(p) for p in pieces[:-1]] == [2048] * (len(pieces) - 1) and 0 < len(pieces[-1]) <= 2048
+    expected = [_one_by_one(n) for n in names]
+    assert [d for p in pieces for d in p] == expected
+    assert demangle_all(names) == expected and len(started) == 2
+
+
+def test_a_failing_worker_leaves_its_part_to_the_caller(cxx_names, monkeypatch, caplog):
+    """A worker that fails (its demangling raises in the child) changes nothing in the result: the
+    caller demangles the tail itself."""
+    from ingero.symbols import demangle
+
+    started = _worker_spy(monkeypatch)
+    parent = os.getpid()
+    real = demangle._demangle
+
+    def failing_in_the_child(impl, names):
+        if os.getpid() != parent:
+            raise RuntimeError("worker failure")
+        return real(impl, names)
+
+    monkeypatch.setattr(demangle, "_demangle", failing_in_the_child)
+    names = _many(cxx_names)
+    with caplog.at_level("DEBUG", logger="ingero.symbols.demangle"):
+        assert demangle.demangle_all(names) == [_one_by_one(n) for n in names]
+    assert len(started) == 1 and started[0] is not None
+    assert "the demangling worker failed (wait status 0x100)" in caplog.text
+
+
+def test_stopping_early_stops_the_worker(cxx_names, monkeypatch):
+    """Closing the pieces after the first one kills and reaps the worker (no process left behind)."""
+    from ingero.symbols.demangle import demangle_chunks
+
+    started = _worker_spy(monkeypatch)
+    it = demangle_chunks(_many(cxx_names), 2048)
+    next(it)
+    pid = started[0].pid
+    assert pid and os.path.exists(f"/proc/{pid}")
+    it.close()
+    assert started[0].pid is None and not os.path.exists(f"/proc/{pid}")

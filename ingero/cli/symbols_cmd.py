@@ -184,12 +184,16 @@ def _write_rows(table, matched: list[int], demangle: bool, known: set[str]) -> N
     vers = [v or "-" for v in table.versions]
     binds = table.bindings
     header = ("OFFSET", "SIZE", "BIND", "VERSION", "SIG", "NAME")
-    top_offset = max(map(c.file_offset.__getitem__, matched))
+    if len(matched) == len(table):  # every symbol: the columns as they are (no index per value)
+        offs, sizes, bind_ids, ver_ids = c.file_offset, c.size, set(c.binding), set(c.version)
+    else:
+        offs, sizes = map(c.file_offset.__getitem__, matched), map(c.size.__getitem__, matched)
+        bind_ids, ver_ids = {c.binding[i] for i in matched}, {c.version[i] for i in matched}
     widths = (
-        max(10, len(header[0]), len(f"{top_offset:#010x}")),  # the hex form grows with the value
-        max(len(header[1]), len(str(max(map(c.size.__getitem__, matched))))),
-        max(len(header[2]), *(len(binds[b]) for b in {c.binding[i] for i in matched})),
-        max(len(header[3]), *(len(vers[v]) for v in {c.version[i] for i in matched})),
+        max(10, len(header[0]), len(f"{max(offs):#010x}")),  # the hex form grows with the value
+        max(len(header[1]), len(str(max(sizes)))),
+        max(len(header[2]), *(len(binds[b]) for b in bind_ids)),
+        max(len(header[3]), *(len(vers[v]) for v in ver_ids)),
         len(header[4]),
     )
     out = sys.stdout

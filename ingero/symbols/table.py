@@ -14,7 +14,7 @@ from operator import eq, itemgetter
 
 from ingero.errors import IngeroError, NoSymbols, SymbolNotFound, suggestion
 from ingero.symbols import cache
-from ingero.symbols.demangle import demangle_all
+from ingero.symbols.demangle import demangle_all, demangle_chunks
 from ingero.symbols.discovery import Library, resolve_library
 from ingero.symbols.elf import FunctionColumns, RawSymbol, read_elf_info
 from ingero.symbols.readers import read_function_columns
@@ -163,14 +163,14 @@ class SymbolTable:
         feed = cache.ChunkFeed()
         self._store(feed)
         out: list[str] = []
-        names = self.all_names
+        parts = demangle_chunks(self.all_names, cache.CHUNK)
         try:
-            for i in range(0, len(names), cache.CHUNK):
-                part = demangle_all(names[i : i + cache.CHUNK])
+            for part in parts:
                 out += part
                 feed.put(part)
                 yield part
         except BaseException:  # GeneratorExit too: the consumer stopped early
+            parts.close()  # stops the demangling worker now
             feed.close(False)
             raise
         feed.close(True)
