@@ -80,6 +80,9 @@ python_setup() {
   # Debian's bcc is pure Python over libbcc.so.0: link only that package into the venv.
   ln -sfn /usr/lib/python3/dist-packages/bcc "$sp/bcc"
   "$VENV/bin/python" -m pip install -qq --disable-pip-version-check -e '.[test]'
+  # ingero's bytecode, as a wheel install has it (pip compiles at install; an editable install does not,
+  # and under PYTHONDONTWRITEBYTECODE=1 every start would compile each module it imports again)
+  "$VENV/bin/python" -m compileall -q ingero >/dev/null
   "$VENV/bin/python" -c 'import bcc, ingero' 
   say "venv ready in $((SECONDS - t0)) s ($VENV, $("$VENV/bin/python" -V), bcc linked, ingero[test] installed)"
 }

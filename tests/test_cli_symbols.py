@@ -199,3 +199,15 @@ def test_a_reader_stopping_early_ends_a_large_listing_quietly_with_0(tmp_path):
     lines = out.decode().splitlines()
     assert lines[0].startswith(f"# libtorch_cuda.so  {lib}") and lines[1:] == ["rc=0"], out[:300]
     assert err == b""
+
+
+def test_sig_marks_what_the_catalogue_types_for_the_library_major(cudart12):
+    """SIG (``signature`` in JSON) marks exactly the functions of libcudart.so.12 that the catalogue
+    types for CUDA 12, the major probes on that file use."""
+    from ingero.catalogue import load_catalogue
+    from ingero.symbols import read_symbols
+
+    rows = [json.loads(x) for x in ingero("symbols", "libcudart.so.12", "--json").stdout.splitlines()]
+    cat = load_catalogue()
+    expected = {n for n in read_symbols(cudart12, use_cache=False).all_names if cat.lookup_symbol(n, 12)}
+    assert {r["name"] for r in rows if r["signature"]} == expected and len(expected) > 300

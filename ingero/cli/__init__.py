@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-import traceback
 
 import click
 
@@ -114,6 +113,8 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as e:  # noqa: BLE001 - the shell: every error is shown one way, bugs included
         code = exit_code(e)
         if code != 1 and debugging():
+            import traceback
+
             traceback.print_exception(e)
         click.echo(render(e), err=True)
         sys.exit(code)

@@ -249,15 +249,18 @@ def _widen_pipe(out) -> None:
 
 
 def _known_names(table, lib) -> set[str]:
-    """Names of the table's functions whose exact exported symbol the signature catalogue types."""
+    """Names of the table's functions whose exact exported symbol the signature catalogue types, for the
+    CUDA major of the library (as list_symbols over MCP and a probe on it use; any major when the
+    catalogue has not the library's: then only the majors a name needs are read)."""
     from ingero.catalogue import family_of, load_catalogue
 
     if family_of(lib.stem) is None:
         return set()  # the catalogue types CUDA libraries' functions only
     cat = load_catalogue()
+    major = cat.major_of(lib.version, lib.soname)
     # only names that start like a catalogue function can be one (a C++ library has 100k+ others)
-    heads = {n[:3] for n in cat.names()}  # legacy and alias names share these heads (checked in tests)
-    return {n for n in table.all_names if n[:3] in heads and cat.lookup_symbol(n) is not None}
+    heads = {n[:3] for n in cat.names(cuda_major=major)}  # legacy and alias names share these heads (tests)
+    return {n for n in table.all_names if n[:3] in heads and cat.lookup_symbol(n, major) is not None}
 
 
 @click.command()

@@ -16,7 +16,6 @@ demangles the head and uses it; the worker hands its results back through an ano
 
 from __future__ import annotations
 
-import ctypes as ct
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -38,6 +37,8 @@ _impl: Callable[[Sequence[str]], list[str]] | None = None
 def _load() -> Callable[[Sequence[str]], list[str]]:
     global _impl
     if _impl is None:
+        import ctypes as ct  # here: a warm read demangles nothing
+
         try:
             cxx = ct.PyDLL("libstdc++.so.6")
             libc = ct.CDLL(None)
@@ -57,6 +58,8 @@ def _load() -> Callable[[Sequence[str]], list[str]]:
 
 def _cxa(fn, malloc, free, names: Sequence[str]) -> list[str]:
     """Each name demangled by ``__cxa_demangle(name, buffer, &length, &status)`` (see the module)."""
+    import ctypes as ct
+
     cap = BUFFER
     addr = malloc(cap)
     if not addr:
