@@ -392,18 +392,18 @@ class _Elf:
             bases, vals = [bases[k] for k in keep], [vals[k] for k in keep]
         if symtab:
             # only an entry at an address taken before, or met twice in this table, can repeat one: the
-            # keys of those alone are compared (hashing 100k+ name tuples costs more than the rest)
+            # names of those alone are compared (hashing 100k+ names costs more than the rest)
             twice = {v for v, c in Counter(vals).items() if c > 1}
-            at = seen.at
+            taken, here = seen.settle(), _Taken()
+            at = taken.addresses
             maybe = [j for j, v in enumerate(vals) if v in at or v in twice]
-            here: set[tuple[str, int]] = set()
             drop = set()
             for j in maybe:
-                key = (bases[j], vals[j])
-                if key in seen or key in here:
+                v, b = vals[j], bases[j]
+                if taken.has(b, v) or here.has(b, v):
                     drop.add(j)
                 else:
-                    here.add(key)
+                    here.put(b, v)
             if drop:
                 kept = [j for j in range(len(keep)) if j not in drop]
                 keep = [keep[j] for j in kept]
@@ -451,22 +451,47 @@ class _Elf:
 
 
 class _Taken:
-    """The keys (name without @VERSION, address) of the symbols taken so far, and their addresses; the
-    keys made only when a later table looks one up."""
+    """The symbols taken so far as (name without @VERSION, address) pairs, by address (an int is hashed
+    for nothing, a name is compared only with those at its address; a str, not a list, per address:
+    100k+ small lists cost the garbage collector more than the rest), made only when a later table
+    asks: the last table's never are."""
 
     def __init__(self) -> None:
-        self.at: set[int] = set()
-        self._keys: set[tuple[str, int]] = set()
+        self._first: dict[int, str] = {}
+        self._more: dict[int, list[str]] = {}
         self._pending: list[tuple[list[str], list[int]]] = []
 
     def add(self, bases: list[str], addresses: list[int]) -> None:
-        self.at.update(addresses)
         self._pending.append((bases, addresses))
 
-    def __contains__(self, key: tuple[str, int]) -> bool:
-        while self._pending:
-            self._keys.update(zip(*self._pending.pop(), strict=True))
-        return key in self._keys
+    @property
+    def addresses(self) -> dict[int, str]:
+        """Every address taken (``in`` tests it), to its first name."""
+        return self._first
+
+    def has(self, base: str, address: int) -> bool:
+        return self._first.get(address) == base or base in self._more.get(address, ())
+
+    def put(self, base: str, address: int) -> None:
+        if address not in self._first:
+            self._first[address] = base
+        else:
+            self._more.setdefault(address, []).append(base)
+
+    def settle(self) -> _Taken:
+        """Made from what was added (a table's entries are taken in order)."""
+        first = self._first
+        for bases, addresses in self._pending:
+            if not first:  # the first table: each address's first name, then the others
+                first.update(zip(reversed(addresses), reversed(bases), strict=True))
+                for b, a in zip(bases, addresses, strict=True):
+                    if first[a] is not b:
+                        self._more.setdefault(a, []).append(b)
+            else:
+                for b, a in zip(bases, addresses, strict=True):
+                    self.put(b, a)
+        self._pending.clear()
+        return self
 
 
 #: binding names by st_bind (0-15)
