@@ -202,7 +202,11 @@ class _Worker:
     def pieces(self) -> Iterator[list[str]]:
         """The worker's pieces in order, once it has exited; nothing if it failed."""
         pid, self.pid = self.pid, None
-        _, status = os.waitpid(pid, 0)  # type: ignore[arg-type]
+        try:
+            _, status = os.waitpid(pid, 0)  # type: ignore[arg-type]
+        except ChildProcessError:  # reaped by someone else (a waitpid(-1) elsewhere): its end is unknown
+            log.debug("the demangling worker was reaped elsewhere: demangling its part here")
+            return
         if os.waitstatus_to_exitcode(status) != 0:
             log.debug("the demangling worker failed (wait status %#x): demangling its part here", status)
             return
@@ -219,7 +223,10 @@ class _Worker:
         if self.pid is not None:  # stopped before its results were wanted
             import signal
 
-            os.kill(self.pid, signal.SIGKILL)
-            os.waitpid(self.pid, 0)
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+                os.waitpid(self.pid, 0)
+            except (ProcessLookupError, ChildProcessError):  # already reaped elsewhere
+                pass
             self.pid = None
         os.close(self.fd)
