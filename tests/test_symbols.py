@@ -399,19 +399,36 @@ def test_bulk_demangling_hypothesis(cxx_names, data):
 
 
 def _worker_spy(monkeypatch) -> list:
-    """Two CPUs whatever the machine has (the worker is what is tested), and the workers started."""
+    """A spare CPU whatever the machine has and does (the worker is what is tested), and the workers
+    started."""
     from ingero.symbols import demangle
 
     started: list = []
-    start = demangle._Worker.start
+    start, pieces = demangle._Worker.start, demangle._Worker.pieces
 
     def spy(*args):
         w = start(*args)
         started.append(w)
+        if w is not None:
+            w.handed = []  # the pieces it handed back, each a list of names
         return w
 
-    monkeypatch.setattr(demangle, "_cpus", lambda: 2)
+    def spy_pieces(self, m):
+        self.m = m
+        got = pieces(self, m)
+        if got is None:
+            return None
+
+        def handing():
+            for p in got:
+                self.handed.append(p)
+                yield p
+
+        return handing()
+
+    monkeypatch.setattr(demangle, "_spare_cpu", lambda: True)
     monkeypatch.setattr(demangle._Worker, "start", spy)
+    monkeypatch.setattr(demangle._Worker, "pieces", spy_pieces)
     return started
 
 
@@ -428,18 +445,64 @@ def _many(cxx_names: list[str]) -> list[str]:
 
 
 def test_a_worker_process_demangles_the_tail_in_pieces(cxx_names, monkeypatch):
-    """Many names: a forked worker demangles the tail (it ran and exited), and the pieces, of the size
-    asked for, hold what one name at a time gives."""
+    """Many names: a forked worker demangles the tail (here the caller waits for each of its pieces
+    rather than taking them), and the pieces, of the size asked for, hold what one name at a time
+    gives."""
+    import time
+
+    from ingero.symbols import demangle
     from ingero.symbols.demangle import demangle_all, demangle_chunks
 
     started = _worker_spy(monkeypatch)
+    done = demangle._Worker.done
+
+    def waited(self, k):
+        deadline = time.monotonic() + 60
+        while not done(self, k) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        return done(self, k)
+
+    monkeypatch.setattr(demangle._Worker, "done", waited)
     names = _many(cxx_names)
     pieces = list(demangle_chunks(names, 2048))
     assert len(started) == 1 and started[0] is not None and started[0].pid is None  # waited for
     assert [len(p) for p in pieces[:-1]] == [2048] * (len(pieces) - 1) and 0 < len(pieces[-1]) <= 2048
     expected = [_one_by_one(n) for n in names]
     assert [d for p in pieces for d in p] == expected
+    # the whole tail came from the worker, but the pieces holding the name with a NUL (sent empty)
+    w = started[0]
+    assert w.m == w.count == len(w.handed) and w.count >= len(pieces) * demangle.WORKER_SHARE - 1
+    tail = pieces[len(pieces) - w.count :]
+    assert [h for h in w.handed if h != [""]] == [p for p in tail if "a\0b" not in p] and [""] in w.handed
     assert demangle_all(names) == expected and len(started) == 2
+
+
+def test_the_caller_takes_the_pieces_a_slow_worker_has_not_reached(cxx_names, monkeypatch):
+    """A worker slowed down (as on a busy machine): the caller, done with the head, demangles the tail
+    from its end until it meets the worker, which stops there; the result is the same."""
+    import time
+
+    from ingero.symbols import demangle
+
+    started = _worker_spy(monkeypatch)
+    parent = os.getpid()
+    real = demangle._demangle
+
+    def slow_in_the_child(impl, names):
+        if os.getpid() != parent:
+            time.sleep(0.2)
+        return real(impl, names)
+
+    monkeypatch.setattr(demangle, "_demangle", slow_in_the_child)
+    names = _many(cxx_names)
+    expected = [_one_by_one(n) for n in names]
+    t0 = time.monotonic()
+    got = [d for p in demangle.demangle_chunks(names, 2048) for d in p]
+    took = time.monotonic() - t0
+    assert got == expected
+    w = started[0]
+    assert w is not None and w.pid is None and w.count >= 4 and 0 <= w.m < w.count and len(w.handed) == w.m
+    assert took < w.count * 0.2  # not waited for piece by piece
 
 
 def test_a_failing_worker_leaves_its_part_to_the_caller(cxx_names, monkeypatch, caplog):
@@ -475,3 +538,13 @@ def test_stopping_early_stops_the_worker(cxx_names, monkeypatch):
     assert pid and os.path.exists(f"/proc/{pid}")
     it.close()
     assert started[0].pid is None and not os.path.exists(f"/proc/{pid}")
+
+
+@pytest.mark.parametrize(("cpus", "load", "spare"), [(2, 0.3, True), (2, 1.4, True), (2, 1.6, False), (1, 0.0, False),
+                                                      (8, 6.0, True), (8, 7.6, False)])
+def test_a_worker_only_where_a_cpu_is_spare(monkeypatch, cpus, load, spare):
+    from ingero.symbols import demangle
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)))
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    assert demangle._spare_cpu() is spare

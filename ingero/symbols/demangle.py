@@ -9,7 +9,7 @@ buffer and returns a bigger one, which becomes ours. libstdc++ is loaded as a :c
 (the call keeps the GIL: a few microseconds each, not worth releasing and taking back 120k times).
 
 Many names at once (:func:`demangle_chunks`, a PyTorch library's listing) are demangled by two processes
-when two CPUs are there to run them: a forked worker demangles the tail of the list while the caller
+when a second CPU is there and not busy: a forked worker demangles the tail of the list while the caller
 demangles the head and uses it; the worker hands its results back through an anonymous in-memory file
 (``memfd``), and if it fails for any reason the caller demangles the tail itself.
 """
@@ -120,56 +120,89 @@ def _demangle(impl: Callable[[Sequence[str]], list[str]], names: Sequence[str]) 
 
 def demangle_chunks(names: Sequence[str], size: int) -> Iterator[list[str]]:
     """:func:`demangle_all` of ``names`` in consecutive pieces of ``size`` names (the last one shorter),
-    each yielded as soon as it is made. With :data:`PARALLEL_MIN` names or more and two CPUs, a forked
-    worker demangles the tail (:data:`WORKER_SHARE`) meanwhile; closing the iterator early stops it."""
+    each yielded as soon as it is made. With :data:`PARALLEL_MIN` names or more and a spare CPU, a forked
+    worker demangles the tail (:data:`WORKER_SHARE`) meanwhile, from its start; the caller, done with the
+    head, takes the tail's pieces from its end until it meets the worker (which stops there: a worker
+    slowed by a busy machine is never waited for long). Closing the iterator early stops the worker."""
     impl = _load()
     n = len(names)
     split = n
-    if n >= PARALLEL_MIN and _cpus() > 1 and hasattr(os, "memfd_create"):
+    if n >= PARALLEL_MIN and hasattr(os, "memfd_create") and _spare_cpu():
         split = min(n, max(size, round(n * (1 - WORKER_SHARE) / size) * size))
     worker = _Worker.start(impl, names, split, size) if split < n else None
     try:
         for i in range(0, split, size):
             yield _demangle(impl, names[i : i + size])
-        done = worker.pieces() if worker is not None else None
-        for i in range(split, n, size):
+        starts = range(split, n, size)
+        if worker is None:
+            for i in starts:
+                yield _demangle(impl, names[i : i + size])
+            return
+        taken: list[list[str]] = []  # the tail's last pieces, demangled here, last one first
+        m = len(starts)
+        while m and not worker.done(m - 1):
+            worker.claim(m - 1)
+            taken.append(_demangle(impl, names[starts[m - 1] : starts[m - 1] + size]))
+            m -= 1
+        got = worker.pieces(m)
+        for i in starts[:m]:
             part = names[i : i + size]
-            got = next(done, None) if done is not None else None
-            if got is None or len(got) != len(part):  # the worker failed: the rest is demangled here
-                done = None
-                yield _demangle(impl, part)
-            else:
-                yield [d or name for d, name in zip(got, part, strict=True)]
+            piece = next(got, None) if got is not None else None
+            if piece is None:  # the worker failed: the rest of its part is demangled here
+                got = None
+            yield _demangle(impl, part) if piece is None or len(piece) != len(part) else piece
+        yield from reversed(taken)
     finally:
         if worker is not None:
             worker.close()
 
 
-def _cpus() -> int:
+def _spare_cpu() -> bool:
+    """Whether a CPU is there for a worker: more than one to run on, and the load average of the last
+    minute below their number by more than half a CPU (on a busy machine a worker gains no time and only
+    adds its hand-back: ~0.1 s of CPU for 120k names)."""
     try:
-        return len(os.sched_getaffinity(0))
+        cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        return os.cpu_count() or 1
+        cpus = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        load = 0.0
+    return cpus > 1 and load < cpus - 0.5
 
 
 class _Worker:
-    """A forked process demangling ``names[start:]`` a piece at a time into a memfd: per piece, its byte
-    length (8 bytes, little-endian) then the demangled names UTF-8 encoded, NUL-separated (a demangled
-    name has no NUL), an empty one where a name stays as it is."""
+    """A forked process demangling ``names[start:]`` a piece at a time, in order, into a memfd: per piece,
+    its byte length (8 bytes, little-endian) then the demangled names UTF-8 encoded, NUL-separated (a
+    demangled name has no NUL; a piece with a NUL in a name kept as it is is sent empty, and done by the
+    caller). A shared page holds a byte per piece the caller claimed (the worker stops before it) and a
+    byte per piece the worker wrote (single bytes: no torn reads)."""
 
-    def __init__(self, pid: int, fd: int) -> None:
+    def __init__(self, pid: int, fd: int, flags, count: int) -> None:
         self.pid: int | None = pid
-        self.fd = fd
+        self.fd, self.flags, self.count = fd, flags, count
+
+    def claim(self, k: int) -> None:
+        """Piece ``k`` (of the worker's part) is the caller's: the worker stops before it."""
+        self.flags[k] = 1
+
+    def done(self, k: int) -> bool:
+        """Whether the worker wrote piece ``k`` (and so every one before it)."""
+        return self.flags[self.count + k] == 1
 
     @classmethod
     def start(cls, impl, names: Sequence[str], start: int, size: int) -> _Worker | None:
+        import mmap
         import warnings
 
+        count = len(range(start, len(names), size))
         try:
             fd = os.memfd_create("ingero-demangle", os.MFD_CLOEXEC)
         except OSError as e:
             log.debug("no memfd for a demangling worker (%s): demangling in one process", e)
             return None
+        flags = mmap.mmap(-1, 2 * count)  # anonymous and shared with the child
         with warnings.catch_warnings():
             # Python 3.12+ warns about forking a process that runs threads (the symbol cache's writer):
             # the child only calls __cxa_demangle, writes its memfd and leaves with os._exit, taking no lock
@@ -179,6 +212,7 @@ class _Worker:
                 pid = os.fork()
             except OSError as e:
                 os.close(fd)
+                flags.close()
                 log.debug("no demangling worker (%s): demangling in one process", e)
                 return None
         if pid == 0:  # the worker
@@ -187,37 +221,57 @@ class _Worker:
                 import gc
 
                 gc.disable()  # a collection would touch (and so copy) every page of the parent's objects
-                for i in range(start, len(names), size):
+                for k, i in enumerate(range(start, len(names), size)):
+                    if flags[k]:  # the caller took this piece and the rest
+                        break
                     part = names[i : i + size]
-                    got = _demangle(impl, part)
-                    blob = "\0".join([d if d is not name else "" for d, name in zip(got, part, strict=True)]).encode()
+                    text = "\0".join(_demangle(impl, part))
+                    # a name kept as it is may hold a NUL (the piece is then left to the caller: sent empty)
+                    # or a lone surrogate (passed through)
+                    try:
+                        blob = text.encode()
+                    except UnicodeEncodeError:
+                        blob = text.encode(errors="surrogatepass")
+                    if text.count("\0") != len(part) - 1:
+                        blob = b""
                     view = memoryview(len(blob).to_bytes(8, "little") + blob)
                     while view:
                         view = view[os.write(fd, view) :]
+                    flags[count + k] = 1
                 code = 0
             finally:
                 os._exit(code)
-        return cls(pid, fd)
+        return cls(pid, fd, flags, count)
 
-    def pieces(self) -> Iterator[list[str]]:
-        """The worker's pieces in order, once it has exited; nothing if it failed."""
+    def pieces(self, m: int) -> Iterator[list[str]] | None:
+        """Its first ``m`` pieces in order, once it has exited; None if it failed."""
         pid, self.pid = self.pid, None
         try:
             _, status = os.waitpid(pid, 0)  # type: ignore[arg-type]
         except ChildProcessError:  # reaped by someone else (a waitpid(-1) elsewhere): its end is unknown
             log.debug("the demangling worker was reaped elsewhere: demangling its part here")
-            return
+            return None
         if os.waitstatus_to_exitcode(status) != 0:
             log.debug("the demangling worker failed (wait status %#x): demangling its part here", status)
-            return
+            return None
+        return self._read(m)
+
+    def _read(self, m: int) -> Iterator[list[str]]:
         pos = 0
-        while len(head := os.pread(self.fd, 8, pos)) == 8:
+        for _ in range(m):
+            head = os.pread(self.fd, 8, pos)
+            if len(head) != 8:
+                return
             length = int.from_bytes(head, "little")
             blob = os.pread(self.fd, length, pos + 8)
             if len(blob) != length:
                 return
             pos += 8 + length
-            yield blob.decode().split("\0")
+            try:
+                text = blob.decode()
+            except UnicodeDecodeError:  # a lone surrogate of a name kept as it is
+                text = blob.decode(errors="surrogatepass")
+            yield text.split("\0")
 
     def close(self) -> None:
         if self.pid is not None:  # stopped before its results were wanted
@@ -230,3 +284,4 @@ class _Worker:
                 pass
             self.pid = None
         os.close(self.fd)
+        self.flags.close()
