@@ -10,8 +10,9 @@ buffer and returns a bigger one, which becomes ours. libstdc++ is loaded as a :c
 
 Many names at once (:func:`demangle_chunks`, a PyTorch library's listing) are demangled by two processes
 when a second CPU is there and not busy: a forked worker demangles the tail of the list while the caller
-demangles the head and uses it; the worker hands its results back through an anonymous in-memory file
-(``memfd``), and if it fails for any reason the caller demangles the tail itself.
+demangles the head and uses it, then demangles the tail's last pieces itself until it meets the worker;
+the worker hands its results back through an anonymous in-memory file (``memfd``), and if it fails for
+any reason the caller demangles its part too.
 """
 
 from __future__ import annotations
