@@ -540,11 +540,21 @@ def test_stopping_early_stops_the_worker(cxx_names, monkeypatch):
     assert started[0].pid is None and not os.path.exists(f"/proc/{pid}")
 
 
-@pytest.mark.parametrize(("cpus", "load", "spare"), [(2, 0.3, True), (2, 1.4, True), (2, 1.6, False), (1, 0.0, False),
-                                                      (8, 6.0, True), (8, 7.6, False)])
-def test_a_worker_only_where_a_cpu_is_spare(monkeypatch, cpus, load, spare):
+@pytest.mark.parametrize(("cpus", "load", "running", "spare"), [
+    (2, 0.3, 1, True), (2, 1.4, 3, True), (2, 1.6, 3, False), (2, 1.9, 2, True), (2, 1.9, None, False),
+    (1, 0.0, 1, False), (8, 6.0, 9, True), (8, 7.6, 9, False), (8, 7.6, 4, True)])
+def test_a_worker_only_where_a_cpu_is_spare(monkeypatch, cpus, load, running, spare):
+    """By the load average or the tasks running now (this one not counted), whichever is lower."""
     from ingero.symbols import demangle
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)))
-    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr(demangle, "_load_now", lambda: (load, running))
     assert demangle._spare_cpu() is spare
+
+
+def test_load_now_reads_proc_loadavg():
+    from ingero.symbols.demangle import _load_now
+
+    load, running = _load_now()
+    fields = open("/proc/loadavg").read().split()
+    assert abs(load - float(fields[0])) < 1 and running is not None and running >= 1  # this test runs
