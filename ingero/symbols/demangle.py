@@ -9,10 +9,11 @@ buffer and returns a bigger one, which becomes ours. libstdc++ is loaded as a :c
 (the call keeps the GIL: a few microseconds each, not worth releasing and taking back 120k times).
 
 Many names at once (:func:`demangle_chunks`, a PyTorch library's listing) are demangled by two processes
-when a second CPU is there and not busy: a forked worker demangles the tail of the list while the caller
+when a second CPU is there and not busy: a worker process (this file run by a fresh interpreter, so
+nothing of a caller's threads or state is copied) demangles the tail of the list while the caller
 demangles the head and uses it, then demangles the tail's last pieces itself until it meets the worker;
-the worker hands its results back through an anonymous in-memory file (``memfd``), and if it fails for
-any reason the caller demangles its part too.
+names and results go through anonymous in-memory files (``memfd``), and if the worker fails for any
+reason the caller demangles its part too.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 
 #: bytes of the first output buffer (most demangled names are shorter; longer ones grow it)
 BUFFER = 4096
-#: names a demangling needs before a worker process takes a part of it (a fork costs milliseconds)
+#: names a demangling needs before a worker process takes a part of it (starting one costs ~20 ms of CPU)
 PARALLEL_MIN = 16384
 #: the worker's share of the names (their tail): less than half would leave it idle while the caller,
 #: which also uses each piece as it comes (a listing formats and writes it), is still busy
@@ -121,8 +122,8 @@ def _demangle(impl: Callable[[Sequence[str]], list[str]], names: Sequence[str]) 
 
 def demangle_chunks(names: Sequence[str], size: int) -> Iterator[list[str]]:
     """:func:`demangle_all` of ``names`` in consecutive pieces of ``size`` names (the last one shorter),
-    each yielded as soon as it is made. With :data:`PARALLEL_MIN` names or more and a spare CPU, a forked
-    worker demangles the tail (:data:`WORKER_SHARE`) meanwhile, from its start; the caller, done with the
+    each yielded as soon as it is made. With :data:`PARALLEL_MIN` names or more and a spare CPU, a worker
+    process demangles the tail (:data:`WORKER_SHARE`) meanwhile, from its start; the caller, done with the
     head, takes the tail's pieces from its end until it meets the worker (which stops there: a worker
     slowed by a busy machine is never waited for long). Closing the iterator early stops the worker."""
     impl = _load()
@@ -130,7 +131,7 @@ def demangle_chunks(names: Sequence[str], size: int) -> Iterator[list[str]]:
     split = n
     if n >= PARALLEL_MIN and hasattr(os, "memfd_create") and _spare_cpu():
         split = min(n, max(size, round(n * (1 - WORKER_SHARE) / size) * size))
-    worker = _Worker.start(impl, names, split, size) if split < n else None
+    worker = _Worker.start(names, split, size) if split < n else None
     try:
         for i in range(0, split, size):
             yield _demangle(impl, names[i : i + size])
@@ -148,9 +149,7 @@ def demangle_chunks(names: Sequence[str], size: int) -> Iterator[list[str]]:
         got = worker.pieces(m)
         for i in starts[:m]:
             part = names[i : i + size]
-            piece = next(got, None) if got is not None else None
-            if piece is None:  # the worker failed: the rest of its part is demangled here
-                got = None
+            piece = next(got, None)
             yield _demangle(impl, part) if piece is None or len(piece) != len(part) else piece
         yield from reversed(taken)
     finally:
@@ -186,15 +185,17 @@ def _load_now() -> tuple[float, int | None]:
 
 
 class _Worker:
-    """A forked process demangling ``names[start:]`` a piece at a time, in order, into a memfd: per piece,
-    its byte length (8 bytes, little-endian) then the demangled names UTF-8 encoded, NUL-separated (a
-    demangled name has no NUL; a piece with a NUL in a name kept as it is is sent empty, and done by the
-    caller). A shared page holds a byte per piece the caller claimed (the worker stops before it) and a
-    byte per piece the worker wrote (single bytes: no torn reads)."""
+    """A worker process demangling ``names[start:]`` a piece at a time, in order: a fresh interpreter
+    running this file (spawned, so nothing of the caller is copied or inherited but two memfds). The
+    input memfd holds a byte per piece the caller claimed (the worker stops before it) and a byte per
+    piece the worker wrote (single bytes of a shared mapping: no torn reads), then the names UTF-8
+    encoded and NUL-separated. The output memfd holds, per piece, its byte length (8 bytes, little-endian)
+    then the demangled names likewise (a piece with a NUL in a name kept as it is is sent empty, and done
+    by the caller)."""
 
-    def __init__(self, pid: int, fd: int, flags, count: int) -> None:
-        self.pid: int | None = pid
-        self.fd, self.flags, self.count = fd, flags, count
+    def __init__(self, proc, fds: tuple[int, int], flags, count: int) -> None:
+        self.proc = proc
+        self.fds, self.flags, self.count = fds, flags, count
 
     def claim(self, k: int) -> None:
         """Piece ``k`` (of the worker's part) is the caller's: the worker stops before it."""
@@ -205,96 +206,113 @@ class _Worker:
         return self.flags[self.count + k] == 1
 
     @classmethod
-    def start(cls, impl, names: Sequence[str], start: int, size: int) -> _Worker | None:
+    def start(cls, names: Sequence[str], start: int, size: int) -> _Worker | None:
         import mmap
-        import warnings
+        import subprocess
+        import sys
 
-        count = len(range(start, len(names), size))
-        try:
-            fd = os.memfd_create("ingero-demangle", os.MFD_CLOEXEC)
-        except OSError as e:
-            log.debug("no memfd for a demangling worker (%s): demangling in one process", e)
+        tail = names[start:]
+        text = "\0".join(tail)
+        if text.count("\0") != len(tail) - 1:  # a name holds a NUL: not sent
             return None
-        flags = mmap.mmap(-1, 2 * count)  # anonymous and shared with the child
-        with warnings.catch_warnings():
-            # Python 3.12+ warns about forking a process that runs threads (the symbol cache's writer):
-            # the child only calls __cxa_demangle, writes its memfd and leaves with os._exit, taking no lock
-            # those threads could hold (malloc's are reset by fork itself)
-            warnings.simplefilter("ignore", DeprecationWarning)
-            try:
-                pid = os.fork()
-            except OSError as e:
+        blob = _encode(text)
+        count = len(range(0, len(tail), size))
+        fds: list[int] = []
+        try:
+            fds += [os.memfd_create("ingero-demangle-in", os.MFD_CLOEXEC),
+                    os.memfd_create("ingero-demangle-out", os.MFD_CLOEXEC)]
+            os.ftruncate(fds[0], 2 * count)
+            _pwrite_all(fds[0], blob, 2 * count)
+            flags = mmap.mmap(fds[0], 2 * count)
+            proc = subprocess.Popen(
+                [sys.executable, "-S", "-I", __file__, str(fds[0]), str(fds[1]), str(count), str(size), str(len(blob))],
+                pass_fds=fds, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        except (OSError, ValueError, TypeError) as e:  # TypeError: no sys.executable (an embedded Python)
+            for fd in fds:
                 os.close(fd)
-                flags.close()
-                log.debug("no demangling worker (%s): demangling in one process", e)
-                return None
-        if pid == 0:  # the worker
-            code = 1
-            try:
-                import gc
-
-                gc.disable()  # a collection would touch (and so copy) every page of the parent's objects
-                for k, i in enumerate(range(start, len(names), size)):
-                    if flags[k]:  # the caller took this piece and the rest
-                        break
-                    part = names[i : i + size]
-                    text = "\0".join(_demangle(impl, part))
-                    # a name kept as it is may hold a NUL (the piece is then left to the caller: sent empty)
-                    # or a lone surrogate (passed through)
-                    try:
-                        blob = text.encode()
-                    except UnicodeEncodeError:
-                        blob = text.encode(errors="surrogatepass")
-                    if text.count("\0") != len(part) - 1:
-                        blob = b""
-                    view = memoryview(len(blob).to_bytes(8, "little") + blob)
-                    while view:
-                        view = view[os.write(fd, view) :]
-                    flags[count + k] = 1
-                code = 0
-            finally:
-                os._exit(code)
-        return cls(pid, fd, flags, count)
-
-    def pieces(self, m: int) -> Iterator[list[str]] | None:
-        """Its first ``m`` pieces in order, once it has exited; None if it failed."""
-        pid, self.pid = self.pid, None
-        try:
-            _, status = os.waitpid(pid, 0)  # type: ignore[arg-type]
-        except ChildProcessError:  # reaped by someone else (a waitpid(-1) elsewhere): its end is unknown
-            log.debug("the demangling worker was reaped elsewhere: demangling its part here")
+            log.debug("no demangling worker (%s): demangling in one process", e)
             return None
-        if os.waitstatus_to_exitcode(status) != 0:
-            log.debug("the demangling worker failed (wait status %#x): demangling its part here", status)
-            return None
-        return self._read(m)
+        return cls(proc, (fds[0], fds[1]), flags, count)
 
-    def _read(self, m: int) -> Iterator[list[str]]:
-        pos = 0
+    def pieces(self, m: int) -> Iterator[list[str]]:
+        """Its first ``m`` pieces in order, each one it marked written (:meth:`done`): what the worker
+        does after them, or how it ends, does not matter."""
+        pos, fd = 0, self.fds[1]
         for _ in range(m):
-            head = os.pread(self.fd, 8, pos)
+            head = os.pread(fd, 8, pos)
             if len(head) != 8:
                 return
             length = int.from_bytes(head, "little")
-            blob = os.pread(self.fd, length, pos + 8)
+            blob = os.pread(fd, length, pos + 8)
             if len(blob) != length:
                 return
             pos += 8 + length
-            try:
-                text = blob.decode()
-            except UnicodeDecodeError:  # a lone surrogate of a name kept as it is
-                text = blob.decode(errors="surrogatepass")
-            yield text.split("\0")
+            yield _decode(blob).split("\0")
 
     def close(self) -> None:
-        if self.pid is not None:  # stopped before its results were wanted
-            import signal
-
-            try:
-                os.kill(self.pid, signal.SIGKILL)
-                os.waitpid(self.pid, 0)
-            except (ProcessLookupError, ChildProcessError):  # already reaped elsewhere
-                pass
-            self.pid = None
-        os.close(self.fd)
+        if self.proc.poll() is None:  # still at a piece the caller took, or stopped early
+            self.proc.kill()
+        code = self.proc.wait()
+        if code not in (0, -9):
+            log.debug("the demangling worker failed (exit %s): the caller demangled its part", code)
         self.flags.close()
+        for fd in self.fds:
+            os.close(fd)
+
+
+def _encode(text: str) -> bytes:
+    try:
+        return text.encode()
+    except UnicodeEncodeError:  # a lone surrogate of a name kept as it is passes
+        return text.encode(errors="surrogatepass")
+
+
+def _decode(blob: bytes) -> str:
+    try:
+        return blob.decode()
+    except UnicodeDecodeError:  # a lone surrogate of a name kept as it is
+        return blob.decode(errors="surrogatepass")
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
+
+
+def _pread_all(fd: int, size: int, offset: int) -> bytes:
+    parts = []
+    while size > 0:
+        got = os.pread(fd, size, offset)
+        if not got:
+            raise OSError(f"short read of the names: {size} bytes missing")
+        parts.append(got)
+        size, offset = size - len(got), offset + len(got)
+    return b"".join(parts)
+
+
+def _serve(fd_in: int, fd_out: int, count: int, size: int, nbytes: int) -> None:
+    """The worker (see :class:`_Worker`)."""
+    import mmap
+
+    flags = mmap.mmap(fd_in, 2 * count)
+    names = _decode(_pread_all(fd_in, nbytes, 2 * count)).split("\0")
+    impl = _load()
+    pos = 0
+    for k in range(count):
+        if flags[k]:  # the caller took this piece and the rest
+            break
+        part = names[k * size : (k + 1) * size]
+        blob = _encode("\0".join(_demangle(impl, part)))
+        if blob.count(b"\0") != len(part) - 1:  # a name kept as it is holds a NUL: left to the caller
+            blob = b""
+        _pwrite_all(fd_out, len(blob).to_bytes(8, "little") + blob, pos)
+        pos += 8 + len(blob)
+        flags[count + k] = 1
+
+
+if __name__ == "__main__":  # the worker, run by _Worker.start as ``python -S -I demangle.py FDS...``
+    import sys
+
+    _serve(*map(int, sys.argv[1:6]))
