@@ -531,8 +531,8 @@ def test_stopping_early_stops_the_worker(cxx_names, monkeypatch):
 
 
 @pytest.mark.parametrize(("cpus", "load", "running", "spare"), [
-    (2, 0.3, 1, True), (2, 1.4, 3, True), (2, 1.6, 3, False), (2, 1.9, 2, True), (2, 1.9, None, False),
-    (1, 0.0, 1, False), (8, 6.0, 9, True), (8, 7.6, 9, False), (8, 7.6, 4, True)])
+    (2, 0.3, 1, True), (2, 1.9, 3, True), (2, 2.1, 3, False), (2, 2.5, 2, True), (2, 2.1, None, False),
+    (1, 0.0, 1, False), (8, 7.5, 9, True), (8, 8.2, 9, False), (8, 9.0, 4, True)])
 def test_a_worker_only_where_a_cpu_is_spare(monkeypatch, cpus, load, running, spare):
     """By the load average or the tasks running now (this one not counted), whichever is lower."""
     from ingero.symbols import demangle

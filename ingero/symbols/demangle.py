@@ -159,15 +159,15 @@ def demangle_chunks(names: Sequence[str], size: int) -> Iterator[list[str]]:
 
 def _spare_cpu() -> bool:
     """Whether a CPU is there for a worker: more than one to run on, and either the load average of the
-    last minute or the tasks running right now (besides this one) below their number by more than half
-    a CPU. On a busy machine a worker gains no time and costs CPU (+14% wall measured with one CPU for
-    both); the load average alone lags a minute behind a machine that just became idle."""
+    last minute or the tasks running right now (besides this one) below their number. With no CPU free
+    a worker costs time (+14% wall measured with one CPU for both); the load average alone lags a
+    minute behind a machine that just became idle (and counts a benchmark's own runs)."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         cpus = os.cpu_count() or 1
     load, running = _load_now()
-    return cpus > 1 and min(load, running - 1 if running is not None else load) < cpus - 0.5
+    return cpus > 1 and min(load, running - 1 if running is not None else load) < cpus
 
 
 def _load_now() -> tuple[float, int | None]:
