@@ -15,7 +15,7 @@ from ingero.errors import IngeroError
 from ingero.fleet.labels import node_labels
 from ingero.fleet.metrics import BUCKETS_NS, BUCKETS_S, FleetMetrics, registry_for
 from ingero.store.schema import SOURCE_NAMES, op_name
-from ingero.tracer.standard import CUDA_FIELDS, CUDA_RECORD, CUDA_RECORD_COLUMNS
+from ingero.tracer.calls import CUDA_FIELDS, CUDA_RECORD, CUDA_RECORD_COLUMNS
 
 call = st.tuples(st.integers(0, 1 << 40), st.integers(0, 20_000_000_000), st.integers(1, 1 << 22),
                  st.integers(1, 1 << 22), st.sampled_from([1, 4]), st.integers(1, 12),
@@ -66,11 +66,11 @@ def test_record_columns_match_the_ring_record():
         "duration_ns", "source", "op", "ret"]
     # the metrics read source and op as one u2 (source | op << 8)
     assert CUDA_RECORD_COLUMNS["op"][1] == CUDA_RECORD_COLUMNS["source"][1] + 1
-    t = (1, 2, 3, 4, 5, 6, -7, 8, 9, 10, 11, b"x")
+    t = (1, 2, 3, 4, 5, 6, -7, 8, 9, 10, 11, b"x".ljust(16, b"\0"))
     assert len(t) == len(CUDA_FIELDS)
     buf = CUDA_RECORD.pack(*t)
     for name, (fmt, off) in CUDA_RECORD_COLUMNS.items():
-        code = {"<i8": "<q", "u1": "<B", "<i4": "<i"}[fmt]
+        code = {"<i8": "<q", "u1": "<B", "<i4": "<i", "<u4": "<I", "V16": "16s"}[fmt]
         assert struct.unpack_from(code, buf, off)[0] == t[CUDA_FIELDS.index({"duration": "duration_ns"}.get(
             name, name))]
 

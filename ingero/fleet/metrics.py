@@ -56,20 +56,13 @@ SPANS = "ingero_slow_call_spans"
 
 #: the numpy view of a CUDA/driver call tuple's fields the metrics need (index in CUDA_FIELDS)
 _DUR, _SRC, _OP, _RET = 1, 4, 5, 6
-_DTYPE: list[np.dtype] = []
 
 
 def _record_dtype() -> np.dtype:
-    """The numpy dtype of a raw CUDA ring record's columns (ingero.tracer.standard.CUDA_RECORD_COLUMNS)."""
-    if not _DTYPE:
-        from ingero.tracer.standard import CUDA_RECORD, CUDA_RECORD_COLUMNS
+    """The numpy dtype of a raw CUDA ring record's columns (ingero.tracer.calls.CUDA_RECORD_COLUMNS, ``kind``)."""
+    from ingero.tracer.calls import record_dtype
 
-        cols = dict(CUDA_RECORD_COLUMNS)
-        # source and op side by side (a test checks) read as one little-endian u2, the kind: source | op << 8
-        cols["kind"] = ("<u2", cols["source"][1])
-        _DTYPE.append(np.dtype({"names": list(cols), "formats": [f for f, _ in cols.values()],
-                                "offsets": [o for _, o in cols.values()], "itemsize": CUDA_RECORD.size}))
-    return _DTYPE[0]
+    return record_dtype()
 
 
 @dataclass

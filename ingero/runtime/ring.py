@@ -101,62 +101,51 @@ class RingReader:
 
     def read(self, max_records: int = 1 << 30) -> list[tuple]:
         """The records committed since the last read (at most ``max_records``), decoded, in order."""
-        out = self._read_part(max_records)
-        chunk = self.last_chunk
-        # a part ends at the end of the data area: the records before it, the one straddling it, the
-        # records after it (what a doubly mapped area would give in one slice)
-        for _ in range(2):
-            if len(out) >= max_records:
-                break
-            more = self._read_part(max_records - len(out))
-            if not more:
-                break
-            out += more
-            chunk = None
-        self.last_chunk = chunk
-        return out
+        return list(self.record.iter_unpack(self.read_bytes(max_records)))
 
-    def _read_part(self, max_records: int) -> list[tuple]:
+    def read_bytes(self, max_records: int = 1 << 30) -> bytes:
+        """The records committed since the last read (at most ``max_records``), in order, as the bytes of
+        whole records of this layout (header included) one after the other: what :meth:`read` decodes, for
+        a caller that reads them in bulk (``struct.iter_unpack``, numpy). Also kept as :attr:`last_chunk`.
+
+        Runs of committed records are copied with one slice each: those before the end of the data area,
+        the one straddling it (put together from its two pieces), those after it. A record that is not one
+        of this layout's committed ones is looked at alone: one being written (busy) ends the read, a
+        discarded or foreign one is skipped."""
+        pieces: list[bytes] = []
+        got = 0
         cons = self._cons_pos[0]
         prod = self._prod_pos[0]
-        self.last_chunk = None
-        if prod <= cons:
-            return []
-        at = cons & (self.size - 1)
-        # whole records before the end of the (once-mapped) data area
-        n = min((prod - cons) // self.stride, max_records, (self.size - at) // self.stride)
-        if n:
-            start = self._base + at
-            region = self._view[start:start + n * self.stride]
-            # the headers first, in place: a record whose header reads committed has its body written, so
-            # the copy taken after them holds it (x86-64: loads are not reordered with older loads)
-            if region.cast("I")[0::self.stride // 4].tolist().count(self._payload) == n:
-                chunk = region.tobytes()
-                self._cons_pos[0] = cons + n * self.stride
-                self.last_chunk = chunk
-                return list(self.record.iter_unpack(chunk))
-        return self._read_slow(cons, prod, max_records)
-
-    def _read_slow(self, cons: int, prod: int, max_records: int) -> list[tuple]:
-        """Record by record: stop at a busy one, skip discarded and foreign ones, stop after the one that
-        reaches the end of the data area."""
-        out: list[tuple] = []
-        data, mask, base, end = self._data, self.size - 1, self._base, self._base + self.size
-        unpack, header = self.record.unpack_from, self._hdr.unpack_from
-        while cons < prod and len(out) < max_records:
+        size, stride, payload = self.size, self.stride, self._payload
+        mask, base, end = size - 1, self._base, self._base + size
+        while cons < prod and got < max_records:
             off = base + (cons & mask)
-            length = header(data, off)[0]  # 8-byte aligned: a header never straddles the end
+            # whole records before the end of the (once-mapped) data area
+            n = min((prod - cons) // stride, max_records - got, (end - off) // stride)
+            if n:
+                region = self._view[off:off + n * stride]
+                # the headers first, in place: a record whose header reads committed has its body written,
+                # so the copy taken after them holds it (x86-64: loads are not reordered with older loads)
+                heads = region.cast("I")[0::stride // 4].tolist()
+                if heads.count(payload) != n:  # a run of committed records, up to the first that is not
+                    n = next(i for i, h in enumerate(heads) if h != payload)
+                if n:
+                    pieces.append(region[:n * stride].tobytes())
+                    cons += n * stride
+                    got += n
+                    continue
+            length = self._hdr.unpack_from(self._data, off)[0]  # 8-byte aligned: never straddles the end
             if length & _BUSY:
                 break
-            size = (((length & ~(_BUSY | _DISCARD)) + 8) + 7) // 8 * 8
-            if not length & _DISCARD and size == self.stride:
-                if off + size <= end:
-                    out.append(unpack(data, off))
+            rec = (((length & ~(_BUSY | _DISCARD)) + 8) + 7) // 8 * 8
+            if not length & _DISCARD and rec == stride:
+                if off + rec <= end:
+                    pieces.append(self._data[off:off + rec])
                 else:  # the record wraps around: its tail is at the start of the area
-                    out.append(unpack(data[off:end] + data[base:base + off + size - end]))
-            cons += size
-            if off + size >= end:
-                break
+                    pieces.append(self._data[off:end] + self._data[base:base + off + rec - end])
+                got += 1
+            cons += rec
         self._cons_pos[0] = cons
-        return out
-
+        chunk = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        self.last_chunk = chunk
+        return chunk

@@ -49,6 +49,21 @@ EVENT_COLUMNS = ("id", "timestamp", "pid", "tid", "source", "op", "duration", "g
 
 
 @dataclass(frozen=True)
+class RowLayout:
+    """Events given as rows of another layout than ``(seq, *Event fields)`` (see
+    :meth:`~ingero.store.writer.EventWriter.add_laid_out`): for each column of ``EVENT_COLUMNS`` after ``id``, in
+    that order, the SQL expression that fills it from a row's items as numbered parameters -- ``?1`` is the
+    event's sequence number, ``?2`` the row's next item and so on -- or a constant. ``timestamp`` is kernel
+    monotonic ns (the writer adds its clock's offset). Made of the program's own text, never of input."""
+
+    values: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.values) != len(EVENT_COLUMNS) - 1:
+            raise ValueError(f"a row layout fills {len(EVENT_COLUMNS) - 1} columns, not {len(self.values)}")
+
+
+@dataclass(frozen=True)
 class ProbeField:
     name: str
     type: str = "u64"

@@ -49,6 +49,7 @@ from ingero.store.records import (
     Frame,
     ProbeHandle,
     ProbeInfo,
+    RowLayout,
     SessionInfo,
     StoreError,
     SystemSnapshot,
@@ -104,6 +105,7 @@ class EventWriter:
         self._closed = False
         self._deferred: list[str] = []
         self._side_sql: dict[int, str] = {}
+        self._laid_sql: dict[RowLayout, str] = {}
         self.conn = dbfile.open_database(self.path, self.max_db_size)
         self._prefix = f"{self.node}:"
         literal = _sql_literal(self._prefix)
@@ -155,6 +157,25 @@ class EventWriter:
             self._write(rows, {}, epoch)
             self._seq += len(rows)
             return self._after_batch(len(rows), 0)
+
+    def add_laid_out(self, layout: RowLayout, n: int, rows: Callable[[int], Iterable[tuple]]) -> int:
+        """Write ``n`` standard events given in ``layout``, in one transaction: ``rows(first)`` yields them (it
+        may be a lazy iterator: each row is bound as it comes, no list of rows is made), numbered first,
+        first + 1, ... A count other than ``n`` fails the batch (nothing written). Returns as :meth:`add_events`."""
+        with self._lock:
+            self._check_open()
+            sql = self._laid_sql.get(layout)
+            if sql is None:
+                ts, *rest = layout.values
+                sql = self._laid_sql[layout] = (
+                    f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}, node) VALUES ({_sql_literal(self._prefix)} "
+                    f"|| ?1, ({ts}) + {int(self.clock.offset_ns)}, {', '.join(rest)}, {_sql_literal(self.node)})")
+            try:
+                self._transaction(rows(self._seq + 1), {}, sql, n)
+            except _Unbindable as e:
+                raise StoreError(f"a row of layout {layout} cannot be bound") from e
+            self._seq += n
+            return self._after_batch(n, 0)
 
     def add_events(self, batch: Sequence[Sequence[Any]], *, epoch: bool = False) -> int:
         """Write one batch in one transaction (with anything queued by the other ``add_*`` calls).
@@ -229,14 +250,17 @@ class EventWriter:
             self._transaction([_fix_row(r) for r in rows],
                               {k: [_fix_row(r) for r in v] for k, v in side.items()}, ins)
 
-    def _transaction(self, rows: list[tuple], side: dict[int, list[tuple]], ins: str) -> None:
+    def _transaction(self, rows: Iterable[tuple], side: dict[int, list[tuple]], ins: str, n: int = -1) -> None:
+        """One batch: ``rows`` in ``ins``, and ``n`` of them (when not -1) or none of them is written."""
         c = self.conn
         try:
             c.execute("BEGIN")
             try:
                 self._run_pending()
-                if rows:
-                    c.executemany(ins, rows)
+                if n >= 0 or rows:
+                    done = c.executemany(ins, rows).rowcount
+                    if n >= 0 and done != n:
+                        raise StoreError(f"a batch of {n} events gave {done} rows: not written")
                 for k, srows in side.items():
                     c.executemany(self._side_insert(k), srows)
                 if self._probe_counts:

@@ -28,10 +28,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter, itemgetter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ingero.errors import IngeroError, NoSuchProcess
 from ingero.host import session_facts
 from ingero.runtime.spawn import spawn_gated
+
+if TYPE_CHECKING:
+    from ingero.store.records import RowLayout
+    from ingero.tracer.calls import CallRecords
 
 log = logging.getLogger(__name__)
 
@@ -341,16 +346,15 @@ class TraceSession:
             if h.op_name == "process_fork":
                 self._symbolizer.inherit(h.pid, h.arg1)
         if self.metrics is not None:  # per batch: the calls as numpy columns, host events by op
-            self.metrics.observe_calls(cuda, self.tracer.cuda_chunk())
+            self.metrics.observe_calls(cuda, cuda.raw)
             if host:
                 from ingero.store.schema import op_name
 
                 by_code = Counter(map(attrgetter("source", "op"), host))  # named once per op, not per event
                 self.metrics.observe_counts({(src, op_name(src, op)): k for (src, op), k in by_code.items()})
 
-        def build(first: int) -> list[tuple]:  # numbered rows: (seq, *Event fields)
-            rows = self._cuda_rows(cuda, first) if cuda else []
-            seq = first + len(rows)
+        def host_rows(seq: int) -> list[tuple]:  # numbered rows: (seq, *Event fields)
+            rows = []
             for h in host:
                 rows.append((seq, h.ts_ns, h.pid, h.tid, h.source, h.op, h.duration_ns, 0, h.arg0, h.arg1, 0, 0,
                              h.comm, 0))
@@ -359,6 +363,10 @@ class TraceSession:
                 if h.op_name != "sched_wakeup":
                     self._note_name(h.pid, h.comm)
             return rows
+
+        def build(first: int) -> list[tuple]:
+            rows = self._cuda_rows(cuda, first) if cuda else []
+            return rows + host_rows(first + len(rows))
 
         n = len(cuda) + len(host)
         if self._selective is not None:
@@ -369,23 +377,48 @@ class TraceSession:
             self.writer.add_events(rows)
             self._totals.stored += len(rows)
         else:
-            self.writer.add_numbered(build)  # built under the writer's lock, numbered as it goes
+            layout = self._call_layout(cuda) if cuda and not self.options.stacks else None
+            if layout is not None:  # the calls bound straight from their records, then the host events
+                self.writer.add_laid_out(layout, len(cuda), cuda.rows)
+                if host:
+                    self.writer.add_numbered(host_rows)
+            else:
+                self.writer.add_numbered(build)  # built under the writer's lock, numbered as it goes
             self._totals.stored += n
         self._totals.events += n
         self._record_lost()
         return n
 
-    def _cuda_rows(self, cuda: list[tuple], first: int) -> list[tuple]:
-        """The ``events`` rows ``(seq, *Event fields)``, seq from ``first``, of a batch of call tuples
-        (``CUDA_FIELDS`` order), counting ops and noting process names once per batch, not per event."""
-        from ingero.store.schema import op_name
+    def _call_layout(self, cuda: CallRecords) -> RowLayout | None:
+        """Note the calls' process names and count them by op; the layout that stores them straight from their
+        records (no stacks to resolve), or None when they carry too many thread names for it."""
+        from ingero.tracer.calls import MAX_LAID_NAMES, call_layout
 
+        comms = self._names_of(cuda)
+        self._count_ops(cuda)
+        return call_layout(comms) if len(comms) <= MAX_LAID_NAMES else None
+
+    def _names_of(self, cuda: CallRecords) -> dict[bytes, str]:
+        """Note the process names of a batch of calls, once per batch, not per event; raw comm -> name."""
         comms: dict[bytes, str] = {}
-        for pid, raw in dict.fromkeys(map(itemgetter(2, 11), cuda)):  # in order: the latest name wins
+        for pid, raw in cuda.names():  # in order: the latest name wins
             comm = comms.get(raw)
             if comm is None:
                 comm = comms[raw] = raw.split(b"\0", 1)[0].decode(errors="replace")
             self._note_name(pid, comm)
+        return comms
+
+    def _count_ops(self, cuda: CallRecords) -> None:
+        from ingero.store.schema import op_name
+
+        by_op = self._totals.by_op
+        for source, op, k in cuda.op_counts():
+            by_op[op_name(source, op)] += k
+
+    def _cuda_rows(self, cuda: CallRecords, first: int) -> list[tuple]:
+        """The ``events`` rows ``(seq, *Event fields)``, seq from ``first``, of a batch of calls, counting ops
+        and noting process names once per batch, not per event."""
+        comms = self._names_of(cuda) if cuda else {}
         if self.options.stacks:
             sh = self._stack_hash
             rows = [(seq, ts, pid, tid, src, op, dur, 0, a0, a1, ret,
@@ -401,9 +434,7 @@ class TraceSession:
                 if line:
                     lines[line] += k
         # counted once the stacks are resolved: a watcher of the counts may then let the processes exit
-        by_op = self._totals.by_op
-        for (source, op), k in Counter(map(itemgetter(4, 5), cuda)).items():
-            by_op[op_name(source, op)] += k
+        self._count_ops(cuda)
         return rows
 
     def _note_name(self, pid: int, comm: str) -> None:
@@ -450,7 +481,7 @@ class TraceSession:
         quieter moment (or the end of the trace) rather than cost events."""
         import mmap
 
-        from ingero.tracer.standard import CUDA_RECORD
+        from ingero.tracer.calls import CUDA_RECORD
 
         ring_events = self.options.cuda_ringbuf_pages * mmap.PAGESIZE // CUDA_RECORD.size
         return self._chains_cost_s * self._totals.stored * rate < ring_events / 2

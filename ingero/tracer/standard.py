@@ -9,14 +9,15 @@ first return to user space until its own links exist (a thread of the tracer att
 go: see ``bpf/follow.bpf.c``); an exited one's links are closed. ``scan()`` looks at the traced processes'
 maps again, so a library loaded late with dlopen (as PyTorch does) is probed from then on.
 
-Events come out of :meth:`StandardTracer.poll` as plain tuples in :data:`CUDA_FIELDS` order (CUDA/driver
-calls; :meth:`CudaCall.of` wraps one) and :class:`~ingero.tracer.host.HostEvent` values (host/IO), with
-upstream's argument meanings (see the comment at the top of ``bpf/cuda.bpf.c``).
+Events come out of :meth:`StandardTracer.poll` as :class:`~ingero.tracer.calls.CallRecords` (CUDA/driver
+calls: their raw ring records, a sequence of tuples in :data:`CUDA_FIELDS` order; :meth:`CudaCall.of` wraps
+one) and :class:`~ingero.tracer.host.HostEvent` values (host/IO), with upstream's argument meanings (see the
+comment at the top of ``bpf/cuda.bpf.c``).
 
-The ring buffers are read directly (:class:`RingReader`): mmap'ed as libbpf maps them, every record that
-has arrived is copied out in one slice and decoded with one ``struct.iter_unpack`` per batch -- no
-callback, ctypes structure or Python object per event (the per-event path through libbpf callbacks cost
-~5 µs an event; this one ~0.3 µs).
+The ring buffers are read directly (:class:`RingReader`): mmap'ed as libbpf maps them, every run of records
+that has arrived is copied out in one slice -- no callback, ctypes structure or Python object per event (the
+per-event path through libbpf callbacks cost ~5 µs an event); the calls are decoded in bulk as they are used
+(see :mod:`ingero.tracer.calls`).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from ingero.runtime.memory import release_compiler_memory
 from ingero.runtime.ring import RingReader, record_checks
 from ingero.runtime.shared import SharedNames
 from ingero.store.schema import SOURCE_CUDA, SOURCE_DRIVER, SOURCE_HOST, op_name
+from ingero.tracer.calls import CUDA_FIELDS, CUDA_RECORD, CallRecords
 from ingero.tracer.follow import HOLD_RECORD, ProcessFollower
 from ingero.tracer.host import C_DEFINES as HOST_DEFINES
 from ingero.tracer.host import HOST_LAYOUT, HostEvent
@@ -53,15 +55,6 @@ from ingero.tracer.ops import DRIVER_SYMBOLS, OP_MASK, RUNTIME_SYMBOLS
 log = logging.getLogger(__name__)
 
 
-#: the fields of a CUDA/driver call tuple out of :meth:`StandardTracer.poll` (``comm`` is NUL-padded bytes;
-#: ``arg0``/``arg1`` are the u64 values reinterpreted as int64, as upstream stores them)
-CUDA_FIELDS = ("ts_ns", "duration_ns", "pid", "tid", "source", "op", "ret", "arg0", "arg1", "stack_id", "py_stack",
-               "comm")
-#: ``struct cuda_event`` after the ring buffer's 8-byte record header, as CUDA_FIELDS (flags skipped)
-CUDA_RECORD = struct.Struct("<8xqqIIBB2xiqqqQ16s")
-#: the same record's columns the metrics read in bulk (ingero.fleet.metrics), as a numpy dtype spec: name ->
-#: (format, offset in the record, header included); a test checks them against CUDA_RECORD
-CUDA_RECORD_COLUMNS = {"duration": ("<i8", 16), "source": ("u1", 32), "op": ("u1", 33), "ret": ("<i4", 36)}
 #: ``struct host_event`` (bpf/host.bpf.c) after the record header: the fields of HostEvent
 HOST_RECORD = struct.Struct("<8x" + HOST_LAYOUT)
 #: ``struct lib_open_event`` after the record header: pid, path
@@ -437,9 +430,10 @@ class StandardTracer(BpfObject):
         return attached
 
     # -- events ----------------------------------------------------------------------------------------
-    def poll(self, timeout_ms: int = 100, max_events: int = 4096) -> tuple[list[tuple], list[HostEvent]]:
-        """Events completed since the last poll, at most ``max_events`` of each kind: (CUDA/driver call tuples
-        in :data:`CUDA_FIELDS` order, host events). Waits up to ``timeout_ms`` only when none has arrived.
+    def poll(self, timeout_ms: int = 100, max_events: int = 4096) -> tuple[CallRecords, list[HostEvent]]:
+        """Events completed since the last poll, at most ``max_events`` of each kind: (CUDA/driver calls as
+        their raw records, a sequence of tuples in :data:`CUDA_FIELDS` order; host events). Waits up to
+        ``timeout_ms`` only when none has arrived.
 
         The CUDA ring is filled without wakeups (``BPF_RB_NO_WAKEUP``: a wakeup costs the traced call
         microseconds), so while waiting it is looked at every :data:`CUDA_POLL_MS`; the host and library-open
@@ -460,10 +454,10 @@ class StandardTracer(BpfObject):
             self._attach_opened()
         return cuda, host
 
-    def _read(self, max_events: int) -> tuple[list[tuple], list[HostEvent]]:
+    def _read(self, max_events: int) -> tuple[CallRecords, list[HostEvent]]:
         rings = self._rings
         if not rings:
-            return [], []
+            return CallRecords(), []
         for pid, path in rings["opens"].read():
             self._opens.append((pid, path.split(b"\0", 1)[0].decode(errors="replace")))
         host = [HostEvent(*t[:9], t[9].split(b"\0", 1)[0].decode(errors="replace"))
@@ -482,12 +476,7 @@ class StandardTracer(BpfObject):
                 else:  # a new program: the kernel dropped its Python entry; look at it again now
                     self.python.forget(h.pid)
                     self.python.configure(h.pid)
-        return rings["cuda"].read(max_events), host
-
-    def cuda_chunk(self) -> bytes | None:
-        """The raw records of the last poll's CUDA/driver calls (CUDA_RECORD each), when read in one piece."""
-        ring = self._rings.get("cuda") if self._rings else None
-        return ring.last_chunk if ring is not None else None
+        return CallRecords(rings["cuda"].read_bytes(max_events)), host
 
     def pending_bytes(self) -> int:
         """Bytes in the ring buffers not read yet (a backlog)."""

@@ -1,0 +1,119 @@
+"""One poll's CUDA/driver calls as their raw ring records, read in bulk with no Python object per call.
+
+:meth:`StandardTracer.poll <ingero.tracer.standard.StandardTracer.poll>` returns the calls of a poll as
+:class:`CallRecords`: the bytes of their ring records as copied out of the ring (:data:`CUDA_RECORD` each,
+one after the other). It is a sequence of call tuples (:data:`CUDA_FIELDS` order), decoded only as they
+are iterated; a tracer's per-batch bookkeeping reads whole columns with numpy (:meth:`CallRecords.names`,
+:meth:`CallRecords.op_counts`), and the store takes the rows decoded one at a time as SQLite binds them
+(:meth:`CallRecords.rows` in :data:`CALL_LAYOUT`, the thread names mapped by :func:`call_layout`): no list
+of rows, no per-call Python code, no garbage for the cycle collector to walk.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from itertools import count
+
+import numpy as np
+
+from ingero.store.records import RowLayout
+
+#: the fields of a CUDA/driver call tuple out of :meth:`StandardTracer.poll` (``comm`` is NUL-padded bytes;
+#: ``arg0``/``arg1`` are the u64 values reinterpreted as int64, as upstream stores them)
+CUDA_FIELDS = ("ts_ns", "duration_ns", "pid", "tid", "source", "op", "ret", "arg0", "arg1", "stack_id", "py_stack",
+               "comm")
+#: ``struct cuda_event`` after the ring buffer's 8-byte record header, as CUDA_FIELDS (flags skipped)
+CUDA_RECORD = struct.Struct("<8xqqIIBB2xiqqqQ16s")
+#: the same record's columns read in bulk (here and ingero.fleet.metrics), as a numpy dtype spec: name ->
+#: (format, offset in the record, header included); a test checks them against CUDA_RECORD
+CUDA_RECORD_COLUMNS = {"duration": ("<i8", 16), "pid": ("<u4", 24), "source": ("u1", 32), "op": ("u1", 33),
+                       "ret": ("<i4", 36), "comm": ("V16", 72)}
+#: the same record as a stored row without stacks: CUDA_FIELDS less stack_id and py_stack (a test checks)
+CALL_ROW = struct.Struct("<8xqqIIBB2xiqq16x16s")
+#: where the items of ``(seq, *CALL_ROW fields)`` go in the ``events`` columns after ``id`` (ingero.store.records
+#: EVENT_COLUMNS[1:]: timestamp, pid, tid, source, op, duration, gpu_id, arg0, arg1, ret_code, stack_hash, comm,
+#: cgroup_id); ``{comm}`` is filled by :func:`call_layout`
+_CALL_VALUES = ("?2", "?4", "?5", "?6", "?7", "?3", "0", "?9", "?10", "?8", "0", "{comm}", "0")
+_COMM_PARAM = "?11"
+#: at most this many distinct thread names in a batch are mapped in SQL (more: the caller makes its rows)
+MAX_LAID_NAMES = 16
+
+
+def call_layout(names: dict[bytes, str]) -> RowLayout:
+    """The layout of :meth:`CallRecords.rows`, the raw ``comm`` of each call mapped to its name as given
+    (raw 16 bytes -> name: every raw name of the batch; a call whose name is not in it fails the batch)."""
+    if not names or len(names) > MAX_LAID_NAMES:
+        raise ValueError(f"1 to {MAX_LAID_NAMES} names, not {len(names)}")
+    whens = " ".join(f"WHEN x'{raw.hex()}' THEN '{name.replace(chr(39), chr(39) * 2)}'"
+                     for raw, name in sorted(names.items()))
+    comm = f"CASE {_COMM_PARAM} {whens} END"
+    return RowLayout(tuple(v.format(comm=comm) for v in _CALL_VALUES))
+
+
+_DTYPE: list[np.dtype] = []
+
+
+def record_dtype() -> np.dtype:
+    """The numpy dtype of a raw CUDA ring record's columns (CUDA_RECORD_COLUMNS, and ``kind``)."""
+    if not _DTYPE:
+        cols = dict(CUDA_RECORD_COLUMNS)
+        # source and op side by side (a test checks) read as one little-endian u2, the kind: source | op << 8
+        cols["kind"] = ("<u2", cols["source"][1])
+        _DTYPE.append(np.dtype({"names": list(cols), "formats": [f for f, _ in cols.values()],
+                                "offsets": [o for _, o in cols.values()], "itemsize": CUDA_RECORD.size}))
+    return _DTYPE[0]
+
+
+@dataclass(frozen=True)
+class CallRecords(Sequence):
+    """Calls as their raw ring records (``raw``: CUDA_RECORD after CUDA_RECORD); a sequence of call tuples."""
+
+    raw: bytes = b""
+
+    def __post_init__(self) -> None:
+        if len(self.raw) % CUDA_RECORD.size:
+            raise ValueError(f"{len(self.raw)} bytes are not whole records of {CUDA_RECORD.size}")
+
+    def __len__(self) -> int:
+        return len(self.raw) // CUDA_RECORD.size
+
+    def __getitem__(self, i: int) -> tuple:  # type: ignore[override]
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(i)
+        return CUDA_RECORD.unpack_from(self.raw, (i % n) * CUDA_RECORD.size)
+
+    def __iter__(self) -> Iterator[tuple]:
+        return CUDA_RECORD.iter_unpack(self.raw)
+
+    def columns(self) -> np.ndarray:
+        """The records as a numpy structured array (no copy) of CUDA_RECORD_COLUMNS and ``kind``."""
+        return np.frombuffer(self.raw, record_dtype())
+
+    def names(self) -> list[tuple[int, bytes]]:
+        """The distinct (pid, raw comm) pairs of the calls, in the order they first occur."""
+        if not self.raw:
+            return []
+        cols = self.columns()
+        pid, comm = cols["pid"], cols["comm"]
+        if (pid == pid[0]).all() and (comm == comm[0]).all():
+            return [(int(pid[0]), comm[0].tobytes())]
+        return list(dict.fromkeys(zip(pid.tolist(), comm.tolist(), strict=True)))
+
+    def op_counts(self) -> list[tuple[int, int, int]]:
+        """(source, op, calls) for each (source, op) of the calls."""
+        if not self.raw:
+            return []
+        kind = self.columns()["kind"]
+        if (kind == kind[0]).all():
+            pairs = [(int(kind[0]), len(kind))]
+        else:
+            kinds, counts = np.unique(kind, return_counts=True)
+            pairs = list(zip(kinds.tolist(), counts.tolist(), strict=True))
+        return [(k & 0xFF, k >> 8, n) for k, n in pairs]
+
+    def rows(self, first: int) -> Iterator[tuple]:
+        """The calls as rows ``(seq, *CALL_ROW fields)``, seq from ``first``, decoded as they are taken."""
+        return map(tuple.__add__, zip(count(first)), CALL_ROW.iter_unpack(self.raw))
