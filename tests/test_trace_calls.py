@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from ingero.store import EpochClock, EventWriter, SessionInfo, StoreError
 from ingero.tracer.calls import (
     CALL_ROW,
+    CALL_ROW_ONE_NAME,
     CUDA_FIELDS,
     CUDA_RECORD,
     MAX_LAID_NAMES,
@@ -55,10 +56,15 @@ def test_records_read_as_the_calls_they_hold(calls):
 
 
 def test_a_stored_row_is_the_record_less_its_stack_fields():
+    import struct
+
     t = (1, 2, 3, 4, 5, 6, -7, 8, 9, 10, 11, b"name")
     assert len(t) == len(CUDA_FIELDS)
-    assert CALL_ROW.size == CUDA_RECORD.size
-    assert CALL_ROW.unpack(CUDA_RECORD.pack(*t)) == (*t[:9], t[11].ljust(16, b"\0"))
+    buf = CUDA_RECORD.pack(*t)
+    one, two = struct.Struct(CALL_ROW_ONE_NAME), struct.Struct(CALL_ROW)
+    assert one.size == two.size == CUDA_RECORD.size
+    assert one.unpack(buf) == t[:9]
+    assert two.unpack(buf) == (*t[:9], *struct.unpack("<qq", t[11].ljust(16, b"\0")))
 
 
 def _stored(db) -> list[tuple]:
@@ -71,31 +77,36 @@ def _stored(db) -> list[tuple]:
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(call, min_size=1, max_size=30), st.integers(0, 5))
-def test_laid_out_rows_store_what_the_records_hold(tmp_path_factory, calls, before):
-    """Rows bound straight from the records: each column equal to the packed call (timestamp plus the clock's
-    offset, the name decoded as Python decodes it), numbered after the writer's earlier events."""
+@given(st.lists(call, min_size=1, max_size=30), st.integers(0, 5), st.sampled_from([1, 3, 64, 130]),
+       st.booleans())
+def test_records_store_what_they_hold(tmp_path_factory, calls, before, times, one_name):
+    """Rows bound straight from the records, many to an INSERT and the rest one at a time: each column equal
+    to the packed call (timestamp plus the clock's offset, the name decoded as Python decodes it; one name
+    or several), numbered in order after the writer's earlier events."""
     db = tmp_path_factory.mktemp("laid") / "t.db"
+    calls = [(*c[:11], calls[0][11]) if one_name else c for c in calls * times]
     recs = _pack(calls)
     names = {raw: _name(raw) for _, raw in recs.names()}
     with EventWriter(db, node="n1", clock=EpochClock(1_000), session=SessionInfo()) as w:
         if before:
             w.add_events([(5, 1, 1, 1, 4, 5, 0, 0, 0, 0, 0, "h", 0)] * before)
-        assert w.add_laid_out(call_layout(names), len(recs), recs.rows) == before + len(calls)
+        assert w.add_records(call_layout(names), recs.raw) == before + len(calls)
+        assert w.add_records(call_layout(names), b"") == before + len(calls)
     rows = _stored(db)[before:]
     assert rows == [(f"n1:{before + i + 1}", ts + 1_000, pid, tid, src, op, dur, 0, a0, a1, ret, 0, _name(c), 0, "n1")
                     for i, (ts, dur, pid, tid, src, op, ret, a0, a1, _, _, c) in enumerate(calls)]
 
 
-def test_a_name_left_out_or_a_wrong_count_writes_nothing(tmp_path):
-    recs = _pack([(1, 2, 3, 4, 1, 4, 0, 0, 0, -1, 0, b"a"), (1, 2, 3, 4, 1, 4, 0, 0, 0, -1, 0, b"b")])
+def test_a_name_left_out_or_a_torn_record_writes_nothing(tmp_path):
+    recs = _pack([(1, 2, 3, 4, 1, 4, 0, 0, 0, -1, 0, b"a"), (1, 2, 3, 4, 1, 4, 0, 0, 0, -1, 0, b"b")] * 40)
+    names = {raw: _name(raw) for _, raw in recs.names()}
     db = tmp_path / "t.db"
     with EventWriter(db, node="n1", session=SessionInfo()) as w:
         with pytest.raises(StoreError):
-            w.add_laid_out(call_layout({b"a".ljust(16, b"\0"): "a"}), 2, recs.rows)
-        with pytest.raises(StoreError, match="3 events gave 2"):
-            w.add_laid_out(call_layout({raw: _name(raw) for _, raw in recs.names()}), 3, recs.rows)
-        assert w.add_laid_out(call_layout({raw: _name(raw) for _, raw in recs.names()}), 2, recs.rows) == 2
-    assert [r[0] for r in _stored(db)] == ["n1:1", "n1:2"]  # the failed batches took no number
+            w.add_records(call_layout({b"a".ljust(16, b"\0"): "a", b"c".ljust(16, b"\0"): "c"}), recs.raw)
+        with pytest.raises(StoreError, match="not whole records"):
+            w.add_records(call_layout(names), recs.raw[:-8])
+        assert w.add_records(call_layout(names), recs.raw) == 80
+    assert [r[0] for r in _stored(db)] == [f"n1:{i}" for i in range(1, 81)]  # the failed batches took no number
     with pytest.raises(ValueError):
         call_layout({bytes([i]) * 16: str(i) for i in range(MAX_LAID_NAMES + 1)})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
@@ -50,17 +51,41 @@ EVENT_COLUMNS = ("id", "timestamp", "pid", "tid", "source", "op", "duration", "g
 
 @dataclass(frozen=True)
 class RowLayout:
-    """Events given as rows of another layout than ``(seq, *Event fields)`` (see
-    :meth:`~ingero.store.writer.EventWriter.add_laid_out`): for each column of ``EVENT_COLUMNS`` after ``id``, in
-    that order, the SQL expression that fills it from a row's items as numbered parameters -- ``?1`` is the
-    event's sequence number, ``?2`` the row's next item and so on -- or a constant. ``timestamp`` is kernel
-    monotonic ns (the writer adds its clock's offset). Made of the program's own text, never of input."""
+    """Standard events given as fixed-layout binary records (:meth:`EventWriter.add_records
+    <ingero.store.writer.EventWriter.add_records>`). ``record``: the :mod:`struct` format of one record (byte
+    order first), which decodes it to items; ``values``: for each column of ``EVENT_COLUMNS`` after ``id``, in
+    that order, the SQL expression that fills it from the items, ``{0}``, ``{1}``..., or a constant.
+    ``timestamp`` is kernel monotonic ns (the writer adds its clock's offset).
+    Made of the program's own text, never of input."""
 
+    record: str
     values: tuple[str, ...]
 
     def __post_init__(self) -> None:
         if len(self.values) != len(EVENT_COLUMNS) - 1:
             raise ValueError(f"a row layout fills {len(EVENT_COLUMNS) - 1} columns, not {len(self.values)}")
+        if self.record[:1] not in "<>=!":
+            raise ValueError(f"{self.record}: a record format starts with its byte order")
+
+    @property
+    def items(self) -> int:
+        """How many items one record decodes to."""
+        rec = struct.Struct(self.record)
+        return len(rec.unpack(bytes(rec.size)))
+
+    def insert(self, k: int, id_prefix: str, node: str, offset_ns: int) -> tuple[str, struct.Struct]:
+        """The INSERT of ``k`` events (parameters: the first one's sequence number, then each record's items)
+        and the decoder of ``k`` records into those items, one flat tuple. ``id_prefix`` and ``node`` are SQL
+        literals; ``offset_ns`` is added to the timestamp."""
+        m = self.items
+        ts, *rest = self.values
+        values = (f"({ts}) + {int(offset_ns)}", *rest)
+        rows = []
+        for r in range(k):
+            cols = ", ".join(v.format(*(f"?{2 + r * m + i}" for i in range(m))) for v in values)
+            rows.append(f"({id_prefix} || (?1 + {r}), {cols}, {node})")
+        return (f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}, node) VALUES {', '.join(rows)}",
+                struct.Struct(self.record[0] + self.record[1:] * k))
 
 
 @dataclass(frozen=True)

@@ -30,10 +30,12 @@ import logging
 import re
 import socket
 import sqlite3
+import struct
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from itertools import count
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +69,10 @@ log = logging.getLogger(__name__)
 
 
 # --- the writer ----------------------------------------------------------------------------------------
+#: records bound to one INSERT by add_records (its rows number themselves from one parameter): fewer calls
+#: into SQLite per event (bench: 64 -> ~1.2 µs an event, decoding included, against ~1.8 one at a time);
+#: 64 x a dozen items stays below SQLite's oldest limit of 999 parameters
+ROWS_PER_INSERT = 64
 # the event id is built by SQLite from the sequence number (the node prefix is a literal of the statement)
 _INSERT_EVENTS = (f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}, node) VALUES "
                   "({prefix} || ?, ? + {offset}, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, {node})")
@@ -105,7 +111,7 @@ class EventWriter:
         self._closed = False
         self._deferred: list[str] = []
         self._side_sql: dict[int, str] = {}
-        self._laid_sql: dict[RowLayout, str] = {}
+        self._laid: dict[RowLayout, tuple] = {}
         self.conn = dbfile.open_database(self.path, self.max_db_size)
         self._prefix = f"{self.node}:"
         literal = _sql_literal(self._prefix)
@@ -158,24 +164,33 @@ class EventWriter:
             self._seq += len(rows)
             return self._after_batch(len(rows), 0)
 
-    def add_laid_out(self, layout: RowLayout, n: int, rows: Callable[[int], Iterable[tuple]]) -> int:
-        """Write ``n`` standard events given in ``layout``, in one transaction: ``rows(first)`` yields them (it
-        may be a lazy iterator: each row is bound as it comes, no list of rows is made), numbered first,
-        first + 1, ... A count other than ``n`` fails the batch (nothing written). Returns as :meth:`add_events`."""
+    def add_records(self, layout: RowLayout, raw: bytes) -> int:
+        """Write the standard events held in ``raw`` (records of ``layout.record`` one after the other) in one
+        transaction, numbered in order. No Python object per event: :data:`ROWS_PER_INSERT` records at a time
+        are decoded into one flat tuple (one ``struct`` call) and bound to one multi-row INSERT whose rows
+        number themselves from one parameter. Returns as :meth:`add_events`."""
         with self._lock:
             self._check_open()
-            sql = self._laid_sql.get(layout)
-            if sql is None:
-                ts, *rest = layout.values
-                sql = self._laid_sql[layout] = (
-                    f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}, node) VALUES ({_sql_literal(self._prefix)} "
-                    f"|| ?1, ({ts}) + {int(self.clock.offset_ns)}, {', '.join(rest)}, {_sql_literal(self.node)})")
-            try:
-                self._transaction(rows(self._seq + 1), {}, sql, n)
-            except _Unbindable as e:
-                raise StoreError(f"a row of layout {layout} cannot be bound") from e
+            (many, rec_many), (one, rec_one) = self._laid.get(layout) or self._plan(layout)
+            n, rest = divmod(len(raw), rec_one.size)
+            if rest:
+                raise StoreError(f"{len(raw)} bytes are not whole records of {layout.record}")
+            full, cut, first = n - n % ROWS_PER_INSERT, (n - n % ROWS_PER_INSERT) * rec_one.size, self._seq + 1
+            parts = [(many, map(tuple.__add__, zip(count(first, ROWS_PER_INSERT)),
+                                rec_many.iter_unpack(memoryview(raw)[:cut])), full),
+                     (one, map(tuple.__add__, zip(count(first + full)), rec_one.iter_unpack(memoryview(raw)[cut:])),
+                      n - full)]
+            self._transaction([], {}, "", [p for p in parts if p[2]])
             self._seq += n
             return self._after_batch(n, 0)
+
+    def _plan(self, layout: RowLayout) -> tuple[tuple[str, struct.Struct], tuple[str, struct.Struct]]:
+        if len(self._laid) >= 64:  # layouts come and go with the thread names of the batches
+            self._laid.clear()
+        many, one = (layout.insert(k, _sql_literal(self._prefix), _sql_literal(self.node), self.clock.offset_ns)
+                     for k in (ROWS_PER_INSERT, 1))
+        self._laid[layout] = (many, one)
+        return many, one
 
     def add_events(self, batch: Sequence[Sequence[Any]], *, epoch: bool = False) -> int:
         """Write one batch in one transaction (with anything queued by the other ``add_*`` calls).
@@ -250,16 +265,20 @@ class EventWriter:
             self._transaction([_fix_row(r) for r in rows],
                               {k: [_fix_row(r) for r in v] for k, v in side.items()}, ins)
 
-    def _transaction(self, rows: Iterable[tuple], side: dict[int, list[tuple]], ins: str, n: int = -1) -> None:
-        """One batch: ``rows`` in ``ins``, and ``n`` of them (when not -1) or none of them is written."""
+    def _transaction(self, rows: list[tuple], side: dict[int, list[tuple]], ins: str,
+                     laid: Sequence[tuple[str, Iterable[tuple], int]] = ()) -> None:
+        """One batch: ``rows`` in ``ins``; each of ``laid`` (INSERT, its parameter tuples, the rows they make:
+        exactly as many, or nothing of the batch is written)."""
         c = self.conn
         try:
             c.execute("BEGIN")
             try:
                 self._run_pending()
-                if n >= 0 or rows:
-                    done = c.executemany(ins, rows).rowcount
-                    if n >= 0 and done != n:
+                if rows:
+                    c.executemany(ins, rows)
+                for sql, params, n in laid:
+                    done = c.executemany(sql, params).rowcount
+                    if done != n:
                         raise StoreError(f"a batch of {n} events gave {done} rows: not written")
                 for k, srows in side.items():
                     c.executemany(self._side_insert(k), srows)

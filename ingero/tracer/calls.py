@@ -4,17 +4,17 @@
 :class:`CallRecords`: the bytes of their ring records as copied out of the ring (:data:`CUDA_RECORD` each,
 one after the other). It is a sequence of call tuples (:data:`CUDA_FIELDS` order), decoded only as they
 are iterated; a tracer's per-batch bookkeeping reads whole columns with numpy (:meth:`CallRecords.names`,
-:meth:`CallRecords.op_counts`), and the store takes the rows decoded one at a time as SQLite binds them
-(:meth:`CallRecords.rows` in :data:`CALL_LAYOUT`, the thread names mapped by :func:`call_layout`): no list
-of rows, no per-call Python code, no garbage for the cycle collector to walk.
+:meth:`CallRecords.op_counts`), and the store takes the records themselves, in the layout
+:func:`call_layout` gives (the thread names mapped in SQL): no list of rows, no per-call Python code, no
+garbage for the cycle collector to walk.
 """
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from itertools import count
 
 import numpy as np
 
@@ -30,26 +30,40 @@ CUDA_RECORD = struct.Struct("<8xqqIIBB2xiqqqQ16s")
 #: (format, offset in the record, header included); a test checks them against CUDA_RECORD
 CUDA_RECORD_COLUMNS = {"duration": ("<i8", 16), "pid": ("<u4", 24), "source": ("u1", 32), "op": ("u1", 33),
                        "ret": ("<i4", 36), "comm": ("V16", 72)}
-#: the same record as a stored row without stacks: CUDA_FIELDS less stack_id and py_stack (a test checks)
-CALL_ROW = struct.Struct("<8xqqIIBB2xiqq16x16s")
-#: where the items of ``(seq, *CALL_ROW fields)`` go in the ``events`` columns after ``id`` (ingero.store.records
-#: EVENT_COLUMNS[1:]: timestamp, pid, tid, source, op, duration, gpu_id, arg0, arg1, ret_code, stack_hash, comm,
-#: cgroup_id); ``{comm}`` is filled by :func:`call_layout`
-_CALL_VALUES = ("?2", "?4", "?5", "?6", "?7", "?3", "0", "?9", "?10", "?8", "0", "{comm}", "0")
-_COMM_PARAM = "?11"
+#: the same record as stored without stacks (ingero.store.EventWriter.add_records), two ways: decoded to CUDA_FIELDS
+#: less stack_id, py_stack and comm, for a batch of one thread name (a literal of the layout); and with the raw
+#: comm as two int64 too, which the layout maps to the names (a test checks both against CUDA_RECORD)
+CALL_ROW_ONE_NAME = "<8xqqIIBB2xiqq32x"
+CALL_ROW = "<8xqqIIBB2xiqq16xqq"
+#: where a call's items go in the ``events`` columns after ``id`` (ingero.store.records EVENT_COLUMNS[1:]:
+#: timestamp, pid, tid, source, op, duration, gpu_id, arg0, arg1, ret_code, stack_hash, comm, cgroup_id)
+_CALL_VALUES = ("{{0}}", "{{2}}", "{{3}}", "{{4}}", "{{5}}", "{{1}}", "0", "{{7}}", "{{8}}", "{{6}}", "0", "{comm}",
+                "0")
 #: at most this many distinct thread names in a batch are mapped in SQL (more: the caller makes its rows)
 MAX_LAID_NAMES = 16
 
 
+def _literal(name: str) -> str:
+    """``name`` as an SQL string literal inside a RowLayout value (whose braces are format fields)."""
+    return "'" + name.replace("'", "''").replace("{", "{{").replace("}", "}}") + "'"
+
+
+@functools.lru_cache(maxsize=64)
+def _layout(names: tuple[tuple[bytes, str], ...]) -> RowLayout:
+    if len(names) == 1:
+        return RowLayout(CALL_ROW_ONE_NAME, tuple(v.format(comm=_literal(names[0][1])) for v in _CALL_VALUES))
+    whens = " ".join("WHEN {{9}} = {} AND {{10}} = {} THEN {}".format(*struct.unpack("<qq", raw), _literal(name))
+                     for raw, name in names)
+    return RowLayout(CALL_ROW, tuple(v.format(comm=f"CASE {whens} END") for v in _CALL_VALUES))
+
+
 def call_layout(names: dict[bytes, str]) -> RowLayout:
-    """The layout of :meth:`CallRecords.rows`, the raw ``comm`` of each call mapped to its name as given
-    (raw 16 bytes -> name: every raw name of the batch; a call whose name is not in it fails the batch)."""
+    """How a batch of calls is stored straight from its records, without stacks: each call's raw ``comm``
+    (16 bytes) mapped to its name as given -- every raw name of the batch (a call whose name is not in it
+    fails the batch: NULL in a NOT NULL column)."""
     if not names or len(names) > MAX_LAID_NAMES:
         raise ValueError(f"1 to {MAX_LAID_NAMES} names, not {len(names)}")
-    whens = " ".join(f"WHEN x'{raw.hex()}' THEN '{name.replace(chr(39), chr(39) * 2)}'"
-                     for raw, name in sorted(names.items()))
-    comm = f"CASE {_COMM_PARAM} {whens} END"
-    return RowLayout(tuple(v.format(comm=comm) for v in _CALL_VALUES))
+    return _layout(tuple(sorted(names.items())))
 
 
 _DTYPE: list[np.dtype] = []
@@ -113,7 +127,3 @@ class CallRecords(Sequence):
             kinds, counts = np.unique(kind, return_counts=True)
             pairs = list(zip(kinds.tolist(), counts.tolist(), strict=True))
         return [(k & 0xFF, k >> 8, n) for k, n in pairs]
-
-    def rows(self, first: int) -> Iterator[tuple]:
-        """The calls as rows ``(seq, *CALL_ROW fields)``, seq from ``first``, decoded as they are taken."""
-        return map(tuple.__add__, zip(count(first)), CALL_ROW.iter_unpack(self.raw))

@@ -379,7 +379,7 @@ class TraceSession:
         else:
             layout = self._call_layout(cuda) if cuda and not self.options.stacks else None
             if layout is not None:  # the calls bound straight from their records, then the host events
-                self.writer.add_laid_out(layout, len(cuda), cuda.rows)
+                self.writer.add_records(layout, cuda.raw)
                 if host:
                     self.writer.add_numbered(host_rows)
             else:
