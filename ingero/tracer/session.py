@@ -10,7 +10,9 @@ does, and stops when the duration has passed, every traced process has exited, o
 ends the session row; it is idempotent. The library never prints; :meth:`snapshot` feeds a live view.
 
 Ingest rate (bench/bench_trace_ingest.py: 400k events/s sustained, no drop, on 2 vCPUs): a tick takes at most
-a few thousand records per ring, decoded in bulk, numbered and written in one ``executemany``; upstream's
+a few thousand records per ring; without stacks the calls go from their raw records to the database with no
+Python object per call (:mod:`ingero.tracer.calls`, ``EventWriter.add_records``: 64 to an INSERT), with
+stacks they are decoded in bulk, numbered and written in one ``executemany``; upstream's
 secondary ``events`` indexes are built at close rather than per row (a SIGKILLed trace leaves a complete
 file without them; after Ctrl-C the build gets what is left of :data:`INTERRUPTED_CLOSE_S`); the causal
 chain analysis, which reads the whole database meanwhile nothing drains the rings, waits while the event
@@ -395,8 +397,10 @@ class TraceSession:
         from ingero.tracer.calls import MAX_LAID_NAMES, call_layout
 
         comms = self._names_of(cuda)
+        if len(comms) > MAX_LAID_NAMES:
+            return None  # (counted as its rows are made)
         self._count_ops(cuda)
-        return call_layout(comms) if len(comms) <= MAX_LAID_NAMES else None
+        return call_layout(comms)
 
     def _names_of(self, cuda: CallRecords) -> dict[bytes, str]:
         """Note the process names of a batch of calls, once per batch, not per event; raw comm -> name."""

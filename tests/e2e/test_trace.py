@@ -76,6 +76,41 @@ def traced(tmp_path_factory):
 
 def test_exact_cuda_calls_of_the_forked_child(traced):
     db, parent, child, repeat = traced
+    _exact_calls(db, child, repeat)
+
+
+def test_exact_cuda_calls_without_stacks(need_bpf, tmp_path):
+    """Without stacks the calls are stored straight from their ring records (ingero.tracer.calls): the same
+    rows, and each call's thread name as the kernel has it."""
+    db = tmp_path / "nostacks.db"
+    repeat = 3
+    with Workload("--repeat", str(repeat), "--fork", "--hold", "0.2") as w:
+        w.expect("waiting calls")
+        with open(f"/proc/{w.pid}/comm") as f:
+            comm = f.read().strip()  # the forked child keeps it
+        session = TraceSession(TraceOptions(db=db, stacks=False), pids=[w.pid]).start()
+        runner = threading.Thread(target=session.run)
+        runner.start()
+        try:
+            w.go()
+            child = int(w.expect("forked child pid=").split("=")[1])
+            w.finish()
+            runner.join(timeout=20)
+            assert not runner.is_alive()
+        finally:
+            session.stop("test over")
+            runner.join(timeout=20)
+    _exact_calls(db, child, repeat)
+    assert rows(db, "SELECT DISTINCT comm, stack_hash, gpu_id, cgroup_id FROM events WHERE source = 1") == [
+        (comm, 0, 0, 0)]
+    ids = [r[0] for r in rows(db, "SELECT id FROM events ORDER BY rowid")]
+    assert ids == [f"{ids[0].rsplit(':', 1)[0]}:{i}" for i in range(1, len(ids) + 1)]  # numbered in order
+    assert session.snapshot().by_op == Counter(dict(rows(
+        db, "SELECT o.name, COUNT(*) FROM events e JOIN ops o ON o.source_id = e.source AND o.op_id = e.op "
+            "GROUP BY o.name")))
+
+
+def _exact_calls(db: Path, child: int, repeat: int) -> None:
     got = Counter(dict(rows(db, "SELECT op, COUNT(*) FROM events WHERE source = 1 GROUP BY op")))
     want = Counter({OPS[name]: n for name, n in workload.expected_counts(repeat).items()})
     assert got == want
