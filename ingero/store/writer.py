@@ -176,10 +176,9 @@ class EventWriter:
             if rest:
                 raise StoreError(f"{len(raw)} bytes are not whole records of {layout.record}")
             full, cut, first = n - n % ROWS_PER_INSERT, (n - n % ROWS_PER_INSERT) * rec_one.size, self._seq + 1
-            parts = [(many, map(tuple.__add__, zip(count(first, ROWS_PER_INSERT)),
-                                rec_many.iter_unpack(memoryview(raw)[:cut])), full),
-                     (one, map(tuple.__add__, zip(count(first + full)), rec_one.iter_unpack(memoryview(raw)[cut:])),
-                      n - full)]
+            add = tuple.__add__
+            parts = [(many, map(add, zip(count(first, ROWS_PER_INSERT)), rec_many.iter_unpack(raw[:cut])), full),
+                     (one, map(add, zip(count(first + full)), rec_one.iter_unpack(raw[cut:])), n - full)]
             self._transaction([], {}, "", [p for p in parts if p[2]])
             self._seq += n
             return self._after_batch(n, 0)

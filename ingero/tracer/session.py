@@ -379,7 +379,7 @@ class TraceSession:
             self.writer.add_events(rows)
             self._totals.stored += len(rows)
         else:
-            layout = self._call_layout(cuda) if cuda and not self.options.stacks else None
+            layout = self._call_layout(cuda) if cuda else None
             if layout is not None:  # the calls bound straight from their records, then the host events
                 self.writer.add_records(layout, cuda.raw)
                 if host:
@@ -392,15 +392,28 @@ class TraceSession:
         return n
 
     def _call_layout(self, cuda: CallRecords) -> RowLayout | None:
-        """Note the calls' process names and count them by op; the layout that stores them straight from their
-        records (no stacks to resolve), or None when they carry too many thread names for it."""
-        from ingero.tracer.calls import MAX_LAID_NAMES, call_layout
+        """Note the calls' process names, resolve their stacks and count them by op; the layout that stores them
+        straight from their records, or None when they carry too many thread names or stacks for it."""
+        from ingero.tracer.calls import MAX_LAID_NAMES, MAX_LAID_STACKS, call_layout
 
         comms = self._names_of(cuda)
         if len(comms) > MAX_LAID_NAMES:
             return None  # (counted as its rows are made)
+        stacks = None
+        if self.options.stacks:
+            found = cuda.stacks()
+            if len(found) > MAX_LAID_STACKS:
+                return None
+            sh, lines = self._stack_hash, self._totals.python_lines
+            stacks = {}
+            for pid, sid, py, k in found:
+                h = stacks[(pid, sid, py)] = sh(pid, sid, py) if sid >= 0 or py else 0
+                line = self._py_lines.get(h)
+                if line:
+                    lines[line] += k
+        # counted once the stacks are resolved: a watcher of the counts may then let the processes exit
         self._count_ops(cuda)
-        return call_layout(comms)
+        return call_layout(comms, stacks)
 
     def _names_of(self, cuda: CallRecords) -> dict[bytes, str]:
         """Note the process names of a batch of calls, once per batch, not per event; raw comm -> name."""
