@@ -70,7 +70,7 @@ def test_record_columns_match_the_ring_record():
     assert len(t) == len(CUDA_FIELDS)
     buf = CUDA_RECORD.pack(*t)
     for name, (fmt, off) in CUDA_RECORD_COLUMNS.items():
-        code = {"<i8": "<q", "u1": "<B", "<i4": "<i", "<u4": "<I", "V16": "16s"}[fmt]
+        code = {"<i8": "<q", "u1": "<B", "<i4": "<i", "<u4": "<I", "<u8": "<Q", "V16": "16s"}[fmt]
         assert struct.unpack_from(code, buf, off)[0] == t[CUDA_FIELDS.index({"duration": "duration_ns"}.get(
             name, name))]
 
