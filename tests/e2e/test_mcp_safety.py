@@ -14,7 +14,10 @@ import pytest
 from tests.replay_helpers import DATALOADER, free_port, start_http
 
 TOKEN = "safety-token"
-BOMB = "SELECT instr(printf('%.*c', 1000000, 'a'), printf('%.*c', 500000, 'a') || 'b')"
+# one LIKE call that runs ~30 s (1M characters against a 40k pattern; SQLite's progress handler never runs
+# inside it). An instr() of a 500k needle in 1M was used first: 3.4 s on an idle AMD EPYC, which a faster
+# CPU finishes inside the 3 s limit
+BOMB = "SELECT printf('%.*c', 1000000, 'a') LIKE '%' || printf('%.*c', 40000, 'a') || 'b' || '%'"
 
 
 def _sha(p: Path) -> str:
