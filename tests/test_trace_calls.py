@@ -4,7 +4,6 @@ names mapped in SQL), each compared with the tuples the test packed itself."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections import Counter
 
 import pytest
@@ -23,6 +22,7 @@ from ingero.tracer.calls import (
     CallRecords,
     call_layout,
 )
+from tests.helpers import db_rows
 
 COMMS = [b"python", b"pt_main_thread", b"a'quote", b"\xff\xfebad utf8", b"x" * 15, b""]
 
@@ -74,12 +74,8 @@ def test_a_stored_row_is_the_record_less_its_stack_fields():
 
 
 def _stored(db) -> list[tuple]:
-    conn = sqlite3.connect(db)
-    try:
-        return conn.execute("SELECT id, timestamp, pid, tid, source, op, duration, gpu_id, arg0, arg1, ret_code, "
-                            "stack_hash, comm, cgroup_id, node FROM events ORDER BY rowid").fetchall()
-    finally:
-        conn.close()
+    return db_rows(db, "SELECT id, timestamp, pid, tid, source, op, duration, gpu_id, arg0, arg1, ret_code, "
+                       "stack_hash, comm, cgroup_id, node FROM events ORDER BY rowid")
 
 
 @settings(max_examples=60, deadline=None)

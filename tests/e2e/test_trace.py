@@ -4,11 +4,12 @@ standard MCP tools then serve."""
 from __future__ import annotations
 
 import json
-import sqlite3
 import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import anyio
@@ -17,6 +18,7 @@ import pytest
 from ingero import workload
 from ingero.tracer.session import TraceOptions, TraceSession
 from tests.helpers import Workload
+from tests.helpers import db_rows as rows
 
 pytestmark = pytest.mark.bpf
 
@@ -32,12 +34,23 @@ def wait_for(cond, timeout=10.0, what="condition"):
         time.sleep(0.02)
 
 
-def rows(db: Path, sql: str, params=()) -> list[tuple]:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+@contextmanager
+def running(session: TraceSession) -> Iterator[threading.Thread]:
+    """``session.run`` on a thread of its own; stopped and joined when the block ends, however it ends."""
+    runner = threading.Thread(target=session.run)
+    runner.start()
     try:
-        return conn.execute(sql, params).fetchall()
+        yield runner
     finally:
-        conn.close()
+        session.stop("test over")
+        runner.join(timeout=20)
+
+
+def ran_to_the_end(runner: threading.Thread, w: Workload) -> None:
+    """The workload finishes and the session, which stops when its traced processes have exited, with it."""
+    w.finish()
+    runner.join(timeout=20)
+    assert not runner.is_alive()
 
 
 @pytest.fixture(scope="module")
@@ -55,21 +68,14 @@ def traced(tmp_path_factory):
         w.expect("waiting load")
         # no pre-attached copies: the late-loaded library must be found by the tracer itself
         session = TraceSession(TraceOptions(db=db, chains_every_s=0.5, preattach=False), pids=[w.pid]).start()
-        runner = threading.Thread(target=session.run)
-        runner.start()
-        try:
+        with running(session) as runner:
             assert session.snapshot().libraries == []  # nothing CUDA is mapped yet
             w.go()
             w.expect("waiting calls")
             wait_for(lambda: session.snapshot().libraries, what="the late-loaded libcudart to be probed")
             w.go()
             child = int(w.expect("forked child pid=").split("=")[1])
-            w.finish()
-            runner.join(timeout=20)
-            assert not runner.is_alive()
-        finally:
-            session.stop("test over")
-            runner.join(timeout=20)
+            ran_to_the_end(runner, w)
     assert session.stopped_because == "the traced processes exited"
     return db, w.pid, child, repeat
 
@@ -89,17 +95,10 @@ def test_exact_cuda_calls_without_stacks(need_bpf, tmp_path):
         with open(f"/proc/{w.pid}/comm") as f:
             comm = f.read().strip()  # the forked child keeps it
         session = TraceSession(TraceOptions(db=db, stacks=False), pids=[w.pid]).start()
-        runner = threading.Thread(target=session.run)
-        runner.start()
-        try:
+        with running(session) as runner:
             w.go()
             child = int(w.expect("forked child pid=").split("=")[1])
-            w.finish()
-            runner.join(timeout=20)
-            assert not runner.is_alive()
-        finally:
-            session.stop("test over")
-            runner.join(timeout=20)
+            ran_to_the_end(runner, w)
     _exact_calls(db, child, repeat)
     assert rows(db, "SELECT DISTINCT comm, stack_hash, gpu_id, cgroup_id FROM events WHERE source = 1") == [
         (comm, 0, 0, 0)]
